@@ -1,0 +1,3 @@
+from dfbench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Activation names: the canonical grammar, the aliases of the papers, and what a UNet offers.
+
+A canonical name is a stock diffusers module path, optionally followed by a signal suffix
+(DESIGN §4):
+
+=====================================================  =============================================
+``up_blocks.1``                                        the block's output (after its upsampler)
+``up_blocks.1.resnets.2``                              ResnetBlock2D output
+``up_blocks.1.resnets.2.increment``                    its residual branch, before the skip-add
+``up_blocks.1.attentions.1``                           Transformer2DModel output
+``up_blocks.1.attentions.1.transformer_blocks.0``      BasicTransformerBlock output
+``….attn1.q`` / ``.k`` / ``.v`` / ``.out``             self-attention projections / output
+``….attn2.q`` / ``.out``                               cross-attention query / output
+``….ff.inner``                                         GEGLU output (4×C channels)
+``up_blocks.1.upsamplers.0``, ``…downsamplers.0``      (up/down)sampler outputs
+``mid_block``, ``conv_in``, ``conv_out``               as named
+=====================================================  =============================================
+
+Aliases: GDF's grammar (``up-level1-repeat1-vit-block0-cross-q``), DIFT's ``up_ft_index=k`` and
+CleanDIFT's ``mid`` / ``us1`` … ``us10``. :func:`resolve_name` maps any of them to the canonical name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from dfbench.errors import DfbenchInputError, UnknownNameError
+from dfbench.registry import unknown_name_message
+
+# CleanDIFT's feature names (its min_sd15.py / min_sd21.py), the same for SD1.5 and SD2.1.
+CLEANDIFT_ALIASES = {
+    "mid": "mid_block",
+    "us1": "up_blocks.0.resnets.0",
+    "us2": "up_blocks.0.resnets.1",
+    "us3": "up_blocks.0",
+    "us4": "up_blocks.1.attentions.0",
+    "us5": "up_blocks.1.attentions.1",
+    "us6": "up_blocks.1",
+    "us7": "up_blocks.2.attentions.0",
+    "us8": "up_blocks.2.attentions.1",
+    "us9": "up_blocks.2",
+    "us10": "up_blocks.3.attentions.0",
+}
+
+# GDF's per-transformer-block signals → our suffixes. ``None``: refused, with the reason.
+GDF_BLOCK_SIGNALS = {
+    "self-q": "attn1.q",
+    "self-k": "attn1.k",
+    "self-v": "attn1.v",
+    "cross-q": "attn2.q",
+    "cross-k": "attn2.k",
+    "cross-v": "attn2.v",
+    "ffn-inner": "ff.inner",
+    "out": "",
+}
+GDF_REFUSED = {
+    "self-map": "attention maps (HW×HW) are not dense C×h×w features; use self-q/self-k/self-v instead",
+    "cross-map": "attention maps (HW×77) are not dense C×h×w features; use cross-q instead",
+}
+
+_GDF_LEVEL = r"(?P<side>down|up)-level(?P<level>\d+)"
+_GDF_PATTERNS = (
+    (re.compile(_GDF_LEVEL + r"-repeat(?P<repeat>\d+)-res-(?P<sig>out|increment)$"), "res"),
+    (re.compile(r"mid-repeat(?P<repeat>\d+)-res-(?P<sig>out|increment)$"), "res"),
+    (re.compile(_GDF_LEVEL + r"-repeat(?P<repeat>\d+)-vit-out$"), "vit"),
+    (re.compile(r"mid-vit-out$"), "vit"),
+    (re.compile(_GDF_LEVEL + r"-repeat(?P<repeat>\d+)-vit-block(?P<block>\d+)-(?P<sig>[a-z-]+)$"), "block"),
+    (re.compile(r"mid-vit-block(?P<block>\d+)-(?P<sig>[a-z-]+)$"), "block"),
+    (re.compile(_GDF_LEVEL + r"-(?P<sampler>downsampler|upsampler)-out$"), "sampler"),
+)
+_GDF_WHOLE = {"unet-after-conv-in": "conv_in", "unet-out": "conv_out"}
+_DIFT_PATTERN = re.compile(r"up_ft_index\s*=\s*(\d+)$")
+
+SUFFIX_RE = re.compile(r"\.(increment|attn[12]\.(q|k|v|out)|ff\.inner)$")
+
+
+def _gdf_to_canonical(name: str) -> str | None:
+    if name in _GDF_WHOLE:
+        return _GDF_WHOLE[name]
+    if name == "unet-in":
+        raise DfbenchInputError(
+            "'unet-in' is the UNet's input latent, not an activation; select 'conv_in' for the first one"
+        )
+    for pattern, kind in _GDF_PATTERNS:
+        match = pattern.match(name)
+        if not match:
+            continue
+        groups = match.groupdict()
+        parent = f"{groups['side']}_blocks.{groups['level']}" if groups.get("side") else "mid_block"
+        if kind == "sampler":
+            return f"{parent}.{groups['sampler']}s.0"
+        if kind == "res":
+            canonical = f"{parent}.resnets.{groups['repeat']}"
+            return canonical + (".increment" if groups["sig"] == "increment" else "")
+        transformer = f"{parent}.attentions.{groups.get('repeat') or 0}"
+        if kind == "vit":
+            return transformer
+        signal = groups["sig"]
+        if signal in GDF_REFUSED:
+            raise DfbenchInputError(f"{name!r}: {GDF_REFUSED[signal]}")
+        if signal not in GDF_BLOCK_SIGNALS:
+            raise UnknownNameError(
+                unknown_name_message("GDF block signal", signal, sorted(GDF_BLOCK_SIGNALS) + sorted(GDF_REFUSED))
+            )
+        suffix = GDF_BLOCK_SIGNALS[signal]
+        block = f"{transformer}.transformer_blocks.{groups['block']}"
+        return f"{block}.{suffix}" if suffix else block
+    return None
+
+
+def resolve_name(name: str) -> str:
+    """Map an alias (GDF, DIFT, CleanDIFT) to its canonical name; canonical names pass unchanged.
+
+    Refuses names that can never be a dense feature (cross-attention keys/values, attention maps)
+    with a :class:`DfbenchInputError` explaining why.
+    """
+    name = name.strip()
+    if name in CLEANDIFT_ALIASES:
+        canonical = CLEANDIFT_ALIASES[name]
+    elif match := _DIFT_PATTERN.match(name):
+        canonical = f"up_blocks.{match.group(1)}"
+    else:
+        canonical = _gdf_to_canonical(name) or name
+    if re.search(r"\.attn2\.(k|v)$", canonical):
+        raise DfbenchInputError(
+            f"{name!r}: cross-attention keys/values are projections of the text tokens, not of image "
+            "positions, so they have no spatial map; use attn2.q (query) or attn2.out instead"
+        )
+    return canonical
+
+
+def resolve_selection(names: Iterable[str]) -> list[str]:
+    """Resolve every name (aliases allowed) and drop duplicates, keeping the first occurrence's order."""
+    resolved: list[str] = []
+    for name in names:
+        canonical = resolve_name(name)
+        if canonical not in resolved:
+            resolved.append(canonical)
+    if not resolved:
+        raise DfbenchInputError("empty selection: name at least one activation (--select NAME or --preset P)")
+    return resolved
+
+
+def addressable_names(unet: nn.Module) -> list[str]:
+    """Every canonical activation name the given UNet offers, in module-definition order."""
+    # Imported here: diffusers is heavy and this module is also used for pure name handling.
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    from diffusers.models.upsampling import Upsample2D
+
+    names: list[str] = []
+    for path, module in unet.named_modules():
+        if path in ("conv_in", "conv_out", "mid_block") or re.fullmatch(r"(down|up)_blocks\.\d+", path):
+            names.append(path)
+        elif isinstance(module, ResnetBlock2D):
+            names += [path, f"{path}.increment"]
+        elif isinstance(module, (Transformer2DModel, Downsample2D, Upsample2D)):
+            names.append(path)
+        elif isinstance(module, BasicTransformerBlock):
+            names += [path, f"{path}.attn1.q", f"{path}.attn1.k", f"{path}.attn1.v", f"{path}.attn1.out"]
+            if getattr(module, "attn2", None) is not None:
+                names += [f"{path}.attn2.q", f"{path}.attn2.out"]
+            names.append(f"{path}.ff.inner")
+    return names
+
+
+def validate_selection(names: Sequence[str], valid: Sequence[str], backbone: str) -> list[str]:
+    """Resolve ``names`` and check each against ``valid``; an unknown one fails with close suggestions."""
+    valid_set = set(valid)
+    for name in names:
+        canonical = resolve_name(name)
+        if canonical not in valid_set:
+            kind = f"activation of {backbone}" + ("" if canonical == name.strip() else f" ({name.strip()} →)")
+            raise UnknownNameError(
+                unknown_name_message(kind, canonical, list(valid), f"see `dfbench activations {backbone}`")
+            )
+    return resolve_selection(names)
+
+
+@dataclass(frozen=True)
+class ActivationInfo:
+    """One addressable activation and its shape for a given input resolution."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {"name": self.name, "channels": self.channels, "height": self.height, "width": self.width}

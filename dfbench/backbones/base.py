@@ -1,0 +1,407 @@
+"""The machinery shared by every Stable-Diffusion-family backbone: load, encode, noise, capture.
+
+A backbone turns an image batch, a selection of activation names and :class:`ExtractSettings`
+into :data:`~dfbench.capture.Features`. The recipe (DESIGN §3, §5):
+
+1. resize each image to res×res (``squash`` or ``pad``) and scale it to [-1, 1];
+2. encode it **once** with the VAE encoder to its posterior (mean, std);
+3. take N latents from that one posterior — the mean (``mode``) or N seeded draws (``sample``) —
+   and scale them by the VAE's ``scaling_factor``;
+4. noise each to timestep t with the scheduler's ``add_noise`` (N seeded noises), unless
+   ``add_noise`` is off (CleanDIFT);
+5. run the UNet with the prompt's text embedding, capture the requested activations and stop
+   right after the last one;
+6. average the N members' activations.
+
+Random draws come from a CPU generator seeded with ``settings.seed``, drawn once per call with
+shape N×C×h×w and shared by every image, so an image's features do not depend on the images it
+is batched with, and the same seed gives bit-identical features on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dfbench.activations import ActivationInfo, addressable_names, validate_selection
+from dfbench.capture import ActivationCapture, Features
+from dfbench.errors import DfbenchInputError
+from dfbench.images import to_model_input
+from dfbench.settings import ExtractSettings
+
+CONFIG_ROOT = Path(__file__).parent / "configs"
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Stable Diffusion's training noise schedule (identical for SD1.x, SD2.x and SDXL).
+SD_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "steps_offset": 1,
+}
+
+
+@dataclass
+class PromptEmbedding:
+    """A prompt's text conditioning: per-token states 1×77×D and, for SDXL, the pooled 1×P vector."""
+
+    hidden_states: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+def byte_level_clip_tokenizer() -> Any:
+    """A CLIP tokenizer built in memory (no download): every byte is a token, no merges.
+
+    Its ids fit inside the real CLIP vocabulary, so it drives random-weight models of the real
+    architecture and the tiny models; real checkpoints bring their own tokenizer.
+    """
+    from transformers import CLIPTokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = printable + [256 + n for n, b in enumerate(b for b in range(256) if b not in printable)]
+    characters = [chr(code) for code in codes]
+    vocab = {char: index for index, char in enumerate(characters)}
+    vocab.update({char + "</w>": len(characters) + index for index, char in enumerate(characters)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def load_config(family: str, component: str) -> dict[str, Any]:
+    """A packaged real model config (``configs/<family>/<component>/config.json``)."""
+    return json.loads((CONFIG_ROOT / family / component / "config.json").read_text())
+
+
+def text_config(config: dict[str, Any]) -> Any:
+    """A ``CLIPTextConfig`` from a config dict, without its ``torch_dtype`` (a float16 entry makes
+    transformers 5 build a mixed-dtype model that crashes)."""
+    from transformers import CLIPTextConfig
+
+    clean = {key: value for key, value in config.items() if key not in ("torch_dtype", "dtype", "architectures")}
+    return CLIPTextConfig(**clean)
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class DiffusionBackbone:
+    """A latent-diffusion UNet (plus VAE, text encoders, scheduler) used as a feature extractor.
+
+    Family subclasses say which text encoders they have (:attr:`TEXT_ENCODERS`) and how a prompt
+    becomes conditioning (:meth:`encode_prompt`, :meth:`added_cond_kwargs`).
+    """
+
+    #: (model folder, tokenizer folder, transformers class name) for each text encoder.
+    TEXT_ENCODERS: ClassVar[tuple[tuple[str, str, str], ...]] = (("text_encoder", "tokenizer", "CLIPTextModel"),)
+
+    def __init__(
+        self,
+        name: str,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        scheduler: Any,
+        text_encoders: Sequence[torch.nn.Module],
+        tokenizers: Sequence[Any],
+        default_resolution: int,
+        source: str = "",
+    ) -> None:
+        self.name = name
+        self.unet = unet.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        self.scheduler = scheduler
+        self.text_encoders = [encoder.eval().requires_grad_(False) for encoder in text_encoders]
+        self.tokenizers = list(tokenizers)
+        self.default_resolution = default_resolution
+        self.source = source
+        self._prompt_cache: dict[str, PromptEmbedding] = {}
+        self._names: list[str] | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        model_id: str | Path,
+        default_resolution: int,
+        torch_dtype: str = "float32",
+        device: str | None = None,
+        local_files_only: bool | None = None,
+    ) -> DiffusionBackbone:
+        """Load every component with diffusers/transformers ``from_pretrained`` from a hub id or a
+        local diffusers folder (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``)."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTokenizer
+
+        import transformers
+
+        dtype = TORCH_DTYPES[torch_dtype]
+        common = {"local_files_only": local_files_only} if local_files_only is not None else {}
+        model_id = str(model_id)
+        try:
+            unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype, **common)
+            vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **common)
+            scheduler = DDPMScheduler.from_pretrained(model_id, subfolder="scheduler", **common)
+            encoders, tokenizers = [], []
+            for model_folder, tokenizer_folder, class_name in cls.TEXT_ENCODERS:
+                encoder_class = getattr(transformers, class_name)
+                encoders.append(encoder_class.from_pretrained(model_id, subfolder=model_folder, dtype=dtype, **common))
+                tokenizers.append(CLIPTokenizer.from_pretrained(model_id, subfolder=tokenizer_folder, **common))
+        except (OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DfbenchInputError(
+                f"cannot load backbone {name} from {model_id!r} ({first_line[:200]}); download it with "
+                f"`hf download {model_id}` on a machine with internet, or pass --weights DIR with a local "
+                "diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)"
+            ) from None
+        backbone = cls(name, unet, vae, scheduler, encoders, tokenizers, default_resolution, source=model_id)
+        return backbone.to(device or default_device())
+
+    @classmethod
+    def from_configs(
+        cls,
+        name: str,
+        configs: dict[str, dict[str, Any]],
+        default_resolution: int,
+        init: str = "random",
+        seed: int = 0,
+        device: str | None = None,
+        torch_dtype: str = "float32",
+    ) -> DiffusionBackbone:
+        """Build from architecture configs with seeded random weights (``init="random"``) or with no
+        weights at all on the meta device (``init="meta"``: shapes only)."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+        import transformers
+
+        if init not in ("random", "meta"):
+            raise DfbenchInputError(f"init={init!r}: choose 'pretrained', 'random' or 'meta'")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            with torch.device("meta") if init == "meta" else nullcontext():
+                unet = UNet2DConditionModel.from_config(configs["unet"])
+                vae = AutoencoderKL.from_config(configs["vae"])
+                encoders = [
+                    getattr(transformers, class_name)(text_config(configs[model_folder]))
+                    for model_folder, _, class_name in cls.TEXT_ENCODERS
+                ]
+        tokenizers = [byte_level_clip_tokenizer() for _ in cls.TEXT_ENCODERS]
+        scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG)
+        backbone = cls(name, unet, vae, scheduler, encoders, tokenizers, default_resolution, source=f"{init} init")
+        if init == "meta":
+            return backbone
+        return backbone.to(device or default_device(), torch_dtype)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write every component in the diffusers folder layout (loadable by :meth:`from_pretrained`)."""
+        directory = Path(directory)
+        self.unet.save_pretrained(directory / "unet")
+        self.vae.save_pretrained(directory / "vae")
+        self.scheduler.save_pretrained(directory / "scheduler")
+        for (model_folder, tokenizer_folder, _), encoder, tokenizer in zip(
+            self.TEXT_ENCODERS, self.text_encoders, self.tokenizers, strict=True
+        ):
+            encoder.save_pretrained(directory / model_folder)
+            tokenizer.save_pretrained(directory / tokenizer_folder)
+
+    def to(self, device: str | torch.device, torch_dtype: str | None = None) -> DiffusionBackbone:
+        """Move every model to ``device`` (and cast to ``torch_dtype``); returns ``self``."""
+        dtype = TORCH_DTYPES[torch_dtype] if torch_dtype else None
+        for module in (self.unet, self.vae, *self.text_encoders):
+            module.to(device)
+            if dtype is not None and next(module.parameters()).dtype != dtype:
+                module.to(dtype)
+        if torch_dtype and torch_dtype == "float16" and getattr(self.vae.config, "force_upcast", False):
+            self.vae.to(torch.float32)  # the SDXL VAE overflows in float16
+        self._prompt_cache.clear()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ conditioning (per family)
+    def encode_prompt(self, prompt: str) -> PromptEmbedding:
+        """The text conditioning of one prompt (computed once per distinct prompt, then cached)."""
+        raise NotImplementedError
+
+    def added_cond_kwargs(self, embedding: PromptEmbedding, rows: int, resolution: int) -> dict | None:
+        """Extra UNet conditioning (SDXL's ``text_embeds`` / ``time_ids``); ``None`` for SD1.x/2.x."""
+        return None
+
+    def meta_added_cond_kwargs(self, rows: int, resolution: int) -> dict | None:
+        """Meta-device stand-ins for :meth:`added_cond_kwargs`, for shape-only forwards."""
+        return None
+
+    def prompt_embedding(self, prompt: str) -> PromptEmbedding:
+        """Cached :meth:`encode_prompt`."""
+        if prompt not in self._prompt_cache:
+            with torch.inference_mode():
+                self._prompt_cache[prompt] = self.encode_prompt(prompt)
+        return self._prompt_cache[prompt]
+
+    def tokenize(self, tokenizer: Any, prompt: str) -> torch.Tensor:
+        """Token ids 1×77 (padded, truncated) on the model device."""
+        ids = tokenizer(
+            [prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        return ids.to(self.device)
+
+    # ------------------------------------------------------------------ activations
+    def activation_names(self) -> list[str]:
+        """Every canonical activation name this backbone offers."""
+        if self._names is None:
+            self._names = addressable_names(self.unet)
+        return self._names
+
+    def catalog(self, resolution: int | None = None) -> list[ActivationInfo]:
+        """Every addressable activation with its channels and spatial size at ``resolution``,
+        in execution order — from a forward on the meta device (no weights, no compute)."""
+        from diffusers import UNet2DConditionModel
+
+        resolution = resolution or self.default_resolution
+        ExtractSettings(resolution=resolution)  # validates the resolution
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(self.unet.config)
+            size = resolution // self.vae_scale_factor
+            sample = torch.empty(1, unet.config.in_channels, size, size)
+            text = torch.empty(1, 77, unet.config.cross_attention_dim)
+            added = self.meta_added_cond_kwargs(1, resolution)
+            capture = ActivationCapture(unet, self.activation_names(), stop_early=False)
+            capture.run(lambda: unet(sample, 1, text, added_cond_kwargs=added, return_dict=False))
+        # capture.features is filled in execution order
+        return [ActivationInfo(name, *value.shape[1:4]) for name, value in capture.features.items()]
+
+    def extract(
+        self,
+        images: Sequence[Image.Image] | torch.Tensor,
+        selection: Sequence[str],
+        settings: ExtractSettings | None = None,
+        categories: Sequence[str] | None = None,
+        progress: bool = False,
+    ) -> Features:
+        """Features of ``images`` for the activations in ``selection``: name → float32 N×C×h×w.
+
+        ``images`` are PIL images (any size; resized per ``settings``) or a float tensor N×3×R×R
+        already in [-1, 1]. ``categories`` (one per image) fill ``{category}`` in the prompt.
+        """
+        settings = settings or ExtractSettings()
+        names = validate_selection(selection, self.activation_names(), self.name)
+        resolution = settings.resolution or self.default_resolution
+        if isinstance(images, torch.Tensor):
+            pixels = images.float()
+            if pixels.dim() != 4 or pixels.shape[1] != 3:
+                raise DfbenchInputError(f"image tensor of shape {tuple(pixels.shape)}: expected N×3×H×W")
+        else:
+            pixels = to_model_input(images, resolution, settings.resize_mode)
+        prompts = self._prompts(settings.prompt, categories, len(pixels))
+        if settings.timestep >= self.scheduler.config.num_train_timesteps:
+            raise DfbenchInputError(
+                f"timestep {settings.timestep}: this scheduler has {self.scheduler.config.num_train_timesteps} steps"
+            )
+        if self.dtype != TORCH_DTYPES[settings.dtype]:
+            self.to(self.device, settings.dtype)
+
+        members = settings.ensemble_size
+        latent_size = (pixels.shape[2] // self.vae_scale_factor, pixels.shape[3] // self.vae_scale_factor)
+        latent_shape = (members, self.unet.config.in_channels, *latent_size)
+        generator = torch.Generator().manual_seed(settings.seed)
+        posterior_eps = torch.randn(latent_shape, generator=generator) if settings.latent_mode == "sample" else None
+        noise = torch.randn(latent_shape, generator=generator) if settings.add_noise else None
+
+        images_per_step = max(1, settings.batch_size // members)
+        steps = range(0, len(pixels), images_per_step)
+        collected: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        with torch.inference_mode():
+            for start in tqdm(steps, desc=f"extract {self.name}", disable=not progress, unit="batch"):
+                chunk = pixels[start : start + images_per_step]
+                latents = self._latents(chunk, posterior_eps, noise, settings)
+                features = self._unet_features(latents, prompts[start : start + len(chunk)], names, settings)
+                for name, value in features.items():
+                    value = value.float().reshape(len(chunk), members, *value.shape[1:]).mean(dim=1)
+                    collected[name].append(value)
+        return {name: torch.cat(values) for name, values in collected.items()}
+
+    # ------------------------------------------------------------------ extraction steps
+    def _prompts(self, template: str, categories: Sequence[str] | None, count: int) -> list[str]:
+        if "{category}" not in template:
+            return [template] * count
+        if categories is None or len(categories) != count:
+            raise DfbenchInputError(
+                f"prompt {template!r} needs one category per image (got "
+                f"{0 if categories is None else len(categories)} for {count} images); pass --category"
+            )
+        return [template.replace("{category}", category) for category in categories]
+
+    def _latents(
+        self,
+        pixels: torch.Tensor,
+        posterior_eps: torch.Tensor | None,
+        noise: torch.Tensor | None,
+        settings: ExtractSettings,
+    ) -> torch.Tensor:
+        """Images → (image × member) rows of UNet input latents, noised to t when asked."""
+        members = settings.ensemble_size
+        vae_dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode(pixels.to(self.device, vae_dtype)).latent_dist
+        mean = posterior.mean.float().repeat_interleave(members, dim=0)
+        if posterior_eps is not None:
+            std = posterior.std.float().repeat_interleave(members, dim=0)
+            latents = mean + std * posterior_eps.to(mean.device).repeat(len(pixels), 1, 1, 1)
+        else:
+            latents = mean
+        latents = latents * self.vae.config.scaling_factor
+        if noise is not None:
+            timesteps = torch.full((len(latents),), settings.timestep, dtype=torch.long, device=latents.device)
+            latents = self.scheduler.add_noise(latents, noise.to(latents.device).repeat(len(pixels), 1, 1, 1), timesteps)
+        return latents.to(self.dtype)
+
+    def _unet_features(
+        self, latents: torch.Tensor, prompts: list[str], names: list[str], settings: ExtractSettings
+    ) -> Features:
+        """Run the UNet over the rows in chunks of ``batch_size``; concatenate the captures."""
+        members = settings.ensemble_size
+        resolution = latents.shape[-1] * self.vae_scale_factor
+        row_prompts = [prompt for prompt in prompts for _ in range(members)]
+        capture = ActivationCapture(self.unet, names)
+        pieces: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        for start in range(0, len(latents), settings.batch_size):
+            rows = latents[start : start + settings.batch_size]
+            embeddings = [self.prompt_embedding(prompt) for prompt in row_prompts[start : start + len(rows)]]
+            text = torch.cat([embedding.hidden_states for embedding in embeddings]).to(self.dtype)
+            added = self.added_cond_kwargs_batch(embeddings, resolution)
+            timesteps = torch.full((len(rows),), settings.timestep, dtype=torch.long, device=rows.device)
+            captured = capture.run(
+                lambda rows=rows, timesteps=timesteps, text=text, added=added: self.unet(
+                    rows, timesteps, encoder_hidden_states=text, added_cond_kwargs=added, return_dict=False
+                )
+            )
+            for name in names:
+                pieces[name].append(captured[name])
+        return {name: torch.cat(values) for name, values in pieces.items()}
+
+    def added_cond_kwargs_batch(self, embeddings: list[PromptEmbedding], resolution: int) -> dict | None:
+        """:meth:`added_cond_kwargs` for rows with possibly different prompts."""
+        per_row = [self.added_cond_kwargs(embedding, 1, resolution) for embedding in embeddings]
+        if per_row[0] is None:
+            return None
+        return {key: torch.cat([row[key] for row in per_row]) for key in per_row[0]}

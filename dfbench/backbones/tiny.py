@@ -1,0 +1,81 @@
+"""Tiny backbones: the real architectures' configs with small channels and seeded random weights.
+
+Every module name of the real model is kept (same blocks, same number of resnets, attentions and
+transformer blocks — SDXL's 10-deep level included), so every activation path is testable; only
+widths shrink. They load in well under a second and run a 64 px image in milliseconds. Nothing
+is downloaded: the tokenizer is built in memory. ``weights=DIR`` loads a tiny model saved with
+``save_pretrained`` instead (the real ``from_pretrained`` path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dfbench.backbones.base import DiffusionBackbone
+from dfbench.backbones.sdxl import StableDiffusionXLBackbone, sdxl_configs
+from dfbench.backbones.stable_diffusion import StableDiffusionBackbone, family_configs
+
+TINY_RESOLUTION = 64
+TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
+             "vocab_size": 514, "max_position_embeddings": 77, "bos_token_id": 512, "eos_token_id": 513,
+             "pad_token_id": 513, "projection_dim": 32}
+TINY_VAE = {"block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64}
+
+
+def _shrink(configs: dict[str, dict], unet: dict[str, Any]) -> dict[str, dict]:
+    tiny = {"unet": {**configs["unet"], **unet}, "vae": {**configs["vae"], **TINY_VAE}}
+    for component, config in configs.items():
+        if component.startswith("text_encoder"):
+            tiny[component] = {**config, **TINY_TEXT}
+    return tiny
+
+
+def tiny_sd15_configs() -> dict[str, dict]:
+    """SD1.5's configs with widths 32/64/64/64 (same blocks and names)."""
+    unet = {"block_out_channels": [32, 64, 64, 64], "attention_head_dim": 8, "cross_attention_dim": 32,
+            "norm_num_groups": 8, "sample_size": 8}
+    return _shrink(family_configs("sd15"), unet)
+
+
+def tiny_sd21_configs() -> dict[str, dict]:
+    """SD2.1's configs (linear projections, upcast attention) with widths 32/64/64/64."""
+    unet = {"block_out_channels": [32, 64, 64, 64], "attention_head_dim": [2, 4, 4, 4], "cross_attention_dim": 32,
+            "norm_num_groups": 8, "sample_size": 8}
+    return _shrink(family_configs("sd21"), unet)
+
+
+def tiny_sdxl_configs() -> dict[str, dict]:
+    """SDXL-base's configs (transformer depths 1/2/10 kept) with widths 32/64/64."""
+    unet = {"block_out_channels": [32, 64, 64], "attention_head_dim": [2, 4, 4], "cross_attention_dim": 64,
+            "norm_num_groups": 8, "sample_size": 8, "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 32 + 6 * 8}
+    return _shrink(sdxl_configs(), unet)
+
+
+def _create(cls: type[DiffusionBackbone], name: str, configs: dict, weights: str | None, init: str,
+            seed: int, device: str | None, torch_dtype: str, local_files_only: bool | None) -> DiffusionBackbone:
+    if weights is not None:
+        return cls.from_pretrained(name, weights, TINY_RESOLUTION, torch_dtype, device or "cpu", local_files_only)
+    init = "random" if init == "pretrained" else init
+    return cls.from_configs(name, configs, TINY_RESOLUTION, init, seed, device or "cpu", torch_dtype)
+
+
+def tiny_sd15(weights: str | None = None, *, init: str = "random", seed: int = 0, device: str | None = None,
+              torch_dtype: str = "float32", local_files_only: bool | None = None) -> StableDiffusionBackbone:
+    """Tiny SD1.5 (random weights, real module names), 64 px — tests and the offline demo."""
+    return _create(StableDiffusionBackbone, "tiny-sd15", tiny_sd15_configs(), weights, init, seed, device,
+                   torch_dtype, local_files_only)
+
+
+def tiny_sd21(weights: str | None = None, *, init: str = "random", seed: int = 0, device: str | None = None,
+              torch_dtype: str = "float32", local_files_only: bool | None = None) -> StableDiffusionBackbone:
+    """Tiny SD2.1 (random weights, real module names), 64 px — tests and the offline demo."""
+    return _create(StableDiffusionBackbone, "tiny-sd21", tiny_sd21_configs(), weights, init, seed, device,
+                   torch_dtype, local_files_only)
+
+
+def tiny_sdxl(weights: str | None = None, *, init: str = "random", seed: int = 0, device: str | None = None,
+              torch_dtype: str = "float32", local_files_only: bool | None = None) -> StableDiffusionXLBackbone:
+    """Tiny SDXL (random weights, real module names, both text encoders), 64 px — tests and the demo."""
+    return _create(StableDiffusionXLBackbone, "tiny-sdxl", tiny_sdxl_configs(), weights, init, seed, device,
+                   torch_dtype, local_files_only)

@@ -1,0 +1,147 @@
+"""The plugin registry: named factories for backbones, tasks, heads, datasets and presets.
+
+A :class:`Registry` maps a name to an object. An entry is added in one of three ways:
+
+* by decorator: ``@BACKBONES.register("my-model")`` on a factory function;
+* lazily by string: ``BACKBONES.register("sd15", "dfbench.backbones.stable_diffusion:sd15")`` —
+  nothing is imported until the entry is first used;
+* from a third-party package, through the entry-point group ``dfbench.plugins``: each entry point
+  names a module or a callable; loading it (and calling it, if callable) registers its entries.
+
+Unknown names fail with :class:`~dfbench.errors.UnknownNameError` naming the closest valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from dfbench.errors import UnknownNameError
+
+PLUGIN_GROUP = "dfbench.plugins"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import every installed ``dfbench.plugins`` entry point once (it registers its own entries)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry_point in entry_points(group=PLUGIN_GROUP):
+        loaded = entry_point.load()
+        if callable(loaded):
+            loaded()
+
+
+def import_object(target: str) -> Any:
+    """Import ``"package.module:attribute"`` and return the attribute."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"lazy registry target {target!r} must look like 'package.module:attribute'")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def closest_names(name: str, candidates: list[str], n: int = 3) -> list[str]:
+    """The ``n`` candidates most similar to ``name`` (difflib ratio), best first."""
+    return difflib.get_close_matches(name, candidates, n=n, cutoff=0.4)
+
+
+def unknown_name_message(kind: str, name: str, candidates: list[str], hint: str = "") -> str:
+    """One line: ``unknown KIND 'name'; did you mean: a, b?`` plus an optional hint."""
+    message = f"unknown {kind} {name!r}"
+    suggestions = closest_names(name, candidates)
+    if suggestions:
+        message += "; did you mean: " + ", ".join(suggestions) + "?"
+    if hint:
+        message += f" ({hint})"
+    return message
+
+
+class Registry:
+    """A named collection of objects (usually factories), with lazy and plugin entries."""
+
+    def __init__(self, kind: str, list_command: str = "") -> None:
+        self.kind = kind
+        self.list_command = list_command or f"dfbench list {kind}s"
+        self._entries: dict[str, Any] = {}
+        self._lazy: dict[str, str] = {}
+
+    def register(self, name: str, obj: Any = None, *, override: bool = False) -> Any:
+        """Register ``obj`` (an object or a ``"module:attr"`` string) under ``name``.
+
+        Without ``obj`` this returns a decorator: ``@REGISTRY.register("name")``.
+        """
+        if obj is None:
+
+            def decorator(target: Callable) -> Callable:
+                self.register(name, target, override=override)
+                return target
+
+            return decorator
+        if not override and name in self:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries.pop(name, None)
+        self._lazy.pop(name, None)
+        if isinstance(obj, str):
+            self._lazy[name] = obj
+        else:
+            self._entries[name] = obj
+        return obj
+
+    def get(self, name: str) -> Any:
+        """The object registered under ``name`` (importing it if it was registered lazily)."""
+        load_plugins()
+        if name in self._entries:
+            return self._entries[name]
+        if name in self._lazy:
+            obj = import_object(self._lazy.pop(name))
+            self._entries[name] = obj
+            return obj
+        raise UnknownNameError(
+            unknown_name_message(self.kind, name, self.names(), f"see `{self.list_command}`")
+        )
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Registered names matching the glob ``pattern``, sorted."""
+        load_plugins()
+        every = set(self._entries) | set(self._lazy)
+        return sorted(name for name in every if fnmatch.fnmatchcase(name, pattern))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries or name in self._lazy
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+
+BACKBONES = Registry("backbone")
+TASKS = Registry("task")
+HEADS = Registry("head")
+DATASETS = Registry("dataset")
+PRESETS = Registry("preset")
+
+# Built-in entries. Adding a backbone or a task is one new file plus one line here.
+BACKBONES.register("sd15", "dfbench.backbones.stable_diffusion:sd15")
+BACKBONES.register("sd21", "dfbench.backbones.stable_diffusion:sd21")
+BACKBONES.register("sd21-base", "dfbench.backbones.stable_diffusion:sd21_base")
+BACKBONES.register("sdxl", "dfbench.backbones.sdxl:sdxl")
+BACKBONES.register("tiny-sd15", "dfbench.backbones.tiny:tiny_sd15")
+BACKBONES.register("tiny-sd21", "dfbench.backbones.tiny:tiny_sd21")
+BACKBONES.register("tiny-sdxl", "dfbench.backbones.tiny:tiny_sdxl")
+
+
+def create_backbone(name: str, **overrides: Any) -> Any:
+    """Create the backbone registered as ``name``; keyword overrides go to its factory."""
+    return BACKBONES.get(name)(**overrides)
+
+
+def get_preset(name: str) -> Any:
+    """The :class:`~dfbench.presets.Preset` registered as ``name``."""
+    import dfbench.presets  # noqa: F401  (registers the built-in presets)
+
+    return PRESETS.get(name)

@@ -1,0 +1,89 @@
+"""ExtractSettings: everything besides the backbone and the selection that changes a feature."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from dfbench.errors import DfbenchInputError
+
+ResizeMode = Literal["squash", "pad"]
+LatentMode = Literal["mode", "sample"]
+DTypeName = Literal["float32", "bfloat16", "float16"]
+
+RESIZE_MODES = ("squash", "pad")
+LATENT_MODES = ("mode", "sample")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How features are extracted. Frozen and hashable; serialised into every result.
+
+    Attributes:
+        resolution: square input size in pixels (``None``: the backbone's default, e.g. 512 for SD1.5).
+        resize_mode: ``squash`` (resize to res×res ignoring aspect, like DIFT/GDF) or ``pad``
+            (keep aspect, fit the longer side, pad the rest with mid-grey).
+        timestep: the diffusion timestep t passed to the UNet (and used for noising), 0…999.
+        add_noise: noise the latent to t with the scheduler's ``add_noise`` (CleanDIFT: off).
+        ensemble_size: number of noise draws whose features are averaged (DIFT: 8).
+        seed: seeds every random draw; the same seed gives bit-identical features on CPU.
+        prompt: prompt template; ``{category}`` is replaced by each image's category.
+        latent_mode: ``mode`` (posterior mean) or ``sample`` (a seeded draw from the VAE posterior).
+        dtype: compute dtype of the models (features are returned as float32).
+        batch_size: UNet rows per forward (images × ensemble members); does not change the values.
+    """
+
+    resolution: int | None = None
+    resize_mode: ResizeMode = "squash"
+    timestep: int = 261
+    add_noise: bool = True
+    ensemble_size: int = 1
+    seed: int = 0
+    prompt: str = ""
+    latent_mode: LatentMode = "mode"
+    dtype: DTypeName = "float32"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise DfbenchInputError(
+                f"settings.resolution={self.resolution}: must be a positive multiple of 8 (e.g. 512)"
+            )
+        if self.resize_mode not in RESIZE_MODES:
+            raise DfbenchInputError(f"settings.resize_mode={self.resize_mode!r}: choose one of {RESIZE_MODES}")
+        if not 0 <= self.timestep <= 999:
+            raise DfbenchInputError(f"settings.timestep={self.timestep}: must be an integer in 0…999")
+        if self.ensemble_size < 1:
+            raise DfbenchInputError(f"settings.ensemble_size={self.ensemble_size}: must be ≥ 1")
+        if self.latent_mode not in LATENT_MODES:
+            raise DfbenchInputError(f"settings.latent_mode={self.latent_mode!r}: choose one of {LATENT_MODES}")
+        if self.dtype not in DTYPES:
+            raise DfbenchInputError(f"settings.dtype={self.dtype!r}: choose one of {DTYPES}")
+        if self.batch_size < 1:
+            raise DfbenchInputError(f"settings.batch_size={self.batch_size}: must be ≥ 1")
+
+    def replace(self, **changes: Any) -> ExtractSettings:
+        """A copy with some fields changed (validated like the original)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a plain dict (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys), stable across runs."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExtractSettings:
+        """Build from a dict; an unknown key is an error that names it and the valid keys."""
+        fields = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise DfbenchInputError(
+                f"unknown settings field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(fields))}"
+            )
+        return cls(**values)
