@@ -1,0 +1,260 @@
+"""The ``dfbench`` command line. Exit codes: 0 success, 1 a failed check, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from dfbench.errors import DfbenchInputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+DESCRIPTION = """\
+dfbench — benchmark diffusion features (Stable Diffusion activations used as dense descriptors).
+
+Typical session:
+  dfbench list backbones                       # what can be loaded
+  dfbench activations sd15 --grep 'up_blocks.1\\.'   # addressable activations with shapes (no weights needed)
+  dfbench extract tiny-sd15 --images a.png b.png --select up_blocks.1 --out feats.safetensors
+  dfbench extract sd21 --images cat.jpg --preset dift --category cat --out cat.safetensors
+
+Activation names are diffusers module paths (up_blocks.1, up_blocks.1.resnets.2.increment,
+up_blocks.1.attentions.1.transformer_blocks.0.attn2.q, …) or aliases: GDF
+(up-level1-repeat1-vit-block0-cross-q), DIFT (up_ft_index=1), CleanDIFT (mid, us1…us10).
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dfbench`` console script (and ``python run_bench.py``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except DfbenchInputError as error:
+        print(f"dfbench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dfbench: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfbench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    listing = commands.add_parser("list", help="list registered backbones, tasks, heads, datasets or presets")
+    listing.add_argument("what", nargs="?", default="all",
+                         choices=["all", "backbones", "tasks", "heads", "datasets", "presets"])
+    listing.add_argument("--pattern", default="*", help="glob filter on names, e.g. 'tiny-*'")
+    listing.set_defaults(handler=cmd_list)
+
+    activations = commands.add_parser(
+        "activations", help="list every addressable activation of a backbone with its shape (no weights needed)",
+        description="List every addressable activation name with channels, height and width at a resolution. "
+        "Shapes come from a forward pass on PyTorch's meta device with the real architecture config: no weights "
+        "are downloaded or loaded.",
+    )
+    activations.add_argument("backbone", help="backbone name, e.g. sd15, sd21, sdxl, tiny-sd15")
+    activations.add_argument("--resolution", type=int, help="input size in pixels (default: the backbone's)")
+    activations.add_argument("--grep", metavar="PATTERN", help="keep names matching this regular expression")
+    activations.add_argument("--format", choices=["table", "json"], default="table")
+    activations.set_defaults(handler=cmd_activations)
+
+    extract = commands.add_parser(
+        "extract", help="extract activations of images into a safetensors file",
+        description="Extract the selected activations of each image and write one tensor per activation "
+        "(N×C×h×w, float32, in --images order) to a safetensors file; the settings, backbone, selection "
+        "and image paths go into the file's metadata.",
+    )
+    extract.add_argument("backbone", help="backbone name (see `dfbench list backbones`)")
+    extract.add_argument("--images", nargs="+", required=True, metavar="PATH",
+                         help="image files, or folders (their images, sorted)")
+    choice = extract.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--select", nargs="+", metavar="NAME", help="activation names or aliases")
+    choice.add_argument("--preset", help="a named recipe (see `dfbench list presets`): selection + settings")
+    extract.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
+    add_settings_arguments(extract)
+    extract.add_argument("--category", nargs="+", metavar="NAME",
+                         help="category per image (or one for all) for a prompt containing {category}")
+    extract.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
+    extract.add_argument("--device", help="cpu, cuda, cuda:1, … (default: cuda if available)")
+    extract.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    extract.set_defaults(handler=cmd_extract)
+    return parser
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ExtractSettings flags; unset flags keep the preset's or the default value."""
+    group = parser.add_argument_group("extraction settings (override the preset)")
+    group.add_argument("--resolution", type=int, help="square input size in pixels (default: backbone's)")
+    group.add_argument("--resize-mode", choices=["squash", "pad"], help="squash (DIFT/GDF) or pad (keep aspect)")
+    group.add_argument("--timestep", type=int, help="diffusion timestep t, 0…999 (default 261)")
+    group.add_argument("--no-noise", dest="add_noise", action="store_const", const=False,
+                       help="feed the clean latent (CleanDIFT)")
+    group.add_argument("--ensemble", dest="ensemble_size", type=int, help="noise draws averaged (default 1)")
+    group.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
+    group.add_argument("--prompt", help="prompt template; {category} is replaced per image (default '')")
+    group.add_argument("--latent-mode", choices=["mode", "sample"], help="posterior mean or a seeded sample")
+    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    group.add_argument("--batch-size", type=int, help="UNet rows per forward (default 8)")
+
+
+SETTINGS_FLAGS = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size", "seed", "prompt",
+                  "latent_mode", "dtype", "batch_size")
+
+
+def settings_from_args(args: argparse.Namespace, base: dict | None = None):
+    """ExtractSettings from a preset's settings (``base``) overridden by the flags that were given."""
+    from dfbench.settings import ExtractSettings
+
+    values = dict(base or {})
+    values.update({flag: getattr(args, flag) for flag in SETTINGS_FLAGS if getattr(args, flag, None) is not None})
+    return ExtractSettings.from_dict(values)
+
+
+# ---------------------------------------------------------------------------------------- list
+def cmd_list(args: argparse.Namespace) -> int:
+    import dfbench.presets  # noqa: F401  (registers the built-in presets)
+    from dfbench import registry
+
+    sections = {
+        "backbones": registry.BACKBONES, "tasks": registry.TASKS, "heads": registry.HEADS,
+        "datasets": registry.DATASETS, "presets": registry.PRESETS,
+    }
+    chosen = sections if args.what == "all" else {args.what: sections[args.what]}
+    for title, reg in chosen.items():
+        names = reg.names(args.pattern)
+        print(f"{title}:")
+        if not names:
+            print("  (none registered)")
+        for name in names:
+            print(f"  {name:<22} {describe(reg.get(name))}")
+    return 0
+
+
+def describe(entry: object) -> str:
+    """One line about a registry entry: a preset's description, else the first docstring line."""
+    description = getattr(entry, "description", None)
+    if isinstance(description, str) and description:
+        backbone = getattr(entry, "backbone", None)
+        return description + (f" [default backbone: {backbone}]" if backbone else "")
+    doc = (getattr(entry, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+# ---------------------------------------------------------------------------------------- activations
+def cmd_activations(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from dfbench.registry import create_backbone
+
+    backbone = create_backbone(args.backbone, init="meta")
+    rows = backbone.catalog(args.resolution)
+    if args.grep:
+        try:
+            pattern = re.compile(args.grep)
+        except re.error as error:
+            raise DfbenchInputError(f"--grep {args.grep!r}: not a regular expression ({error})") from None
+        rows = [row for row in rows if pattern.search(row.name)]
+    if args.format == "json":
+        print(json.dumps([row.to_dict() for row in rows], indent=1))
+    else:
+        resolution = args.resolution or backbone.default_resolution
+        print(f"{backbone.name} at {resolution}px: {len(rows)} activations")
+        print(tabulate([[r.name, r.channels, r.height, r.width] for r in rows],
+                       headers=["name", "channels", "height", "width"]))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- extract
+def image_paths(entries: Sequence[str]) -> list[Path]:
+    """Expand folders into their image files (sorted); every path must exist."""
+    paths: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DfbenchInputError(f"--images {path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DfbenchInputError(f"--images {path}: no such file or folder")
+    return paths
+
+
+def check_output_path(out: str, suffix: str = ".safetensors") -> Path:
+    """The output file path; its folder must exist and be writable."""
+    path = Path(out)
+    if path.suffix != suffix:
+        raise DfbenchInputError(f"--out {path}: the file name must end in {suffix}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise DfbenchInputError(f"--out {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise DfbenchInputError(f"--out {path}: folder {folder} is not writable")
+    return path
+
+
+def write_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file through a temp file in the same folder and an atomic rename."""
+    from safetensors.torch import save_file
+
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(handle)
+    try:
+        save_file({name: value.detach().cpu().contiguous() for name, value in tensors.items()}, temp_name, metadata)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from dfbench import __version__
+    from dfbench.images import load_image
+    from dfbench.registry import create_backbone, get_preset
+
+    if args.preset:
+        preset = get_preset(args.preset)
+        selection, settings = list(preset.selection), settings_from_args(args, preset.settings)
+    else:
+        selection, settings = args.select, settings_from_args(args)
+    out = check_output_path(args.out)
+    paths = image_paths(args.images)
+    categories = args.category
+    if categories is not None and len(categories) == 1:
+        categories = categories * len(paths)
+    if categories is not None and len(categories) != len(paths):
+        raise DfbenchInputError(f"--category: give one name, or one per image ({len(paths)}), not {len(categories)}")
+    images = [load_image(path) for path in paths]
+
+    overrides = {"weights": args.weights} if args.weights else {}
+    if args.device:
+        overrides["device"] = args.device
+    backbone = create_backbone(args.backbone, torch_dtype=settings.dtype, **overrides)
+    features = backbone.extract(images, selection, settings, categories=categories, progress=not args.no_progress)
+    metadata = {
+        "dfbench_version": __version__,
+        "backbone": backbone.name,
+        "weights": str(backbone.source),
+        "selection": json.dumps(list(features)),
+        "settings": settings.to_json(),
+        "images": json.dumps([str(path) for path in paths]),
+    }
+    write_safetensors_atomic(features, out, metadata)
+    shapes = ", ".join(f"{name} {tuple(value.shape)}" for name, value in features.items())
+    print(f"wrote {out}: {shapes}")
+    return 0

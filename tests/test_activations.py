@@ -1,0 +1,122 @@
+"""Activation names: aliases, refusals, and the addressable set counted from the configs by hand."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dfbench.activations import CLEANDIFT_ALIASES, addressable_names, resolve_name, validate_selection
+from dfbench.errors import DfbenchInputError, UnknownNameError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "dfbench" / "backbones" / "configs"
+
+
+@pytest.mark.parametrize("alias,canonical", [
+    # GDF grammar (Meng et al.)
+    ("up-level1-repeat1-vit-block0-cross-q", "up_blocks.1.attentions.1.transformer_blocks.0.attn2.q"),
+    ("up-level1-repeat2-res-out", "up_blocks.1.resnets.2"),
+    ("up-level1-repeat2-res-increment", "up_blocks.1.resnets.2.increment"),
+    ("up-level3-repeat0-vit-block0-self-k", "up_blocks.3.attentions.0.transformer_blocks.0.attn1.k"),
+    ("up-level3-repeat2-vit-block0-self-q", "up_blocks.3.attentions.2.transformer_blocks.0.attn1.q"),
+    ("up-level3-repeat2-vit-block0-self-v", "up_blocks.3.attentions.2.transformer_blocks.0.attn1.v"),
+    ("up-level3-repeat2-vit-out", "up_blocks.3.attentions.2"),
+    ("up-level0-repeat0-vit-block7-out", "up_blocks.0.attentions.0.transformer_blocks.7"),
+    ("down-level2-repeat1-vit-block0-ffn-inner", "down_blocks.2.attentions.1.transformer_blocks.0.ff.inner"),
+    ("up-level0-upsampler-out", "up_blocks.0.upsamplers.0"),
+    ("down-level1-downsampler-out", "down_blocks.1.downsamplers.0"),
+    ("mid-repeat1-res-out", "mid_block.resnets.1"),
+    ("mid-repeat0-res-increment", "mid_block.resnets.0.increment"),
+    ("mid-vit-out", "mid_block.attentions.0"),
+    ("mid-vit-block0-cross-q", "mid_block.attentions.0.transformer_blocks.0.attn2.q"),
+    ("unet-after-conv-in", "conv_in"),
+    ("unet-out", "conv_out"),
+    # DIFT
+    ("up_ft_index=1", "up_blocks.1"),
+    ("up_ft_index=3", "up_blocks.3"),
+    # CleanDIFT (min_sd15.py / min_sd21.py)
+    ("mid", "mid_block"),
+    ("us1", "up_blocks.0.resnets.0"),
+    ("us2", "up_blocks.0.resnets.1"),
+    ("us3", "up_blocks.0"),
+    ("us4", "up_blocks.1.attentions.0"),
+    ("us5", "up_blocks.1.attentions.1"),
+    ("us6", "up_blocks.1"),
+    ("us7", "up_blocks.2.attentions.0"),
+    ("us8", "up_blocks.2.attentions.1"),
+    ("us9", "up_blocks.2"),
+    ("us10", "up_blocks.3.attentions.0"),
+    # canonical names pass unchanged
+    ("up_blocks.1.attentions.1.transformer_blocks.0.attn1.out", "up_blocks.1.attentions.1.transformer_blocks.0.attn1.out"),
+])
+def test_alias_resolves(alias, canonical):
+    assert resolve_name(alias) == canonical
+
+
+def test_every_cleandift_name_is_covered():
+    assert sorted(CLEANDIFT_ALIASES) == sorted(["mid"] + [f"us{i}" for i in range(1, 11)])
+
+
+@pytest.mark.parametrize("name,fragment", [
+    ("up_blocks.1.attentions.1.transformer_blocks.0.attn2.k", "cross-attention keys/values"),
+    ("up_blocks.1.attentions.1.transformer_blocks.0.attn2.v", "cross-attention keys/values"),
+    ("up-level1-repeat1-vit-block0-cross-k", "cross-attention keys/values"),
+    ("up-level1-repeat1-vit-block0-self-map", "attention maps"),
+    ("up-level1-repeat1-vit-block0-cross-map", "attention maps"),
+    ("unet-in", "input latent"),
+])
+def test_refused_names_explain_why(name, fragment):
+    with pytest.raises(DfbenchInputError, match=fragment):
+        resolve_name(name)
+
+
+def _meta_unet(family: str):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    config = json.loads((CONFIGS / family / "unet" / "config.json").read_text())
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(config), config
+
+
+def _expected_count(config: dict) -> int:
+    """Count addressable names from the config alone (DESIGN §4), independently of the walker."""
+    per_transformer_block = 1 + 4 + 2 + 1  # block, attn1 q/k/v/out, attn2 q/out, ff.inner
+    layers = config["layers_per_block"]
+    n_levels = len(config["block_out_channels"])
+    depth = config.get("transformer_layers_per_block") or 1
+    depths = depth if isinstance(depth, list) else [depth] * n_levels
+    total = 2  # conv_in, conv_out
+    for level, kind in enumerate(config["down_block_types"]):
+        total += 1 + 2 * layers  # block + resnets (+ .increment)
+        if kind.startswith("CrossAttn"):
+            total += layers * (1 + depths[level] * per_transformer_block)
+        total += level < n_levels - 1  # downsampler on every level but the last
+    for level, kind in enumerate(config["up_block_types"]):
+        total += 1 + 2 * (layers + 1)
+        if kind.startswith("CrossAttn"):
+            total += (layers + 1) * (1 + depths[n_levels - 1 - level] * per_transformer_block)
+        total += level < n_levels - 1
+    total += 1 + 2 * 2 + 1 + depths[-1] * per_transformer_block  # mid block: 2 resnets, 1 transformer
+    return total
+
+
+@pytest.mark.parametrize("family,count", [("sd15", 205), ("sd21", 205), ("sdxl", 618)])
+def test_addressable_names_match_hand_count(family, count):
+    unet, config = _meta_unet(family)
+    names = addressable_names(unet)
+    assert len(names) == len(set(names)) == _expected_count(config) == count
+    assert "up_blocks.1.attentions.1.transformer_blocks.0.attn2.q" in names
+    assert not any(name.endswith((".attn2.k", ".attn2.v")) for name in names)
+
+
+def test_validate_selection_suggests_close_names():
+    unet, _ = _meta_unet("sd15")
+    valid = addressable_names(unet)
+    with pytest.raises(UnknownNameError) as info:
+        validate_selection(["up_blocks.1.attentions.1.transformer_blocks.0.attn1.qq"], valid, "sd15")
+    assert "did you mean: up_blocks.1.attentions.1.transformer_blocks.0.attn1.q" in str(info.value)
+    # an alias that resolves to a name this model lacks names both spellings
+    with pytest.raises(UnknownNameError, match=r"up-level5-repeat0-res-out .*up_blocks\.5\.resnets\.0"):
+        validate_selection(["up-level5-repeat0-res-out"], valid, "sd15")
+    # aliases and duplicates collapse to one canonical name each, in order
+    assert validate_selection(["us6", "up_blocks.1", "mid"], valid, "sd15") == ["up_blocks.1", "mid_block"]
