@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--device", help="cpu, cuda, cuda:1, … (default: cuda if available)")
     extract.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     extract.set_defaults(handler=cmd_extract)
+
+    demo = commands.add_parser("demo", help="offline demo: tiny backbones extract the published selections")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 
@@ -186,7 +189,8 @@ def image_paths(entries: Sequence[str]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise DfbenchInputError(f"--images {path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+                raise DfbenchInputError(f"--images {path}: folder holds no image files ({suffixes})")
             paths += found
         elif path.is_file():
             paths.append(path)
@@ -258,3 +262,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     shapes = ", ".join(f"{name} {tuple(value.shape)}" for name, value in features.items())
     print(f"wrote {out}: {shapes}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dfbench.demo import main as demo_main
+
+    return demo_main()

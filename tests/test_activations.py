@@ -46,7 +46,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "dfbench" / "backbones" / "confi
     ("us9", "up_blocks.2"),
     ("us10", "up_blocks.3.attentions.0"),
     # canonical names pass unchanged
-    ("up_blocks.1.attentions.1.transformer_blocks.0.attn1.out", "up_blocks.1.attentions.1.transformer_blocks.0.attn1.out"),
+    ("up_blocks.1.attentions.1.transformer_blocks.0.attn1.out",
+     "up_blocks.1.attentions.1.transformer_blocks.0.attn1.out"),
 ])
 def test_alias_resolves(alias, canonical):
     assert resolve_name(alias) == canonical

@@ -141,10 +141,9 @@ class DiffusionBackbone:
     ) -> DiffusionBackbone:
         """Load every component with diffusers/transformers ``from_pretrained`` from a hub id or a
         local diffusers folder (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``)."""
+        import transformers
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTokenizer
-
-        import transformers
 
         dtype = TORCH_DTYPES[torch_dtype]
         common = {"local_files_only": local_files_only} if local_files_only is not None else {}
@@ -181,9 +180,8 @@ class DiffusionBackbone:
     ) -> DiffusionBackbone:
         """Build from architecture configs with seeded random weights (``init="random"``) or with no
         weights at all on the meta device (``init="meta"``: shapes only)."""
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
         import transformers
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
         if init not in ("random", "meta"):
             raise DfbenchInputError(f"init={init!r}: choose 'pretrained', 'random' or 'meta'")
@@ -372,7 +370,8 @@ class DiffusionBackbone:
         latents = latents * self.vae.config.scaling_factor
         if noise is not None:
             timesteps = torch.full((len(latents),), settings.timestep, dtype=torch.long, device=latents.device)
-            latents = self.scheduler.add_noise(latents, noise.to(latents.device).repeat(len(pixels), 1, 1, 1), timesteps)
+            noise_rows = noise.to(latents.device).repeat(len(pixels), 1, 1, 1)
+            latents = self.scheduler.add_noise(latents, noise_rows, timesteps)
         return latents.to(self.dtype)
 
     def _unet_features(

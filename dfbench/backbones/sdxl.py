@@ -38,7 +38,10 @@ class StableDiffusionXLBackbone(DiffusionBackbone):
     def meta_added_cond_kwargs(self, rows: int, resolution: int) -> dict:
         config = self.unet.config
         pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        return {"text_embeds": torch.empty(rows, pooled, device="meta"), "time_ids": torch.empty(rows, 6, device="meta")}
+        return {
+            "text_embeds": torch.empty(rows, pooled, device="meta"),
+            "time_ids": torch.empty(rows, 6, device="meta"),
+        }
 
 
 def sdxl_configs() -> dict[str, dict]:
