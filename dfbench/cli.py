@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--category", nargs="+", metavar="NAME",
                          help="category per image (or one for all) for a prompt containing {category}")
     extract.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
+    extract.add_argument("--unet-weights", metavar="FILE",
+                         help="CleanDIFT backbones: the UNet state-dict .safetensors (default: from the hub)")
     extract.add_argument("--device", help="cpu, cuda, cuda:1, … (default: cuda if available)")
     extract.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     extract.set_defaults(handler=cmd_extract)
@@ -231,11 +233,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from dfbench.images import load_image
     from dfbench.registry import create_backbone, get_preset
 
-    if args.preset:
-        preset = get_preset(args.preset)
-        selection, settings = list(preset.selection), settings_from_args(args, preset.settings)
-    else:
-        selection, settings = args.select, settings_from_args(args)
+    preset = get_preset(args.preset) if args.preset else None
+    selection = list(preset.selection) if preset else args.select
+    preset_settings = preset.settings if preset else {}
+    settings_from_args(args, preset_settings)  # validate the flags before loading any weights
     out = check_output_path(args.out)
     paths = image_paths(args.images)
     categories = args.category
@@ -248,7 +249,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     overrides = {"weights": args.weights} if args.weights else {}
     if args.device:
         overrides["device"] = args.device
-    backbone = create_backbone(args.backbone, torch_dtype=settings.dtype, **overrides)
+    if args.unet_weights:
+        overrides["unet_weights"] = args.unet_weights
+    dtype = args.dtype or preset_settings.get("dtype", "float32")
+    backbone = create_backbone(args.backbone, torch_dtype=dtype, **overrides)
+    settings = settings_from_args(args, {**backbone.default_settings, **preset_settings})
     features = backbone.extract(images, selection, settings, categories=categories, progress=not args.no_progress)
     metadata = {
         "dfbench_version": __version__,

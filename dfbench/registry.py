@@ -16,11 +16,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from dfbench.errors import UnknownNameError
+from dfbench.errors import DfbenchInputError, UnknownNameError
 
 PLUGIN_GROUP = "dfbench.plugins"
 _plugins_loaded = False
@@ -130,6 +131,8 @@ BACKBONES.register("sd15", "dfbench.backbones.stable_diffusion:sd15")
 BACKBONES.register("sd21", "dfbench.backbones.stable_diffusion:sd21")
 BACKBONES.register("sd21-base", "dfbench.backbones.stable_diffusion:sd21_base")
 BACKBONES.register("sdxl", "dfbench.backbones.sdxl:sdxl")
+BACKBONES.register("cleandift-sd15", "dfbench.backbones.cleandift:cleandift_sd15")
+BACKBONES.register("cleandift-sd21", "dfbench.backbones.cleandift:cleandift_sd21")
 BACKBONES.register("tiny-sd15", "dfbench.backbones.tiny:tiny_sd15")
 BACKBONES.register("tiny-sd21", "dfbench.backbones.tiny:tiny_sd21")
 BACKBONES.register("tiny-sdxl", "dfbench.backbones.tiny:tiny_sdxl")
@@ -137,7 +140,16 @@ BACKBONES.register("tiny-sdxl", "dfbench.backbones.tiny:tiny_sdxl")
 
 def create_backbone(name: str, **overrides: Any) -> Any:
     """Create the backbone registered as ``name``; keyword overrides go to its factory."""
-    return BACKBONES.get(name)(**overrides)
+    factory = BACKBONES.get(name)
+    parameters = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = sorted(key for key in overrides if key not in parameters and not takes_any)
+    if unknown:
+        raise DfbenchInputError(
+            f"backbone {name} does not take {', '.join(unknown)}; it takes: "
+            + ", ".join(key for key, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
+        )
+    return factory(**overrides)
 
 
 def get_preset(name: str) -> Any:

@@ -24,6 +24,13 @@ def tiny_sd15():
 
 
 @pytest.fixture(scope="session")
+def tiny_sd21():
+    from dfbench import create_backbone
+
+    return create_backbone("tiny-sd21")
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl():
     from dfbench import create_backbone
 

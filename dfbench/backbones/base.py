@@ -125,6 +125,9 @@ class DiffusionBackbone:
         self.tokenizers = list(tokenizers)
         self.default_resolution = default_resolution
         self.source = source
+        #: settings this model is meant to be used with (e.g. CleanDIFT: no noise); the base of
+        #: ``extract(settings=None)`` and of the CLI's flags
+        self.default_settings: dict[str, Any] = {}
         self._prompt_cache: dict[str, PromptEmbedding] = {}
         self._names: list[str] | None = None
 
@@ -302,7 +305,7 @@ class DiffusionBackbone:
         ``images`` are PIL images (any size; resized per ``settings``) or a float tensor N×3×R×R
         already in [-1, 1]. ``categories`` (one per image) fill ``{category}`` in the prompt.
         """
-        settings = settings or ExtractSettings()
+        settings = settings or ExtractSettings.from_dict(self.default_settings)
         names = validate_selection(selection, self.activation_names(), self.name)
         resolution = settings.resolution or self.default_resolution
         if isinstance(images, torch.Tensor):
