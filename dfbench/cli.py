@@ -94,6 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     extract.set_defaults(handler=cmd_extract)
 
+    perf = commands.add_parser(
+        "perf", help="time the extraction recipes side by side (full-size random-weight models)",
+        description="recipes: on a full-size random-weight model, time the UNet truncated after up_blocks.1 vs "
+        "the full UNet, the ensemble recipe (one VAE encode) vs DIFT-style (N VAE encodes), and one clean pass; "
+        "report the ratios and the peak RSS. throughput: images/s of one clean pass per backbone, FLOPs per "
+        "image, and the fraction of --peak-tflops (use on a GPU).",
+    )
+    perf.add_argument("suite", nargs="?", choices=["recipes", "throughput"], default="recipes")
+    perf.add_argument("--backbone", nargs="+", default=None, help="recipes: one (default sd15); "
+                      "throughput: several (default sd15 sd21 sdxl)")
+    perf.add_argument("--resolution", type=int, help="recipes: input size (default: the backbone's)")
+    perf.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default float32 (recipes), "
+                      "bfloat16 (throughput)")
+    perf.add_argument("--repeats", type=int, default=1, help="timed runs per step; the median is reported")
+    perf.add_argument("--ensemble", type=int, default=8, help="recipes: ensemble size (default 8, as DIFT)")
+    perf.add_argument("--batch-size", type=int, default=8, help="throughput: images per batch")
+    perf.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    perf.add_argument("--peak-tflops", type=float, help="throughput: the device's dense peak, for the fraction")
+    perf.add_argument("--out", help="also write the results as JSON here")
+    perf.set_defaults(handler=cmd_perf)
+
     demo = commands.add_parser("demo", help="offline demo: tiny backbones extract the published selections")
     demo.set_defaults(handler=cmd_demo)
     return parser
@@ -274,3 +295,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from dfbench.demo import main as demo_main
 
     return demo_main()
+
+
+# ---------------------------------------------------------------------------------------- perf
+def cmd_perf(args: argparse.Namespace) -> int:
+    from dfbench import perf
+
+    if args.out:
+        check_output_path(args.out, ".json")
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    if args.suite == "recipes":
+        backbones = args.backbone or ["sd15"]
+        if len(backbones) != 1:
+            raise DfbenchInputError("perf recipes: give one --backbone")
+        results = perf.run_recipes(backbones[0], args.resolution, args.dtype or "float32", args.repeats,
+                                   args.ensemble, args.device or "cpu", log=log)
+    else:
+        results = perf.run_throughput(args.backbone or ["sd15", "sd21", "sdxl"], args.dtype or "bfloat16",
+                                      args.batch_size, max(args.repeats, 3), args.device, args.peak_tflops, log=log)
+    report = perf.format_report(results)
+    print(report)
+    if args.out:
+        path = Path(args.out)
+        temp = path.with_name(f".{path.name}.tmp")
+        temp.write_text(report + "\n")
+        os.replace(temp, path)
+    return 0

@@ -1,0 +1,201 @@
+"""``dfbench perf``: speed of the extraction recipes, measured side by side in one process.
+
+``recipes`` (default) — on a full-size random-weight model (SD1.5 at 512 px by default):
+
+* the UNet up to the end of ``up_blocks.1`` vs the full UNet (truncation);
+* the ``dift`` recipe (one VAE encode, 8 posterior samples, ensemble 8) vs a DIFT-style
+  implementation (the image repeated 8 times through the VAE, the same truncated UNet);
+* one clean pass (CleanDIFT style) vs the DIFT-style ensemble of 8;
+* the peak resident memory of the recipe's extraction, in a fresh child process.
+
+``throughput`` — images/s of a single clean pass per backbone at its default resolution, the
+FLOPs per image (PyTorch's FlopCounterMode) and the fraction of a given peak (for GPUs).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dfbench.backbones.base import DiffusionBackbone
+from dfbench.capture import ActivationCapture
+from dfbench.images import to_model_input
+from dfbench.settings import ExtractSettings
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function: Callable[[], Any], repeats: int, device: torch.device, warmup: int = 0) -> float:
+    """Median wall time of ``function()`` in seconds over ``repeats`` runs (after ``warmup`` runs)."""
+    for _ in range(warmup):
+        function()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def dift_style_features(backbone: DiffusionBackbone, pixels: torch.Tensor, settings: ExtractSettings) -> torch.Tensor:
+    """DIFT's own algorithm, for comparison: the image repeated N times through the VAE encoder
+    (a sample each), N seeded noises at t, the UNet truncated after ``up_blocks.1``, the mean."""
+    members = settings.ensemble_size
+    generator = torch.Generator().manual_seed(settings.seed)
+    with torch.inference_mode():
+        repeated = pixels.to(backbone.device, next(backbone.vae.parameters()).dtype).repeat(members, 1, 1, 1)
+        posterior = backbone.vae.encode(repeated).latent_dist
+        latents = posterior.sample(generator=torch.Generator().manual_seed(settings.seed + 1))
+        latents = latents * backbone.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+        t = torch.full((members,), settings.timestep, dtype=torch.long, device=latents.device)
+        noisy = backbone.scheduler.add_noise(latents, noise, t).to(backbone.dtype)
+        text = backbone.prompt_embedding("").hidden_states.to(backbone.dtype).repeat(members, 1, 1)
+        added = backbone.added_cond_kwargs(backbone.prompt_embedding(""), members, pixels.shape[-1])
+        capture = ActivationCapture(backbone.unet, ["up_blocks.1"])
+        features = capture.run(lambda: backbone.unet(noisy, t, text, added_cond_kwargs=added))
+    return features["up_blocks.1"].float().mean(0, keepdim=True)
+
+
+def _peak_rss_child(backbone: str, resolution: int, dtype: str, ensemble: int) -> float:
+    """Peak RSS (GiB) of a fresh process that builds ``backbone`` and runs the ensemble recipe once."""
+    code = f"""
+from dfbench import ExtractSettings, create_backbone
+from dfbench.perf import perf_image
+b = create_backbone({backbone!r}, init="random", device="cpu", torch_dtype={dtype!r})
+b.extract([perf_image()], ["up_blocks.1"], ExtractSettings(resolution={resolution}, ensemble_size={ensemble},
+          batch_size={ensemble}, latent_mode="sample", dtype={dtype!r}))
+print(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # VmHWM (KiB): this process's own peak; ru_maxrss would carry the parent's peak across exec
+    return int(done.stdout.strip().splitlines()[-1]) / 2**20
+
+
+def perf_image() -> Any:
+    """The photo used for timing (scikit-image's chelsea, 451×300)."""
+    import skimage.data
+    from PIL import Image
+
+    return Image.fromarray(skimage.data.chelsea())
+
+
+def machine_description(device: torch.device) -> str:
+    """CPU model / GPU name, core count and torch version, for the report."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return f"{name}; {torch.get_num_threads()} threads; torch {torch.__version__}"
+
+
+def run_recipes(backbone_name: str = "sd15", resolution: int | None = None, dtype: str = "float32",
+                repeats: int = 1, ensemble: int = 8, device: str = "cpu", measure_rss: bool = True,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Time truncation, the ensemble recipe, DIFT-style encoding and a clean pass side by side."""
+    from dfbench.registry import create_backbone
+
+    log(f"building {backbone_name} with random weights ({dtype}) …")
+    backbone = create_backbone(backbone_name, init="random", device=device, torch_dtype=dtype)
+    resolution = resolution or backbone.default_resolution
+    dev = backbone.device
+    pixels = to_model_input([perf_image()], resolution, "squash")
+    latent = torch.randn(1, 4, resolution // 8, resolution // 8, generator=torch.Generator().manual_seed(0))
+    latent = latent.to(dev, backbone.dtype)
+    text = backbone.prompt_embedding("").hidden_states.to(backbone.dtype)
+    added = backbone.added_cond_kwargs(backbone.prompt_embedding(""), 1, resolution)
+    t = torch.tensor([261], device=dev)
+
+    def full_unet() -> None:
+        with torch.inference_mode():
+            backbone.unet(latent, t, text, added_cond_kwargs=added)
+
+    def truncated_unet() -> None:
+        with torch.inference_mode():
+            ActivationCapture(backbone.unet, ["up_blocks.1"]).run(
+                lambda: backbone.unet(latent, t, text, added_cond_kwargs=added)
+            )
+
+    recipe = ExtractSettings(resolution=resolution, ensemble_size=ensemble, batch_size=ensemble,
+                             latent_mode="sample", dtype=dtype)
+    clean = recipe.replace(ensemble_size=1, batch_size=1, add_noise=False, latent_mode="mode")
+    results: dict[str, Any] = {"backbone": backbone_name, "resolution": resolution, "dtype": dtype,
+                               "ensemble": ensemble, "repeats": repeats, "machine": machine_description(dev)}
+    steps = {
+        "unet_full_s": full_unet,
+        "unet_to_up_blocks_1_s": truncated_unet,
+        "recipe_ensemble_s": lambda: backbone.extract(pixels, ["up_blocks.1"], recipe),
+        "dift_style_ensemble_s": lambda: dift_style_features(backbone, pixels, recipe),
+        "clean_pass_s": lambda: backbone.extract(pixels, ["up_blocks.1"], clean),
+    }
+    for key, step in steps.items():
+        log(f"timing {key} …")
+        results[key] = timed(step, repeats, dev, warmup=1 if dev.type == "cuda" else 0)
+    results["truncation_speedup"] = results["unet_full_s"] / results["unet_to_up_blocks_1_s"]
+    results["recipe_vs_dift_style_speedup"] = results["dift_style_ensemble_s"] / results["recipe_ensemble_s"]
+    results["clean_vs_dift_style_speedup"] = results["dift_style_ensemble_s"] / results["clean_pass_s"]
+    results["this_process_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if measure_rss and dev.type == "cpu":
+        log("measuring the recipe's peak RSS in a fresh process …")
+        results["recipe_peak_rss_gib"] = _peak_rss_child(backbone_name, resolution, dtype, ensemble)
+    return results
+
+
+def run_throughput(backbones: list[str], dtype: str = "bfloat16", batch_size: int = 8, repeats: int = 5,
+                   device: str | None = None, peak_tflops: float | None = None,
+                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Images/s of one clean pass (VAE encode + truncated UNet) per backbone at its default resolution."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dfbench.registry import create_backbone
+
+    rows = []
+    for name in backbones:
+        log(f"building {name} ({dtype}) …")
+        backbone = create_backbone(name, init="random", device=device, torch_dtype=dtype)
+        resolution = backbone.default_resolution
+        pixels = to_model_input([perf_image()] * batch_size, resolution, "squash")
+        settings = ExtractSettings(resolution=resolution, add_noise=False, batch_size=batch_size, dtype=dtype)
+        run = functools.partial(backbone.extract, pixels, ["up_blocks.1"], settings)
+        seconds = timed(run, repeats, backbone.device, warmup=2)
+        with FlopCounterMode(display=False) as counter:
+            backbone.extract(pixels[:1], ["up_blocks.1"], settings)
+        flops_per_image = counter.get_total_flops()
+        row = {"backbone": name, "resolution": resolution, "dtype": dtype, "batch": batch_size,
+               "images_per_s": batch_size / seconds, "gflop_per_image": flops_per_image / 1e9,
+               "achieved_tflops": flops_per_image * batch_size / seconds / 1e12,
+               "machine": machine_description(backbone.device)}
+        if peak_tflops:
+            row["fraction_of_peak"] = row["achieved_tflops"] / peak_tflops
+        rows.append(row)
+        backbone = None  # free the model before building the next
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return rows
+
+
+def format_report(results: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """Pretty JSON for the console and for BENCHMARKS.md."""
+    return json.dumps(results, indent=1, sort_keys=False)
