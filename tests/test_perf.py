@@ -64,3 +64,14 @@ def test_truncation_saves_the_flops_measured_in_the_design():
     assert counts["vae"] == pytest.approx(1117, abs=1)
     assert counts["unet"] == pytest.approx(803, abs=1)
     assert counts["truncated"] == pytest.approx(439, abs=1)
+
+
+def test_throughput_report_is_consistent_on_cpu():
+    from dfbench.perf import run_throughput
+
+    (row,) = run_throughput(["tiny-sd15"], dtype="float32", batch_size=2, repeats=1, device="cpu",
+                            peak_tflops=2.0, log=lambda message: None)
+    assert row["backbone"] == "tiny-sd15" and row["resolution"] == 64 and row["batch"] == 2
+    assert row["images_per_s"] > 0 and row["gflop_per_image"] > 0
+    assert row["achieved_tflops"] == pytest.approx(row["gflop_per_image"] * row["images_per_s"] / 1000)
+    assert row["fraction_of_peak"] == pytest.approx(row["achieved_tflops"] / 2.0)
