@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -115,7 +116,43 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--out", help="also write the results as JSON here")
     perf.set_defaults(handler=cmd_perf)
 
-    demo = commands.add_parser("demo", help="offline demo: tiny backbones extract the published selections")
+    run = commands.add_parser(
+        "run", help="run one backbone × task pairing and record it under results/",
+        description="Evaluate a backbone with an activation selection on a task; write the run record "
+        "(results/runs/*.json), its figures (results/figures/) and refresh the leaderboard.",
+    )
+    run.add_argument("--backbone", required=True, help="backbone name (see `dfbench list backbones`)")
+    run.add_argument("--task", required=True, help="task or task/protocol, e.g. spair or spair/dift-nn")
+    run_choice = run.add_mutually_exclusive_group(required=True)
+    run_choice.add_argument("--select", nargs="+", metavar="NAME", help="activation names or aliases")
+    run_choice.add_argument("--preset", help="a named recipe: selection + settings")
+    run.add_argument("--data-root", help="dataset folder in its native layout ('mini': the embedded mini set)")
+    run.add_argument("--split", default="test", help="dataset split (default test)")
+    run.add_argument("--limit-pairs", type=int, help="SPair: evaluate only the first N pairs")
+    run.add_argument("--per-category", type=int, help="SPair: sample N pairs per category (seeded)")
+    run.add_argument("--pairs-file", help="SPair: evaluate the pair ids listed in this file")
+    run.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
+    run.add_argument("--results", default="results", help="results folder (default ./results)")
+    run.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_settings_arguments(run)
+    run.set_defaults(handler=cmd_run)
+
+    suite = commands.add_parser("suite", help="run every pairing listed in a YAML suite, then the leaderboard")
+    suite.add_argument("file", help="suite YAML (see configs/demo.yaml)")
+    suite.add_argument("--results", default="results", help="results folder (default ./results)")
+    suite.add_argument("--force", action="store_true", help="rerun pairings already recorded")
+    suite.add_argument("--strict", action="store_true", help="stop at the first failing run")
+    suite.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    suite.set_defaults(handler=cmd_suite)
+
+    leaderboard = commands.add_parser("leaderboard", help="render results/leaderboard.md and .csv from the runs")
+    leaderboard.add_argument("--results", default="results", help="results folder (default ./results)")
+    leaderboard.set_defaults(handler=cmd_leaderboard)
+
+    demo = commands.add_parser("demo", help="the offline demo suite (configs/demo.yaml): tiny backbones × mini SPair")
+    demo.add_argument("--results", default="results", help="results folder (default ./results)")
+    demo.add_argument("--force", action="store_true", help="rerun pairings already recorded")
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -290,11 +327,77 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------- demo
-def cmd_demo(args: argparse.Namespace) -> int:
-    from dfbench.demo import main as demo_main
+# ---------------------------------------------------------------------------------------- run / suite
+def cmd_run(args: argparse.Namespace) -> int:
+    from dfbench.runner import RunSpec, run_one
 
-    return demo_main()
+    settings = {flag: getattr(args, flag) for flag in SETTINGS_FLAGS if getattr(args, flag, None) is not None}
+    spec = RunSpec(
+        backbone=args.backbone, task=args.task, selection=args.select or [], preset=args.preset, settings=settings,
+        data_root=args.data_root, split=args.split, limit_pairs=args.limit_pairs, per_category=args.per_category,
+        pairs_file=args.pairs_file, weights=args.weights,
+    )
+    if args.data_root is None:
+        raise DfbenchInputError("--data-root DIR is required (or --data-root mini for the embedded mini set)")
+    result, path = run_one(spec, args.results, progress=not args.no_progress, figures=not args.no_figures)
+    print(f"wrote {path}")
+    print(format_metrics(result))
+    return print_leaderboard(args.results)
+
+
+def format_metrics(result) -> str:
+    """The headline metrics of a result as a small table."""
+    from tabulate import tabulate
+
+    keys = result.details.get("leaderboard_metrics") or list(result.metrics)
+    rows = [[key, f"{result.metrics[key]:.2f}"] for key in keys if key in result.metrics]
+    return tabulate(rows, headers=[result.protocol, result.row_label])
+
+
+def print_leaderboard(results_dir: str) -> int:
+    from dfbench.results import write_leaderboard
+
+    md_path, csv_path, markdown = write_leaderboard(results_dir)
+    print()
+    print(markdown)
+    print(f"leaderboard written to {md_path} and {csv_path}")
+    return 0
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    from dfbench.runner import run_suite
+
+    _, failures = run_suite(args.file, args.results, force=args.force, strict=args.strict,
+                            progress=not args.no_progress, log=lambda message: print(message, file=sys.stderr))
+    print_leaderboard(args.results)
+    if failures:
+        print(f"{len(failures)} run(s) failed:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    return print_leaderboard(args.results)
+
+
+def demo_suite_path() -> Path:
+    """configs/demo.yaml of the checkout this package runs from."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    if not path.is_file():
+        raise DfbenchInputError(f"{path} not found: run the demo from a dfbench checkout (pip install -e .)")
+    return path
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dfbench.runner import run_suite
+
+    started = time.perf_counter()
+    _, failures = run_suite(demo_suite_path(), args.results, force=args.force, strict=True, progress=False,
+                            log=lambda message: print(message, file=sys.stderr))
+    print_leaderboard(args.results)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s. Tiny backbones have random weights: these "
+          "numbers exercise the pipeline, they are not benchmark scores.")
+    return 1 if failures else 0
 
 
 # ---------------------------------------------------------------------------------------- perf

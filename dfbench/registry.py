@@ -136,6 +136,10 @@ BACKBONES.register("cleandift-sd21", "dfbench.backbones.cleandift:cleandift_sd21
 BACKBONES.register("tiny-sd15", "dfbench.backbones.tiny:tiny_sd15")
 BACKBONES.register("tiny-sd21", "dfbench.backbones.tiny:tiny_sd21")
 BACKBONES.register("tiny-sdxl", "dfbench.backbones.tiny:tiny_sdxl")
+TASKS.register("spair", "dfbench.benchmarks.spair:SpairTask")
+HEADS.register("nn-matcher", "dfbench.heads.nn_matcher:match_points")
+DATASETS.register("spair", "dfbench.datasets.spair:load_spair")
+DATASETS.register("mini-spair", "dfbench.datasets.mini_spair:mini_spair_root")
 
 
 def create_backbone(name: str, **overrides: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Task adapters: backbone × task → Result, with named, versioned protocol variants."""

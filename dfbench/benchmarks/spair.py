@@ -1,0 +1,182 @@
+"""SPair-71k semantic correspondence: protocol ``spair/dift-nn`` (v1).
+
+Each image's features are extracted once (not once per pair), with the prompt filled by the
+image's category. For every pair, each source keypoint is matched to the target pixel of highest
+cosine similarity between the features bilinearly upsampled to the images' original sizes
+(:mod:`dfbench.heads.nn_matcher`). A prediction is correct when its distance to the true target
+keypoint is ≤ α·max(bbox w, h) of the target object (``bbox``) or ≤ α·max(W, H) of the target
+image (``img``), in original pixels.
+
+Reported (in percent): PCK@{0.05, 0.1, 0.15} × {bbox, img}, pooled over all keypoints (primary:
+``pck@0.1_bbox``), averaged per image pair (``…_per_image``), per category, and the mean over
+categories. With several activations selected, each is resized to the largest map, L2-normalised
+per location, and concatenated along channels; a single activation is used as it is (DIFT).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dfbench.backbones.base import DiffusionBackbone
+from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
+from dfbench.datasets.spair import SpairPair, load_spair
+from dfbench.errors import DfbenchInputError
+from dfbench.heads.nn_matcher import match_points, upsampled_norm
+from dfbench.images import load_image
+from dfbench.results import Result, environment
+from dfbench.settings import ExtractSettings
+
+ALPHAS = (0.05, 0.1, 0.15)
+PRIMARY = "pck@0.1_bbox"
+PROTOCOLS = {"dift-nn": 1}
+
+
+def combine_activations(features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One map N×C×h×w from the selected activations (see the module docstring)."""
+    maps = list(features.values())
+    if len(maps) == 1:
+        return maps[0]
+    height = max(m.shape[2] for m in maps)
+    width = max(m.shape[3] for m in maps)
+    resized = [F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
+               if m.shape[2:] != (height, width) else m for m in maps]
+    return torch.cat([F.normalize(m, dim=1) for m in resized], dim=1)
+
+
+@dataclass
+class PairPrediction:
+    """Predicted target keypoints of one pair, in original pixels."""
+
+    pair: SpairPair
+    predicted: torch.Tensor  # K×2 (x, y)
+
+
+def score_predictions(predictions: Sequence[PairPrediction], alphas: Sequence[float] = ALPHAS
+                      ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """PCK metrics (percent): pooled per keypoint, per image pair, per category, category mean."""
+    pooled: dict[str, list[torch.Tensor]] = defaultdict(list)
+    per_pair: dict[str, list[float]] = defaultdict(list)
+    per_category: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+    for prediction in predictions:
+        pair = prediction.pair
+        truth = torch.tensor(pair.trg_kps)
+        references = {"bbox": bbox_reference(pair.trg_bbox), "img": image_reference(pair.trg_size)}
+        for alpha in alphas:
+            for kind, reference in references.items():
+                key = f"pck@{alpha:g}_{kind}"
+                correct = correct_keypoints(prediction.predicted, truth, reference, alpha)
+                pooled[key].append(correct)
+                per_pair[key].append(correct.double().mean().item())
+                per_category[pair.category][key].append(correct)
+    metrics: dict[str, float] = {}
+    for key, flags in pooled.items():
+        metrics[key] = 100 * torch.cat(flags).double().mean().item()
+        metrics[f"{key}_per_image"] = 100 * sum(per_pair[key]) / len(per_pair[key])
+    categories = {
+        category: {key: 100 * torch.cat(flags).double().mean().item() for key, flags in table.items()}
+        for category, table in sorted(per_category.items())
+    }
+    for key in pooled:
+        metrics[f"{key}_category_mean"] = sum(c[key] for c in categories.values()) / len(categories)
+    metrics["pairs"] = float(len(predictions))
+    metrics["keypoints"] = float(sum(len(p.pair.trg_kps) for p in predictions))
+    return metrics, categories
+
+
+class SpairTask:
+    """SPair-71k correspondence. ``run`` returns a :class:`~dfbench.results.Result`."""
+
+    name = "spair"
+    protocols = PROTOCOLS
+    default_protocol = "dift-nn"
+
+    def run(
+        self,
+        backbone: DiffusionBackbone,
+        selection: Sequence[str],
+        settings: ExtractSettings,
+        data_root: str | Path,
+        split: str = "test",
+        protocol: str = "dift-nn",
+        limit_pairs: int | None = None,
+        per_category: int | None = None,
+        pairs_file: str | Path | None = None,
+        progress: bool = True,
+        preset: str | None = None,
+    ) -> tuple[Result, list[PairPrediction]]:
+        """Evaluate ``backbone`` + ``selection`` on the pairs of ``split``."""
+        if protocol not in PROTOCOLS:
+            raise DfbenchInputError(f"spair protocol {protocol!r}: available: {', '.join(PROTOCOLS)}")
+        pairs = load_spair(data_root, split, limit_pairs, per_category, pairs_file=pairs_file, seed=settings.seed)
+        if not pairs:
+            raise DfbenchInputError(f"SPair {split}: no pairs left after the filters")
+        started = time.perf_counter()
+        features, sizes, canonical = self.extract_images(backbone, selection, settings, pairs, progress)
+        extracted = time.perf_counter()
+        predictions = self.match(pairs, features, sizes, progress)
+        matched = time.perf_counter()
+        metrics, categories = score_predictions(predictions)
+        result = Result(
+            task=self.name, protocol=f"{self.name}/{protocol}", protocol_version=PROTOCOLS[protocol],
+            backbone=backbone.name, selection=canonical, settings=settings.to_dict(),
+            metrics=metrics, per_category=categories, preset=preset, weights=str(backbone.source),
+            timings={"extract_s": extracted - started, "match_s": matched - extracted,
+                     "images": float(len(sizes))},
+            details={"split": split, "data_root": str(data_root), "limit_pairs": limit_pairs,
+                     "per_category": per_category, "pairs_file": str(pairs_file) if pairs_file else None,
+                     "leaderboard_metrics": [PRIMARY, "pck@0.1_img", "pck@0.1_bbox_per_image"]},
+            environment=environment(str(backbone.device)),
+        )
+        return result, predictions
+
+    def extract_images(self, backbone: DiffusionBackbone, selection: Sequence[str], settings: ExtractSettings,
+                       pairs: Sequence[SpairPair], progress: bool
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]], list[str]]:
+        """Features (C×h×w, float32, CPU) and original size (H, W) of every distinct image, extracted
+        once each, and the canonical selection."""
+        images: dict[str, tuple[Path, str]] = {}
+        for pair in pairs:
+            images.setdefault(pair.src_key, (pair.src_image, pair.category))
+            images.setdefault(pair.trg_key, (pair.trg_image, pair.category))
+        keys = sorted(images)
+        features: dict[str, torch.Tensor] = {}
+        canonical: list[str] = []
+        sizes: dict[str, tuple[int, int]] = {}
+        chunk = max(1, settings.batch_size // settings.ensemble_size)
+        bar = tqdm(total=len(keys), desc=f"extract {backbone.name}", unit="img", disable=not progress)
+        for start in range(0, len(keys), chunk):
+            batch = keys[start : start + chunk]
+            loaded = [load_image(images[key][0]) for key in batch]
+            extracted = backbone.extract(loaded, selection, settings, categories=[images[k][1] for k in batch])
+            canonical = list(extracted)
+            combined = combine_activations(extracted).cpu()
+            for key, image, value in zip(batch, loaded, combined, strict=True):
+                features[key] = value
+                sizes[key] = (image.height, image.width)
+            bar.update(len(batch))
+        bar.close()
+        return features, sizes, canonical
+
+    def match(self, pairs: Sequence[SpairPair], features: dict[str, torch.Tensor], sizes: dict[str, tuple[int, int]],
+              progress: bool) -> list[PairPrediction]:
+        """Nearest-neighbour predictions for every pair, target norms computed once per target image."""
+        order = sorted(range(len(pairs)), key=lambda i: pairs[i].trg_key)
+        predictions: list[PairPrediction | None] = [None] * len(pairs)
+        norm_key, norm = None, None
+        for index in tqdm(order, desc="match", unit="pair", disable=not progress):
+            pair = pairs[index]
+            if pair.trg_key != norm_key:
+                norm_key, norm = pair.trg_key, upsampled_norm(features[pair.trg_key], sizes[pair.trg_key])
+            predicted = match_points(features[pair.src_key], features[pair.trg_key], torch.tensor(pair.src_kps),
+                                     sizes[pair.src_key], sizes[pair.trg_key], trg_norm=norm)
+            predictions[index] = PairPrediction(pair, predicted)
+        return [prediction for prediction in predictions if prediction is not None]
+

@@ -1,0 +1,1 @@
+"""Dataset loaders for native on-disk layouts, and the embedded mini sets."""

@@ -1,0 +1,177 @@
+"""SPair-71k (Min et al., 2019) in its native layout.
+
+::
+
+    SPair-71k/
+      JPEGImages/<category>/<name>.jpg
+      ImageAnnotation/<category>/<name>.json
+      PairAnnotation/{trn,val,test}/<id>-<src>-<trg>:<category>.json
+      Layout/large/{trn,val,test}.txt          # optional: the pair ids of each split
+
+A pair file holds ``src_imname``, ``trg_imname``, ``src_imsize`` / ``trg_imsize`` ([W, H, C]),
+``src_bndbox`` / ``trg_bndbox`` ([x1, y1, x2, y2]), ``src_kps`` / ``trg_kps`` ([[x, y], …] in
+original pixels), ``kps_ids``, ``category``, ``viewpoint_variation`` and more; every field is
+kept in :attr:`SpairPair.raw`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfbench.errors import DfbenchInputError
+
+SPLITS = ("trn", "val", "test")
+REQUIRED_FIELDS = ("src_imname", "trg_imname", "src_kps", "trg_kps", "trg_bndbox", "trg_imsize", "category")
+DOWNLOAD_HINT = "get SPair-71k from https://cvlab.postech.ac.kr/research/SPair-71k/ and pass --data-root SPair-71k"
+
+
+@dataclass(frozen=True)
+class SpairPair:
+    """One annotated image pair; coordinates in original pixels, keypoints as (x, y)."""
+
+    pair_id: str
+    category: str
+    src_image: Path
+    trg_image: Path
+    src_kps: tuple[tuple[float, float], ...]
+    trg_kps: tuple[tuple[float, float], ...]
+    src_bbox: tuple[float, float, float, float]
+    trg_bbox: tuple[float, float, float, float]
+    src_size: tuple[int, int]  # (W, H)
+    trg_size: tuple[int, int]  # (W, H)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def src_key(self) -> str:
+        """The image id used to extract its features once: ``<category>/<name>``."""
+        return f"{self.category}/{self.raw['src_imname']}"
+
+    @property
+    def trg_key(self) -> str:
+        return f"{self.category}/{self.raw['trg_imname']}"
+
+
+def _check_root(root: Path, split: str) -> Path:
+    if split not in SPLITS:
+        raise DfbenchInputError(f"SPair split {split!r}: choose one of {', '.join(SPLITS)}")
+    if not root.is_dir():
+        raise DfbenchInputError(f"SPair root {root}: no such folder; {DOWNLOAD_HINT}")
+    for sub in ("JPEGImages", f"PairAnnotation/{split}"):
+        if not (root / sub).is_dir():
+            raise DfbenchInputError(
+                f"SPair root {root}: missing {sub}/ (expected JPEGImages/<cat>/, PairAnnotation/{{trn,val,test}}/); "
+                f"{DOWNLOAD_HINT}"
+            )
+    return root / "PairAnnotation" / split
+
+
+def _pair_files(root: Path, split: str, folder: Path) -> list[Path]:
+    layout = root / "Layout" / "large" / f"{split}.txt"
+    if layout.is_file():
+        ids = [line.strip() for line in layout.read_text().splitlines() if line.strip()]
+        files = [folder / f"{pair_id}.json" for pair_id in ids]
+        missing = [path for path in files if not path.is_file()]
+        if missing:
+            raise DfbenchInputError(
+                f"{layout} lists {len(missing)} pairs with no file in {folder} (e.g. {missing[0].name})"
+            )
+        return files
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise DfbenchInputError(f"SPair {folder}: no pair annotation files (*.json)")
+    return files
+
+
+def _points(value: Any, path: Path, name: str) -> tuple[tuple[float, float], ...]:
+    try:
+        points = tuple((float(x), float(y)) for x, y in value)
+    except (TypeError, ValueError):
+        raise DfbenchInputError(f"SPair pair {path}: field {name} must be a list of [x, y] points") from None
+    return points
+
+
+def read_pair(path: Path, root: Path) -> SpairPair:
+    """Parse one pair annotation file; a broken file is one line naming it and the problem."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DfbenchInputError(f"SPair pair {path}: not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise DfbenchInputError(f"SPair pair {path}: expected a JSON object")
+    missing = [name for name in REQUIRED_FIELDS if name not in raw]
+    if missing:
+        raise DfbenchInputError(f"SPair pair {path}: missing field(s) {', '.join(missing)}")
+    src_kps, trg_kps = _points(raw["src_kps"], path, "src_kps"), _points(raw["trg_kps"], path, "trg_kps")
+    if len(src_kps) != len(trg_kps) or not src_kps:
+        raise DfbenchInputError(
+            f"SPair pair {path}: src_kps ({len(src_kps)}) and trg_kps ({len(trg_kps)}) must be equally many (> 0)"
+        )
+    category = str(raw["category"])
+    try:
+        src_bbox = tuple(float(v) for v in raw.get("src_bndbox", (0, 0, 0, 0)))
+        trg_bbox = tuple(float(v) for v in raw["trg_bndbox"])
+        src_size = tuple(int(v) for v in raw.get("src_imsize", (0, 0))[:2])
+        trg_size = tuple(int(v) for v in raw["trg_imsize"][:2])
+    except (TypeError, ValueError):
+        raise DfbenchInputError(f"SPair pair {path}: bndbox / imsize fields must be numbers") from None
+    if len(trg_bbox) != 4 or len(trg_size) != 2:
+        raise DfbenchInputError(f"SPair pair {path}: trg_bndbox needs [x1,y1,x2,y2] and trg_imsize [W,H,C]")
+    images = root / "JPEGImages" / category
+    src_image, trg_image = images / raw["src_imname"], images / raw["trg_imname"]
+    for image in (src_image, trg_image):
+        if not image.is_file():
+            raise DfbenchInputError(f"SPair pair {path}: image {image} does not exist")
+    return SpairPair(path.stem, category, src_image, trg_image, src_kps, trg_kps, src_bbox, trg_bbox,  # type: ignore[arg-type]
+                     src_size, trg_size, raw)  # type: ignore[arg-type]
+
+
+def load_spair(root: str | Path, split: str = "test", limit_pairs: int | None = None,
+               per_category: int | None = None, categories: list[str] | None = None,
+               pairs_file: str | Path | None = None, seed: int = 0) -> list[SpairPair]:
+    """The pairs of ``split``, optionally restricted.
+
+    Args:
+        root: the SPair-71k folder.
+        split: ``trn``, ``val`` or ``test``.
+        limit_pairs: keep the first N pairs (after the other filters), for quick runs.
+        per_category: keep N pairs per category, sampled with ``seed`` (order kept).
+        categories: keep only these categories.
+        pairs_file: a text file of pair ids (file stems), one per line — e.g. a published subset.
+        seed: seed of the per-category sampling.
+    """
+    root = Path(root)
+    folder = _check_root(root, split)
+    if pairs_file is not None:
+        pairs_path = Path(pairs_file)
+        if not pairs_path.is_file():
+            raise DfbenchInputError(f"--pairs-file {pairs_path}: no such file")
+        ids = [line.strip().removesuffix(".json") for line in pairs_path.read_text().splitlines() if line.strip()]
+        files = [folder / f"{pair_id}.json" for pair_id in ids]
+        absent = [path.name for path in files if not path.is_file()]
+        if absent:
+            raise DfbenchInputError(f"--pairs-file {pairs_path}: {len(absent)} ids not in {folder} (e.g. {absent[0]})")
+    else:
+        files = _pair_files(root, split, folder)
+    pairs = [read_pair(path, root) for path in files]
+    if categories:
+        unknown = sorted(set(categories) - {pair.category for pair in pairs})
+        if unknown:
+            raise DfbenchInputError(f"SPair {split}: no pairs of categor(y/ies) {', '.join(unknown)}")
+        pairs = [pair for pair in pairs if pair.category in set(categories)]
+    if per_category is not None:
+        by_category: dict[str, list[int]] = defaultdict(list)
+        for index, pair in enumerate(pairs):
+            by_category[pair.category].append(index)
+        rng = random.Random(seed)
+        keep = set()
+        for indices in by_category.values():
+            keep.update(rng.sample(indices, min(per_category, len(indices))))
+        pairs = [pair for index, pair in enumerate(pairs) if index in keep]
+    if limit_pairs is not None:
+        pairs = pairs[:limit_pairs]
+    return pairs

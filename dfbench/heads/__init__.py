@@ -1,0 +1,1 @@
+"""Readouts on top of frozen features: zero-shot matchers, trained probes and heads."""

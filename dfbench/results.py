@@ -1,0 +1,174 @@
+"""Run records and leaderboards.
+
+One JSON record per run under ``results/runs/`` (written atomically) carrying the task, protocol
+and its version, backbone, selection, settings, metrics, per-category table, timings and the
+environment. ``dfbench leaderboard`` renders the latest record of every (backbone, selection,
+settings) row × task into ``results/leaderboard.md`` and ``.csv`` (pandas + tabulate), laid out
+like the papers' tables.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfbench.errors import DfbenchInputError
+
+RECORD_VERSION = 1
+
+
+@dataclass
+class Result:
+    """What one run of a task on a backbone produced."""
+
+    task: str
+    protocol: str
+    protocol_version: int
+    backbone: str
+    selection: list[str]
+    settings: dict[str, Any]
+    metrics: dict[str, float]
+    per_category: dict[str, dict[str, float]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = None
+    weights: str = ""
+    environment: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    run_id: str = ""
+    record_version: int = RECORD_VERSION
+
+    @property
+    def row_label(self) -> str:
+        """The leaderboard row: backbone + (preset or selection)."""
+        return f"{self.backbone} / {self.preset or ', '.join(self.selection)}"
+
+    def new_run_id(self) -> str:
+        """A readable, unique file stem: time, task, backbone and a short content hash."""
+        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:8]
+        stamp = self.created.replace(":", "").replace("-", "")[:15]
+        return f"{stamp}-{self.protocol.replace('/', '_')}-{self.backbone}-{digest}"
+
+
+def environment(device: str = "") -> dict[str, Any]:
+    """Versions of the stack, the device and the git revision of the working tree."""
+    import diffusers
+    import torch
+    import transformers
+
+    from dfbench import __version__
+
+    return {
+        "dfbench": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "device": device, "git_revision": git_revision(),
+    }
+
+
+def git_revision() -> str:
+    """``git rev-parse HEAD`` of the package's checkout (``+dirty`` if modified), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                  timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return revision + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_result(result: Result, results_dir: str | Path = "results") -> Path:
+    """Write the record as ``<results_dir>/runs/<run id>.json``; returns the path."""
+    if not result.created:
+        result.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if not result.run_id:
+        result.run_id = result.new_run_id()
+    path = Path(results_dir) / "runs" / f"{result.run_id}.json"
+    write_text_atomic(path, json.dumps(asdict(result), indent=1, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def load_results(results_dir: str | Path = "results") -> list[Result]:
+    """Every record under ``<results_dir>/runs``, oldest first; a broken record is a one-line error."""
+    runs = Path(results_dir) / "runs"
+    if not runs.is_dir():
+        raise DfbenchInputError(f"no run records in {runs}; run `dfbench run …` first")
+    records = []
+    for path in sorted(runs.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            records.append(Result(**data))
+        except (json.JSONDecodeError, TypeError) as error:
+            raise DfbenchInputError(f"run record {path}: unreadable ({error}); delete or fix it") from None
+    return sorted(records, key=lambda record: record.created)
+
+
+def leaderboard_table(records: list[Result], metrics: tuple[str, ...] | None = None):
+    """A pandas DataFrame: one row per (backbone, selection, settings), one column per task metric.
+
+    The latest record of each (row, protocol) wins. ``metrics`` keeps only those metric keys
+    (default: every record's ``details['leaderboard_metrics']``, else all metrics).
+    """
+    import pandas as pd
+
+    cells: dict[tuple[str, str], dict[str, float]] = {}
+    for record in records:
+        settings = record.settings
+        key = (record.row_label, _settings_label(settings))
+        chosen = metrics or tuple(record.details.get("leaderboard_metrics") or record.metrics)
+        row = cells.setdefault(key, {})
+        for metric in chosen:
+            if metric in record.metrics:
+                row[f"{record.protocol} {metric}"] = record.metrics[metric]
+    rows = [{"backbone / selection": row, "settings": settings, **values}
+            for (row, settings), values in sorted(cells.items())]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    metric_columns = sorted(column for column in frame.columns if column not in ("backbone / selection", "settings"))
+    return frame[["backbone / selection", "settings", *metric_columns]]
+
+
+def _settings_label(settings: dict[str, Any]) -> str:
+    parts = [f"{settings.get('resolution') or 'default'}px", f"t={settings.get('timestep')}"]
+    if not settings.get("add_noise", True):
+        parts.append("clean")
+    if settings.get("ensemble_size", 1) != 1:
+        parts.append(f"ens={settings['ensemble_size']}")
+    if settings.get("seed", 0):
+        parts.append(f"seed={settings['seed']}")
+    return " ".join(parts)
+
+
+def write_leaderboard(results_dir: str | Path = "results") -> tuple[Path, Path, str]:
+    """Render ``leaderboard.md`` and ``leaderboard.csv`` in ``results_dir``; returns paths and markdown."""
+    results_dir = Path(results_dir)
+    frame = leaderboard_table(load_results(results_dir))
+    table = frame.round(2).to_markdown(index=False) if not frame.empty else "(no runs)"
+    markdown = "# dfbench leaderboard\n\n" + table + "\n"
+    md_path, csv_path = results_dir / "leaderboard.md", results_dir / "leaderboard.csv"
+    write_text_atomic(md_path, markdown)
+    write_text_atomic(csv_path, frame.to_csv(index=False))
+    return md_path, csv_path, markdown
