@@ -29,16 +29,17 @@ def upsample(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def bilinear_weights(positions: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
     """Interpolation weights len(positions)×in_size of output pixels ``positions`` when resizing
     ``in_size`` → ``out_size`` bilinearly with ``align_corners=False`` (PyTorch's convention)."""
-    scale = in_size / out_size
-    source = ((positions.double() + 0.5) * scale - 0.5).clamp(min=0)
+    # float32 arithmetic, like PyTorch's CPU kernel, so the weights agree to the last bits
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    source = ((positions.float() + 0.5) * scale - 0.5).clamp(min=0)
     low = source.floor().long().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
-    frac = source - low.double()
-    weights = torch.zeros(len(positions), in_size, dtype=torch.float64)
+    frac = source - low.float()
+    weights = torch.zeros(len(positions), in_size, dtype=torch.float32)
     rows = torch.arange(len(positions))
     weights[rows, low] += 1 - frac
     weights[rows, high] += frac
-    return weights.float()
+    return weights
 
 
 def sample_at(features: torch.Tensor, points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

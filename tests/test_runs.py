@@ -1,0 +1,113 @@
+"""Run records, leaderboards and suites, end to end on the tiny backbones and the mini set."""
+
+import json
+
+import pytest
+
+from dfbench.cli import main
+from dfbench.results import Result, leaderboard_table, save_result
+
+
+@pytest.fixture(autouse=True)
+def mini_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path_factory.getbasetemp() / "dfbench_home"))
+
+
+def test_run_writes_record_figures_and_leaderboard(tmp_path, capsys):
+    results = tmp_path / "results"
+    code = main(["run", "--backbone", "tiny-sd15", "--task", "spair", "--select", "up_blocks.1",
+                 "--data-root", "mini", "--resolution", "64", "--results", str(results), "--no-progress"])
+    assert code == 0
+    (record_path,) = (results / "runs").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert record["protocol"] == "spair/dift-nn" and record["protocol_version"] == 1
+    assert record["backbone"] == "tiny-sd15" and record["selection"] == ["up_blocks.1"]
+    assert record["settings"]["resolution"] == 64 and record["settings"]["timestep"] == 261
+    assert record["run_id"] == record_path.stem
+    assert {"torch", "diffusers", "transformers", "git_revision", "device"} <= set(record["environment"])
+    assert record["timings"]["images"] == 14 and record["timings"]["extract_s"] > 0
+    metrics = record["metrics"]
+    assert metrics["pairs"] == 9 and metrics["keypoints"] == 90
+    # every test category has 20 keypoints, except 'motorbike' with 10: the pooled PCK is the
+    # keypoint-weighted mean of the category PCKs
+    weights = {"cat": 20, "person": 20, "cup": 20, "rocket": 20, "motorbike": 10}
+    pooled = sum(record["per_category"][c]["pck@0.1_bbox"] * n for c, n in weights.items()) / 90
+    assert metrics["pck@0.1_bbox"] == pytest.approx(pooled)
+    for figure in record["details"]["figures"]:
+        assert figure.endswith(".png") and (results / "figures").joinpath(figure.rsplit("/", 1)[-1]).stat().st_size
+    markdown = (results / "leaderboard.md").read_text()
+    assert "tiny-sd15 / up_blocks.1" in markdown and "spair/dift-nn pck@0.1_bbox" in markdown
+    assert (results / "leaderboard.csv").read_text().startswith("backbone / selection,settings,")
+    assert "pck@0.1_bbox" in capsys.readouterr().out
+
+
+def _record(backbone, value, created, selection=("up_blocks.1",), preset=None):
+    return Result(task="spair", protocol="spair/dift-nn", protocol_version=1, backbone=backbone,
+                  selection=list(selection), settings={"resolution": 768, "timestep": 261, "ensemble_size": 8},
+                  metrics={"pck@0.1_bbox": value, "pck@0.1_img": value + 10}, preset=preset, created=created,
+                  details={"leaderboard_metrics": ["pck@0.1_bbox"]})
+
+
+def test_leaderboard_keeps_the_latest_record_per_row(tmp_path):
+    records = [_record("sd21", 50.0, "2026-01-01T00:00:00"), _record("sd21", 52.5, "2026-02-01T00:00:00"),
+               _record("cleandift-sd21", 60.0, "2026-01-15T00:00:00", preset="dift")]
+    frame = leaderboard_table(sorted(records, key=lambda r: r.created))
+    assert list(frame.columns) == ["backbone / selection", "settings", "spair/dift-nn pck@0.1_bbox"]
+    assert frame.set_index("backbone / selection")["spair/dift-nn pck@0.1_bbox"].to_dict() == {
+        "cleandift-sd21 / dift": 60.0, "sd21 / up_blocks.1": 52.5}
+    assert frame["settings"].tolist() == ["768px t=261 ens=8"] * 2
+    for record in records:
+        save_result(record, tmp_path)
+    assert main(["leaderboard", "--results", str(tmp_path)]) == 0
+    assert "| sd21 / up_blocks.1" in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_suite_runs_once_then_skips(tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "defaults:\n  task: spair/dift-nn\n  data_root: mini\n  settings: {resolution: 64}\n"
+        "runs:\n  - {backbone: tiny-sd15, selection: [us6]}\n"
+        "  - {backbone: tiny-sd21, preset: dift, settings: {ensemble_size: 2}}\n"
+    )
+    results = tmp_path / "results"
+    assert main(["suite", str(suite), "--results", str(results), "--no-progress"]) == 0
+    assert len(list((results / "runs").glob("*.json"))) == 2
+    assert main(["suite", str(suite), "--results", str(results), "--no-progress"]) == 0
+    assert capsys.readouterr().err.count("already recorded, skipped") == 2
+    assert len(list((results / "runs").glob("*.json"))) == 2
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("runs: []\n", "non-empty list under 'runs:'"),
+    ("runs:\n  - {backbone: tiny-sd15, task: spair, colour: red}\n", "unknown field(s) colour"),
+    ("runs:\n  - {backbone: tiny-sd15}\n", "needs 'backbone' and 'task'"),
+    ("runs: [\n", "not valid YAML"),
+])
+def test_bad_suites_are_one_line_exit_2(tmp_path, capsys, text, fragment):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(text)
+    assert main(["suite", str(suite), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+
+
+def test_run_needs_a_data_root(capsys):
+    assert main(["run", "--backbone", "tiny-sd15", "--task", "spair", "--select", "up_blocks.1"]) == 2
+    assert "--data-root DIR is required" in capsys.readouterr().err
+
+
+def test_run_bench_without_arguments_runs_the_offline_demo(tmp_path):
+    """`python run_bench.py`: the demo suite, offline, prints and writes the leaderboard."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "run_bench.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DFBENCH_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tiny-sdxl / gdf-ours-sdxl" in done.stdout and "demo finished" in done.stdout
+    assert len(list((tmp_path / "results" / "runs").glob("*.json"))) == 4
+    assert (tmp_path / "results" / "leaderboard.md").is_file()

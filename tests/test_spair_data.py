@@ -1,0 +1,126 @@
+"""The SPair-71k loader on fixtures written in the exact SPair JSON layout; the mini set's truth."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dfbench.datasets.mini_spair import _similarity, _warp, build_mini_spair
+from dfbench.datasets.spair import load_spair
+from dfbench.errors import DfbenchInputError
+
+PAIR = {
+    "pair_id": 1, "src_imname": "2008_000001.jpg", "trg_imname": "2008_000002.jpg",
+    "src_imsize": [60, 40, 3], "trg_imsize": [50, 30, 3], "src_bndbox": [5, 5, 50, 35],
+    "trg_bndbox": [2, 3, 40, 28], "category": "cat", "src_pose": 0, "trg_pose": 0, "src_truncation": 0,
+    "trg_truncation": 0, "src_occlusion": 0, "trg_occlusion": 0, "mirror": 0, "viewpoint_variation": 1,
+    "scale_variation": 0, "truncation": 0, "occlusion": 0,
+    "src_kps": [[10, 12], [30, 20]], "trg_kps": [[8, 9], [25, 15]], "kps_ids": ["3", "7"],
+}
+
+
+def write_fixture(root, pairs=None, layout=True):
+    for name, size in (("2008_000001", (60, 40)), ("2008_000002", (50, 30))):
+        (root / "JPEGImages" / "cat").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (120, 60, 30)).save(root / "JPEGImages" / "cat" / f"{name}.jpg")
+    folder = root / "PairAnnotation" / "test"
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for index, pair in enumerate(pairs or [PAIR]):
+        pair_id = f"{index:06d}-2008_000001-2008_000002:{pair.get('category', 'cat')}"
+        (folder / f"{pair_id}.json").write_text(json.dumps(pair))
+        ids.append(pair_id)
+    if layout:
+        (root / "Layout" / "large").mkdir(parents=True, exist_ok=True)
+        (root / "Layout" / "large" / "test.txt").write_text("\n".join(ids) + "\n")
+    return ids
+
+
+def test_reads_every_field(tmp_path):
+    write_fixture(tmp_path)
+    (pair,) = load_spair(tmp_path, "test")
+    assert pair.category == "cat"
+    assert pair.src_kps == ((10.0, 12.0), (30.0, 20.0)) and pair.trg_kps == ((8.0, 9.0), (25.0, 15.0))
+    assert pair.trg_bbox == (2.0, 3.0, 40.0, 28.0) and pair.trg_size == (50, 30) and pair.src_size == (60, 40)
+    assert pair.src_image == tmp_path / "JPEGImages" / "cat" / "2008_000001.jpg"
+    assert pair.raw["viewpoint_variation"] == 1 and pair.raw["kps_ids"] == ["3", "7"]
+    assert pair.src_key == "cat/2008_000001.jpg"
+
+
+def test_limits_and_sampling(tmp_path):
+    pairs = [dict(PAIR, pair_id=i) for i in range(6)]
+    ids = write_fixture(tmp_path, pairs)
+    assert len(load_spair(tmp_path, "test", limit_pairs=4)) == 4
+    assert len(load_spair(tmp_path, "test", per_category=2)) == 2
+    assert load_spair(tmp_path, "test", per_category=2, seed=1) == load_spair(tmp_path, "test", per_category=2, seed=1)
+    subset = tmp_path / "subset.txt"
+    subset.write_text(f"{ids[4]}\n{ids[1]}\n")
+    assert [pair.pair_id for pair in load_spair(tmp_path, "test", pairs_file=subset)] == [ids[4], ids[1]]
+
+
+def test_without_layout_files_globs_the_split(tmp_path):
+    write_fixture(tmp_path, [PAIR, dict(PAIR, pair_id=2)], layout=False)
+    assert len(load_spair(tmp_path, "test")) == 2
+
+
+@pytest.mark.parametrize("mutate,fragment", [
+    (lambda p: p.pop("trg_kps"), "missing field(s) trg_kps"),
+    (lambda p: p.update(trg_kps=[[1, 2]]), "must be equally many"),
+    (lambda p: p.update(src_kps="oops"), "field src_kps must be a list"),
+    (lambda p: p.update(trg_imname="nope.jpg"), "nope.jpg does not exist"),
+    (lambda p: p.update(trg_bndbox=[1, 2]), "trg_bndbox needs"),
+])
+def test_malformed_pair_files_name_the_file(tmp_path, mutate, fragment):
+    pair = json.loads(json.dumps(PAIR))
+    mutate(pair)
+    write_fixture(tmp_path, [pair])
+    with pytest.raises(DfbenchInputError, match="PairAnnotation/test/000000-2008_000001-2008_000002:cat.json") as info:
+        load_spair(tmp_path, "test")
+    assert fragment in str(info.value)
+
+
+def test_bad_roots_and_json(tmp_path):
+    with pytest.raises(DfbenchInputError, match="no such folder"):
+        load_spair(tmp_path / "absent", "test")
+    tmp_path.joinpath("JPEGImages").mkdir()
+    with pytest.raises(DfbenchInputError, match=r"missing PairAnnotation/test/ .*SPair-71k"):
+        load_spair(tmp_path, "test")
+    with pytest.raises(DfbenchInputError, match="split 'testing'"):
+        load_spair(tmp_path, "testing")
+    write_fixture(tmp_path)
+    next((tmp_path / "PairAnnotation" / "test").glob("*.json")).write_text("{not json")
+    with pytest.raises(DfbenchInputError, match="not valid JSON"):
+        load_spair(tmp_path, "test")
+
+
+def test_warp_ground_truth_is_exact():
+    """A bright dot at a source point lands, after the mini set's warp, where the transform says."""
+    image = np.zeros((300, 400, 3), np.uint8)
+    points = [(100, 80), (250, 200), (320, 60)]
+    for x, y in points:
+        image[y - 2 : y + 3, x - 2 : x + 3] = 255
+    matrix = _similarity(1.1, 8.0, (-0.05, 0.02), (400, 300))
+    warped = np.asarray(_warp(Image.fromarray(image), matrix)).astype(float)[..., 0]
+    for x, y in points:
+        tx, ty = matrix[:, :2] @ np.array([x, y]) + matrix[:, 2]
+        ys, xs = np.mgrid[int(ty) - 8 : int(ty) + 9, int(tx) - 8 : int(tx) + 9]
+        patch = warped[ys, xs]
+        centroid = ((patch * xs).sum() / patch.sum(), (patch * ys).sum() / patch.sum())
+        assert centroid == pytest.approx((tx, ty), abs=0.05)
+
+
+def test_mini_set_is_valid_spair(tmp_path):
+    import skimage.data
+
+    root = build_mini_spair(tmp_path / "mini")
+    counts = {split: len(load_spair(root, split)) for split in ("trn", "val", "test")}
+    assert counts == {"trn": 9, "val": 5, "test": 9}
+    pairs = load_spair(root, "test")
+    assert {pair.category for pair in pairs} == {"cat", "person", "cup", "rocket", "motorbike"}
+    stereo = next(pair for pair in pairs if pair.category == "motorbike")
+    _, _, disparity = skimage.data.stereo_motorcycle()
+    for (sx, sy), (tx, ty) in zip(stereo.src_kps, stereo.trg_kps, strict=True):  # left → right: x − d
+        assert ty == sy and tx == pytest.approx(sx - disparity[int(sy), int(sx)], abs=0.01)
+    annotation = json.loads((root / "ImageAnnotation" / "cat" / "chelsea.json").read_text())
+    assert annotation["image_width"] == 451 and len(annotation["kps"]) == 10

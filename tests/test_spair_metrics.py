@@ -1,0 +1,117 @@
+"""PCK, scoring and matching against hand-worked cases and a literal DIFT implementation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
+from dfbench.benchmarks.spair import PairPrediction, score_predictions
+from dfbench.datasets.spair import SpairPair
+from dfbench.heads.nn_matcher import bilinear_weights, match_points, upsample, upsampled_norm
+
+
+def test_point_exactly_on_the_threshold_counts():
+    truth = torch.tensor([[100.0, 100.0], [100.0, 100.0], [100.0, 100.0]])
+    # reference 200, alpha 0.1 → threshold 20 px; distances 20 (3-4-5 triangle ×4), 20.0001, 0
+    predicted = torch.tensor([[112.0, 116.0], [120.0001, 100.0], [100.0, 100.0]])
+    assert correct_keypoints(predicted, truth, 200.0, 0.1).tolist() == [True, False, True]
+
+
+def test_bbox_and_image_references():
+    assert bbox_reference((10, 20, 110, 70)) == 100  # w 100, h 50
+    assert bbox_reference((0, 0, 30, 90)) == 90
+    assert image_reference((500, 375)) == 500
+
+
+def _pair(category, trg_kps, bbox, size, name):
+    return SpairPair(name, category, None, None, tuple(trg_kps), tuple(trg_kps), bbox, bbox, size, size,
+                     {"src_imname": name, "trg_imname": name})
+
+
+def test_per_keypoint_vs_per_image_vs_per_category_by_hand():
+    # pair A (cat): 4 keypoints, bbox 100 → 0.1 threshold 10 px; image 400 → 40 px
+    a = _pair("cat", [(0, 0)] * 4, (0, 0, 100, 50), (400, 300), "a")
+    a_pred = torch.tensor([[5, 0], [0, 10], [30, 0], [0, 50]])   # distances 5, 10, 30, 50
+    # pair B (dog): 1 keypoint, bbox 200 → 20 px; image 200 → 20 px
+    b = _pair("dog", [(0, 0)], (0, 0, 200, 200), (200, 100), "b")
+    b_pred = torch.tensor([[15, 0]])                               # distance 15
+    metrics, categories = score_predictions([PairPrediction(a, a_pred), PairPrediction(b, b_pred)], alphas=(0.1,))
+    # bbox: A 2/4 correct, B 1/1. pooled 3/5 = 60 %; per image (50 % + 100 %)/2 = 75 %
+    assert metrics["pck@0.1_bbox"] == pytest.approx(60.0)
+    assert metrics["pck@0.1_bbox_per_image"] == pytest.approx(75.0)
+    # img: A threshold 40 → 5,10,30 correct (3/4); B threshold 20 → 1/1. pooled 4/5, per image 87.5
+    assert metrics["pck@0.1_img"] == pytest.approx(80.0)
+    assert metrics["pck@0.1_img_per_image"] == pytest.approx(87.5)
+    assert categories["cat"]["pck@0.1_bbox"] == pytest.approx(50.0)
+    assert categories["dog"]["pck@0.1_bbox"] == pytest.approx(100.0)
+    assert metrics["pck@0.1_bbox_category_mean"] == pytest.approx(75.0)
+    assert metrics["pairs"] == 2 and metrics["keypoints"] == 5
+
+
+@pytest.mark.parametrize("in_size,out_size", [(6, 37), (48, 375), (5, 5), (7, 3), (1, 9)])
+def test_bilinear_weights_reproduce_interpolate(in_size, out_size):
+    signal = torch.randn(1, 1, 1, in_size)
+    expected = F.interpolate(signal, size=(1, out_size), mode="bilinear", align_corners=False)[0, 0, 0]
+    weights = bilinear_weights(torch.arange(out_size), in_size, out_size)
+    torch.testing.assert_close(weights @ signal[0, 0, 0], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weights.sum(1), torch.ones(out_size))
+
+
+def _literal_dift(src, trg, points, src_size, trg_size):
+    """DIFT's own way: upsample both maps to full size, normalise, cosine, argmax. Returns the
+    predictions and the cosine maps K×H×W."""
+    source = F.normalize(upsample(src[None], src_size)[0], dim=0)
+    target = F.normalize(upsample(trg[None], trg_size)[0], dim=0)
+    vectors = source[:, points[:, 1], points[:, 0]].T
+    cosine = vectors @ target.flatten(1)
+    flat = cosine.argmax(1)
+    return torch.stack([flat % trg_size[1], flat // trg_size[1]], dim=1), cosine.reshape(-1, *trg_size)
+
+
+def test_matcher_equals_literal_dift_implementation():
+    generator = torch.Generator().manual_seed(0)
+    cases = [(32, (6, 8), (37, 50), (41, 60)), (64, (12, 12), (90, 120), (75, 100))]
+    for channels, (h, w), src_size, trg_size in cases:
+        src = torch.randn(channels, h, w, generator=generator)
+        trg = torch.randn(channels, h + 1, w - 1, generator=generator)
+        points = torch.stack([torch.randint(0, src_size[1], (12,), generator=generator),
+                              torch.randint(0, src_size[0], (12,), generator=generator)], dim=1)
+        ours = match_points(src, trg, points, src_size, trg_size)
+        literal, cosine = _literal_dift(src, trg, points, src_size, trg_size)
+        same = (ours == literal).all(dim=1)
+        assert same.any()
+        # upsampled cosine maps are smooth, so neighbouring pixels at the top can tie to float
+        # rounding; wherever the two argmaxes differ, ours must reach the same maximum cosine
+        for k in torch.nonzero(~same).flatten():
+            ours_score = cosine[k, ours[k, 1], ours[k, 0]]
+            literal_score = cosine[k, literal[k, 1], literal[k, 0]]
+            assert ours_score == pytest.approx(literal_score.item(), abs=1e-5)
+
+
+def test_upsampled_norm_in_chunks_equals_full():
+    features = torch.randn(100, 5, 7)
+    full = upsample(features[None], (23, 31))[0].norm(dim=0)
+    torch.testing.assert_close(upsampled_norm(features, (23, 31), channel_chunk=7), full, rtol=1e-5, atol=1e-6)
+
+
+def _position_codes(height, width):
+    """One-hot code per pixel: channel y*W + x is 1 at (y, x) — every location is unique."""
+    return torch.eye(height * width).reshape(height * width, height, width)
+
+
+def test_one_hot_position_codes_match_exactly():
+    features = _position_codes(6, 8)
+    points = torch.tensor([[0, 0], [7, 5], [3, 2], [6, 1]])
+    predicted = match_points(features, features, points, (6, 8), (6, 8))
+    assert torch.equal(predicted, points)  # PCK = 100 at any threshold
+    truth = points.double()
+    assert correct_keypoints(predicted, truth, 8.0, 0.0).all()
+
+
+def test_known_flip_is_mirrored():
+    features = _position_codes(6, 8)
+    flipped = features.flip(-1)  # target = source mirrored left-right
+    points = torch.tensor([[0, 0], [7, 5], [3, 2], [6, 1]])
+    predicted = match_points(features, flipped, points, (6, 8), (6, 8))
+    expected = torch.stack([7 - points[:, 0], points[:, 1]], dim=1)
+    assert torch.equal(predicted, expected)
