@@ -88,10 +88,12 @@ def test_matcher_equals_literal_dift_implementation():
             assert ours_score == pytest.approx(literal_score.item(), abs=1e-5)
 
 
-def test_upsampled_norm_in_chunks_equals_full():
-    features = torch.randn(100, 5, 7)
-    full = upsample(features[None], (23, 31))[0].norm(dim=0)
-    torch.testing.assert_close(upsampled_norm(features, (23, 31), channel_chunk=7), full, rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("low,high", [((5, 7), (23, 31)), ((48, 48), (375, 500)), ((6, 4), (6, 4)), ((9, 8), (4, 5)),
+                                      ((1, 3), (7, 10))])
+def test_upsampled_norm_equals_norm_of_the_upsampled_map(low, high):
+    features = torch.randn(40, *low)
+    full = upsample(features[None], high)[0].norm(dim=0)
+    torch.testing.assert_close(upsampled_norm(features, high), full, rtol=1e-4, atol=1e-5)
 
 
 def _position_codes(height, width):

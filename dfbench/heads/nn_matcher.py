@@ -9,8 +9,10 @@ linear:
 * the source vector at a keypoint is one bilinear interpolation of the low-res map;
 * the numerator ``<s, U(T)(p)>`` equals ``U(<s, T>)(p)``: dot products at low resolution
   (K×h×w), then the K small maps upsampled;
-* the denominator ``‖U(T)(p)‖`` depends on the target image only; it is accumulated over channel
-  chunks, so memory stays bounded, and can be cached per image.
+* the denominator ``‖U(T)(p)‖`` depends on the target image only. Each output pixel mixes the
+  four corners of one low-res cell with weights ``w``, so ``‖U(T)(p)‖² = wᵀ G w`` where ``G`` is
+  the 4×4 Gram matrix of that cell's corner vectors: 16 products of C×h×w maps instead of a
+  C×H×W upsampling (≈ 1 ms instead of ≈ 1 s for 1280×48×48 → 500×375 on a CPU core).
 
 The result equals DIFT's to float rounding (tested against a literal implementation).
 """
@@ -26,15 +28,22 @@ def upsample(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
 
 
-def bilinear_weights(positions: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
-    """Interpolation weights len(positions)×in_size of output pixels ``positions`` when resizing
-    ``in_size`` → ``out_size`` bilinearly with ``align_corners=False`` (PyTorch's convention)."""
+def bilinear_taps(positions: torch.Tensor, in_size: int, out_size: int) -> tuple[torch.Tensor, ...]:
+    """For output pixels ``positions`` of a bilinear resize ``in_size`` → ``out_size`` with
+    ``align_corners=False`` (PyTorch's convention): the low and high input indices and the
+    weight of the high one."""
     # float32 arithmetic, like PyTorch's CPU kernel, so the weights agree to the last bits
     scale = torch.tensor(in_size / out_size, dtype=torch.float32)
     source = ((positions.float() + 0.5) * scale - 0.5).clamp(min=0)
     low = source.floor().long().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
-    frac = source - low.float()
+    return low, high, source - low.float()
+
+
+def bilinear_weights(positions: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
+    """Interpolation weights len(positions)×in_size of output pixels ``positions`` (see
+    :func:`bilinear_taps`)."""
+    low, high, frac = bilinear_taps(positions, in_size, out_size)
     weights = torch.zeros(len(positions), in_size, dtype=torch.float32)
     rows = torch.arange(len(positions))
     weights[rows, low] += 1 - frac
@@ -50,15 +59,25 @@ def sample_at(features: torch.Tensor, points: torch.Tensor, size: tuple[int, int
     return torch.einsum("kh,chw,kw->kc", wy, features, wx)
 
 
-def upsampled_norm(features: torch.Tensor, size: tuple[int, int], channel_chunk: int = 64) -> torch.Tensor:
-    """‖U(T)(p)‖ for every pixel p of the C×h×w map upsampled to ``size``: an H×W map.
-
-    Accumulated over channel chunks so at most ``channel_chunk``×H×W floats exist at once."""
-    total = torch.zeros(size, dtype=torch.float32, device=features.device)
-    for start in range(0, features.shape[0], channel_chunk):
-        chunk = upsample(features[None, start : start + channel_chunk].float(), size)[0]
-        total += chunk.square().sum(0)
-    return total.sqrt()
+def upsampled_norm(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """‖U(T)(p)‖ for every pixel p of the C×h×w map bilinearly upsampled to ``size``: an H×W map,
+    computed from the 4×4 corner Gram matrix of each low-res cell (see the module docstring)."""
+    values = features.float()
+    _, height, width = values.shape
+    device = values.device
+    row_low, _, row_frac = (t.to(device) for t in bilinear_taps(torch.arange(size[0]), height, size[0]))
+    col_low, _, col_frac = (t.to(device) for t in bilinear_taps(torch.arange(size[1]), width, size[1]))
+    next_row = (torch.arange(height, device=device) + 1).clamp(max=height - 1)
+    next_col = (torch.arange(width, device=device) + 1).clamp(max=width - 1)
+    # corner vectors of the cell whose top-left is (i, j): (i, j), (i, j+1), (i+1, j), (i+1, j+1)
+    corners = [values, values[:, :, next_col], values[:, next_row], values[:, next_row][:, :, next_col]]
+    gram = torch.stack([torch.stack([(a * b).sum(0) for b in corners]) for a in corners])  # 4×4×h×w
+    cell_gram = gram[:, :, row_low[:, None], col_low[None, :]]                               # 4×4×H×W
+    wy = torch.stack([1 - row_frac, row_frac])[:, :, None]                                   # 2×H×1
+    wx = torch.stack([1 - col_frac, col_frac])[:, None, :]                                   # 2×1×W
+    weights = (wy[:, None] * wx[None]).reshape(4, *size)                                     # 4×H×W
+    squared = torch.einsum("ahw,abhw,bhw->hw", weights, cell_gram, weights)
+    return squared.clamp(min=0).sqrt()
 
 
 def match_points(src: torch.Tensor, trg: torch.Tensor, src_points: torch.Tensor, src_size: tuple[int, int],
