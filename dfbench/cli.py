@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--per-category", type=int, help="SPair: sample N pairs per category (seeded)")
     run.add_argument("--pairs-file", help="SPair: evaluate the pair ids listed in this file")
     run.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
+    run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="protocol option, repeatable (spair/gdf-conv: max_steps, eval_every, lr, weight_decay, "
+                     "val_pairs_file, train_limit)")
     run.add_argument("--results", default="results", help="results folder (default ./results)")
     run.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -338,7 +341,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = RunSpec(
         backbone=args.backbone, task=args.task, selection=args.select or [], preset=args.preset, settings=settings,
         data_root=args.data_root, split=args.split, limit_pairs=args.limit_pairs, per_category=args.per_category,
-        pairs_file=args.pairs_file, weights=args.weights,
+        pairs_file=args.pairs_file, weights=args.weights, options=parse_options(args.option),
     )
     if args.data_root is None:
         raise DfbenchInputError("--data-root DIR is required (or --data-root mini for the embedded mini set)")
@@ -346,6 +349,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"wrote {path}")
     print(format_metrics(result))
     return print_leaderboard(args.results)
+
+
+def parse_options(items: Sequence[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` → ``{"a": "1", "b": "x"}``; a malformed item is a one-line error."""
+    options = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise DfbenchInputError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
 
 
 def format_metrics(result) -> str:

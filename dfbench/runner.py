@@ -27,6 +27,7 @@ class RunSpec:
     per_category: int | None = None
     pairs_file: str | None = None
     weights: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     def config_hash(self) -> str:
         """A short hash of the spec (same spec → same hash), used to skip runs already recorded."""
@@ -73,7 +74,7 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     result, predictions = task.run(
         backbone, selection, settings, data_root, split=spec.split, protocol=protocol or task.default_protocol,
         limit_pairs=spec.limit_pairs, per_category=spec.per_category, pairs_file=spec.pairs_file,
-        progress=progress, preset=spec.preset,
+        progress=progress, preset=spec.preset, options=spec.options,
     )
     result.details["config_hash"] = spec.config_hash()
     path = save_result(result, results_dir)
@@ -109,7 +110,8 @@ def load_suite(path: str | Path) -> list[RunSpec]:
     known = set(RunSpec.__dataclass_fields__)
     specs = []
     for number, run in enumerate(runs, start=1):
-        merged = {**defaults, **run, "settings": {**defaults.get("settings", {}), **run.get("settings", {})}}
+        merged = {**defaults, **run, "settings": {**defaults.get("settings", {}), **run.get("settings", {})},
+                  "options": {**defaults.get("options", {}), **run.get("options", {})}}
         unknown = sorted(set(merged) - known)
         if unknown:
             raise DfbenchInputError(

@@ -1,4 +1,5 @@
-"""SPair-71k semantic correspondence: protocol ``spair/dift-nn`` (v1).
+"""SPair-71k semantic correspondence: protocols ``spair/dift-nn`` (v1) and ``spair/gdf-conv`` (v1,
+see :mod:`dfbench.benchmarks.spair_gdf_conv`).
 
 Each image's features are extracted once (not once per pair), with the prompt filled by the
 image's category. For every pair, each source keypoint is matched to the target pixel of highest
@@ -15,11 +16,13 @@ per location, and concatenated along channels; a single activation is used as it
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +39,7 @@ from dfbench.settings import ExtractSettings
 
 ALPHAS = (0.05, 0.1, 0.15)
 PRIMARY = "pck@0.1_bbox"
-PROTOCOLS = {"dift-nn": 1}
+PROTOCOLS = {"dift-nn": 1, "gdf-conv": 1}
 
 
 def combine_activations(features: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -111,17 +114,38 @@ class SpairTask:
         pairs_file: str | Path | None = None,
         progress: bool = True,
         preset: str | None = None,
+        options: dict[str, Any] | None = None,
     ) -> tuple[Result, list[PairPrediction]]:
-        """Evaluate ``backbone`` + ``selection`` on the pairs of ``split``."""
+        """Evaluate ``backbone`` + ``selection`` on the pairs of ``split``.
+
+        ``options`` are protocol options (``spair/gdf-conv``: see ``GdfConvOptions``)."""
         if protocol not in PROTOCOLS:
             raise DfbenchInputError(f"spair protocol {protocol!r}: available: {', '.join(PROTOCOLS)}")
         pairs = load_spair(data_root, split, limit_pairs, per_category, pairs_file=pairs_file, seed=settings.seed)
         if not pairs:
             raise DfbenchInputError(f"SPair {split}: no pairs left after the filters")
         started = time.perf_counter()
-        features, sizes, canonical = self.extract_images(backbone, selection, settings, pairs, progress)
-        extracted = time.perf_counter()
-        predictions = self.match(pairs, features, sizes, progress)
+        extra: dict[str, Any] = {}
+        if protocol == "dift-nn":
+            if options:
+                raise DfbenchInputError(f"spair/dift-nn takes no options (got {', '.join(options)})")
+            features, sizes, canonical = self.extract_images(backbone, selection, settings, pairs, progress)
+            extracted = time.perf_counter()
+            predictions = self.match(pairs, features, sizes, progress)
+        else:
+            from dfbench.benchmarks import spair_gdf_conv as gdf
+
+            gdf_options = gdf.GdfConvOptions.from_dict(options or {})
+            train = load_spair(data_root, "trn", gdf_options.train_limit)
+            val = load_spair(data_root, "val", pairs_file=gdf_options.val_pairs_file)
+            raw, sizes, canonical = self.extract_images(backbone, selection, settings, [*pairs, *train, *val],
+                                                        progress, combine=False)
+            extracted = time.perf_counter()
+            head, history = gdf.train_and_select(train, val, raw, gdf_options, settings.seed, backbone.device,
+                                                 progress)
+            predicted = gdf.predict(head, pairs, raw, backbone.device, progress)
+            predictions = [PairPrediction(pair, points) for pair, points in zip(pairs, predicted, strict=True)]
+            extra = {"options": dataclasses.asdict(gdf_options), "training": history}
         matched = time.perf_counter()
         metrics, categories = score_predictions(predictions)
         result = Result(
@@ -132,22 +156,23 @@ class SpairTask:
                      "images": float(len(sizes))},
             details={"split": split, "data_root": str(data_root), "limit_pairs": limit_pairs,
                      "per_category": per_category, "pairs_file": str(pairs_file) if pairs_file else None,
-                     "leaderboard_metrics": [PRIMARY, "pck@0.1_img", "pck@0.1_bbox_per_image"]},
+                     "leaderboard_metrics": [PRIMARY, "pck@0.1_img", "pck@0.1_bbox_per_image"], **extra},
             environment=environment(str(backbone.device)),
         )
         return result, predictions
 
     def extract_images(self, backbone: DiffusionBackbone, selection: Sequence[str], settings: ExtractSettings,
-                       pairs: Sequence[SpairPair], progress: bool
-                       ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]], list[str]]:
-        """Features (C×h×w, float32, CPU) and original size (H, W) of every distinct image, extracted
-        once each, and the canonical selection."""
+                       pairs: Sequence[SpairPair], progress: bool, combine: bool = True
+                       ) -> tuple[dict[str, Any], dict[str, tuple[int, int]], list[str]]:
+        """Features and original size (H, W) of every distinct image, extracted once each, and the
+        canonical selection. ``combine``: one C×h×w float32 map per image (:func:`combine_activations`);
+        otherwise the activations as they are ({name: C×h×w}, stored as float16 to halve memory)."""
         images: dict[str, tuple[Path, str]] = {}
         for pair in pairs:
             images.setdefault(pair.src_key, (pair.src_image, pair.category))
             images.setdefault(pair.trg_key, (pair.trg_image, pair.category))
         keys = sorted(images)
-        features: dict[str, torch.Tensor] = {}
+        features: dict[str, Any] = {}
         canonical: list[str] = []
         sizes: dict[str, tuple[int, int]] = {}
         chunk = max(1, settings.batch_size // settings.ensemble_size)
@@ -157,9 +182,10 @@ class SpairTask:
             loaded = [load_image(images[key][0]) for key in batch]
             extracted = backbone.extract(loaded, selection, settings, categories=[images[k][1] for k in batch])
             canonical = list(extracted)
-            combined = combine_activations(extracted).cpu()
-            for key, image, value in zip(batch, loaded, combined, strict=True):
-                features[key] = value
+            combined = combine_activations(extracted).cpu() if combine else None
+            for index, (key, image) in enumerate(zip(batch, loaded, strict=True)):
+                features[key] = combined[index] if combined is not None else {
+                    name: value[index].to("cpu", torch.float16) for name, value in extracted.items()}
                 sizes[key] = (image.height, image.width)
             bar.update(len(batch))
         bar.close()
