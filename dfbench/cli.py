@@ -79,12 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
         "and image paths go into the file's metadata.",
     )
     extract.add_argument("backbone", help="backbone name (see `dfbench list backbones`)")
-    extract.add_argument("--images", nargs="+", required=True, metavar="PATH",
-                         help="image files, or folders (their images, sorted)")
+    source = extract.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", nargs="+", metavar="PATH", help="image files, or folders (their images, sorted)")
+    source.add_argument("--dataset", choices=["spair"], help="fill the feature cache with a dataset split's images "
+                        "(with --data-root, --split; runs under torchrun / accelerate launch as disjoint shards)")
     choice = extract.add_mutually_exclusive_group(required=True)
     choice.add_argument("--select", nargs="+", metavar="NAME", help="activation names or aliases")
     choice.add_argument("--preset", help="a named recipe (see `dfbench list presets`): selection + settings")
-    extract.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
+    extract.add_argument("--out", help="with --images: output .safetensors file (written atomically)")
+    extract.add_argument("--data-root", help="with --dataset: the dataset folder ('mini': the embedded mini set)")
+    extract.add_argument("--split", default="test", help="with --dataset: the split (default test)")
+    extract.add_argument("--cache-dir", help="with --dataset: feature cache root (default $DFBENCH_CACHE or "
+                         "~/.cache/dfbench/features)")
+    extract.add_argument("--storage-dtype", choices=["float16", "float32"], default="float16",
+                         help="with --dataset: dtype of stored features (default float16)")
     add_settings_arguments(extract)
     extract.add_argument("--category", nargs="+", metavar="NAME",
                          help="category per image (or one for all) for a prompt containing {category}")
@@ -119,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--out", help="also write the results as JSON here")
     perf.set_defaults(handler=cmd_perf)
 
+    cache = commands.add_parser(
+        "cache", help="inspect, verify or prune the feature cache",
+        description="ls: size per backbone / settings. verify: check every shard's sha256 (exit 1 if any is "
+        "damaged; --repair deletes damaged and unrecorded shards so their features are recomputed). prune: delete "
+        "the configurations of a backbone, one configuration, or all.",
+    )
+    cache.add_argument("action", choices=["ls", "verify", "prune"])
+    cache.add_argument("--cache-dir", help="cache root (default $DFBENCH_CACHE or ~/.cache/dfbench/features)")
+    cache.add_argument("--repair", action="store_true", help="verify: delete damaged and unrecorded shards")
+    cache.add_argument("--backbone", help="prune: every configuration of this backbone")
+    cache.add_argument("--config", help="prune: this configuration (hash shown by ls)")
+    cache.add_argument("--all", action="store_true", help="prune: everything")
+    cache.set_defaults(handler=cmd_cache)
+
     run = commands.add_parser(
         "run", help="run one backbone × task pairing and record it under results/",
         description="Evaluate a backbone with an activation selection on a task; write the run record "
@@ -139,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="protocol option, repeatable (spair/gdf-conv: max_steps, eval_every, lr, weight_decay, "
                      "val_pairs_file, train_limit)")
     run.add_argument("--results", default="results", help="results folder (default ./results)")
+    run.add_argument("--cache-dir", help="read/write features in this cache (also: $DFBENCH_CACHE)")
     run.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_settings_arguments(run)
@@ -295,12 +318,16 @@ def write_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str]
 def cmd_extract(args: argparse.Namespace) -> int:
     from dfbench import __version__
     from dfbench.images import load_image
-    from dfbench.registry import create_backbone, get_preset
+    from dfbench.registry import get_preset
 
     preset = get_preset(args.preset) if args.preset else None
     selection = list(preset.selection) if preset else args.select
     preset_settings = preset.settings if preset else {}
     settings_from_args(args, preset_settings)  # validate the flags before loading any weights
+    if args.dataset:
+        return extract_dataset(args, selection, preset_settings)
+    if not args.out:
+        raise DfbenchInputError("--out FILE.safetensors is required with --images")
     out = check_output_path(args.out)
     paths = image_paths(args.images)
     categories = args.category
@@ -310,14 +337,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise DfbenchInputError(f"--category: give one name, or one per image ({len(paths)}), not {len(categories)}")
     images = [load_image(path) for path in paths]
 
-    overrides = {"weights": args.weights} if args.weights else {}
-    if args.device:
-        overrides["device"] = args.device
-    if args.unet_weights:
-        overrides["unet_weights"] = args.unet_weights
-    dtype = args.dtype or preset_settings.get("dtype", "float32")
-    backbone = create_backbone(args.backbone, torch_dtype=dtype, **overrides)
-    settings = settings_from_args(args, {**backbone.default_settings, **preset_settings})
+    backbone, settings = backbone_for(args, preset_settings)
     features = backbone.extract(images, selection, settings, categories=categories, progress=not args.no_progress)
     metadata = {
         "dfbench_version": __version__,
@@ -333,6 +353,62 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def backbone_for(args: argparse.Namespace, preset_settings: dict, device: str | None = None):
+    """The backbone named on the command line and the settings (backbone defaults < preset < flags)."""
+    from dfbench.registry import create_backbone
+
+    overrides = {"weights": args.weights} if args.weights else {}
+    if device or args.device:
+        overrides["device"] = device or args.device
+    if args.unet_weights:
+        overrides["unet_weights"] = args.unet_weights
+    dtype = args.dtype or preset_settings.get("dtype", "float32")
+    backbone = create_backbone(args.backbone, torch_dtype=dtype, **overrides)
+    return backbone, settings_from_args(args, {**backbone.default_settings, **preset_settings})
+
+
+def extract_dataset(args: argparse.Namespace, selection: list[str], preset_settings: dict) -> int:
+    """``extract --dataset``: fill the cache; under torchrun each rank takes every world_size-th batch."""
+    import torch
+
+    from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
+    from dfbench.datasets.spair import spair_images
+    from dfbench.runner import resolve_data_root
+
+    if args.out:
+        raise DfbenchInputError("--out is for --images; --dataset writes into the feature cache (--cache-dir)")
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = None
+    if world_size > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    try:
+        cache = FeatureCache(args.cache_dir, args.storage_dtype)
+        images = spair_images(resolve_data_root(args.dataset, args.data_root), args.split)
+        backbone, settings = backbone_for(args, preset_settings, device)
+        store = cache.open(backbone, settings)
+        items = [CacheItem(image_key(path), path, category) for path, category in images]
+        counts = cached_extract(backbone, items, selection, settings, store, rank, world_size,
+                                progress=not args.no_progress)
+        if world_size > 1:
+            dist.barrier()
+        if rank == 0:
+            store.merge_manifest()
+            store.reload()
+            summary = store.summary()
+            print(f"cache {store.folder}: {summary['images']} images, {summary['entries']} entries, "
+                  f"{summary['bytes'] / 2**20:.1f} MiB")
+        print(f"rank {rank}/{world_size}: {counts['computed']} images extracted, {counts['hit']} already cached")
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- run / suite
 def cmd_run(args: argparse.Namespace) -> int:
     from dfbench.runner import RunSpec, run_one
@@ -342,6 +418,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backbone=args.backbone, task=args.task, selection=args.select or [], preset=args.preset, settings=settings,
         data_root=args.data_root, split=args.split, limit_pairs=args.limit_pairs, per_category=args.per_category,
         pairs_file=args.pairs_file, weights=args.weights, options=parse_options(args.option),
+        cache_dir=args.cache_dir,
     )
     if args.data_root is None:
         raise DfbenchInputError("--data-root DIR is required (or --data-root mini for the embedded mini set)")
@@ -442,4 +519,61 @@ def cmd_perf(args: argparse.Namespace) -> int:
         temp = path.with_name(f".{path.name}.tmp")
         temp.write_text(report + "\n")
         os.replace(temp, path)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- cache
+def cmd_cache(args: argparse.Namespace) -> int:
+    import shutil
+
+    from tabulate import tabulate
+
+    from dfbench.cache import FeatureCache
+
+    cache = FeatureCache(args.cache_dir)
+    stores = cache.stores()
+    if args.action == "ls":
+        rows = []
+        for store in stores:
+            settings, summary = store.config["settings"], store.summary()
+            rows.append([store.config["backbone"], store.folder.name, settings["resolution"], settings["timestep"],
+                         "yes" if settings["add_noise"] else "no", settings["ensemble_size"], settings["seed"],
+                         settings["prompt"] or "''", store.config["storage_dtype"], summary["images"],
+                         summary["entries"], f"{summary['bytes'] / 2**20:.1f}"])
+        print(f"feature cache {cache.root}")
+        print(tabulate(rows, headers=["backbone", "config", "res", "t", "noise", "ens", "seed", "prompt", "stored",
+                                      "images", "entries", "MiB"]))
+        return 0
+    if args.action == "verify":
+        bad = 0
+        for store in stores:
+            recorded = set(store._shard_sums)
+            on_disk = {path.name for path in (store.folder / "shards").glob("*.safetensors")}
+            damaged = sorted(shard for shard in recorded if not store.verify_shard(shard))
+            unrecorded = sorted(on_disk - recorded)
+            for shard in damaged:
+                print(f"damaged: {store.folder / 'shards' / shard} (sha256 differs from its journal)")
+            for shard in unrecorded:
+                print(f"unrecorded: {store.folder / 'shards' / shard} (no journal line; ignored)")
+            if args.repair:
+                for shard in [*damaged, *unrecorded]:
+                    (store.folder / "shards" / shard).unlink(missing_ok=True)
+                store.merge_manifest()
+            bad += len(damaged)
+            print(f"{store.config['backbone']}/{store.folder.name}: {len(recorded) - len(damaged)} shards ok, "
+                  f"{len(damaged)} damaged, {len(unrecorded)} unrecorded")
+        if bad and not args.repair:
+            print(f"{bad} damaged shard(s): their features are recomputed on next use; `--repair` deletes them")
+            return 1
+        return 0
+    chosen = [store for store in stores if args.all or store.config["backbone"] == args.backbone
+              or store.folder.name == args.config]
+    if not (args.all or args.backbone or args.config):
+        raise DfbenchInputError("cache prune: say what to delete: --backbone NAME, --config HASH or --all")
+    for store in chosen:
+        size = store.summary()["bytes"]
+        shutil.rmtree(store.folder)
+        print(f"deleted {store.folder} ({size / 2**20:.1f} MiB)")
+    if not chosen:
+        print("nothing matched; see `dfbench cache ls`")
     return 0

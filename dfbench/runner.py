@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class RunSpec:
     pairs_file: str | None = None
     weights: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None
 
     def config_hash(self) -> str:
         """A short hash of the spec (same spec → same hash), used to skip runs already recorded."""
@@ -71,10 +73,15 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     settings = ExtractSettings.from_dict({**backbone.default_settings, **(preset.settings if preset else {}),
                                           **spec.settings})
     data_root = resolve_data_root(task_name, spec.data_root)
+    cache = None
+    if spec.cache_dir or os.environ.get("DFBENCH_CACHE"):
+        from dfbench.cache import FeatureCache
+
+        cache = FeatureCache(spec.cache_dir).open(backbone, settings)
     result, predictions = task.run(
         backbone, selection, settings, data_root, split=spec.split, protocol=protocol or task.default_protocol,
         limit_pairs=spec.limit_pairs, per_category=spec.per_category, pairs_file=spec.pairs_file,
-        progress=progress, preset=spec.preset, options=spec.options,
+        progress=progress, preset=spec.preset, options=spec.options, cache=cache,
     )
     result.details["config_hash"] = spec.config_hash()
     path = save_result(result, results_dir)

@@ -45,16 +45,17 @@ def test_options_are_typed_and_checked():
 def test_gdf_conv_trains_selects_on_val_and_reports_test(tmp_path, monkeypatch):
     monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
     results = tmp_path / "results"
-    args = ["run", "--backbone", "tiny-sd15", "--task", "spair/gdf-conv", "--preset", "gdf-ours-sd15",
+    args = ["run", "--backbone", "tiny-sd15", "--task", "spair/gdf-conv", "--select", "us6", "us9",
             "--data-root", "mini", "--resolution", "64", "--results", str(results), "--no-progress",
-            "--no-figures", "--option", "max_steps=12", "--option", "eval_every=4"]
+            "--no-figures", "--option", "max_steps=9", "--option", "eval_every=3"]
     assert main(args) == 0
     (record_path,) = (results / "runs").glob("*.json")
     record = json.loads(record_path.read_text())
     training = record["details"]["training"]
-    assert record["protocol"] == "spair/gdf-conv" and record["details"]["options"]["max_steps"] == 12
-    assert [step for step, _ in training["val_pck@0.1_bbox"]] == [0, 4, 8, 12]
-    assert len(training["loss"]) == 12
+    assert record["protocol"] == "spair/gdf-conv" and record["details"]["options"]["max_steps"] == 9
+    assert record["selection"] == ["up_blocks.1", "up_blocks.2"]
+    assert [step for step, _ in training["val_pck@0.1_bbox"]] == [0, 3, 6, 9]
+    assert len(training["loss"]) == 9
     scores = dict(training["val_pck@0.1_bbox"])
     assert training["best_val_pck@0.1_bbox"] == max(scores.values())
     assert scores[training["best_step"]] == max(scores.values())  # the first step reaching the best score

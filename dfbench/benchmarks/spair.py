@@ -26,10 +26,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm.auto import tqdm
 
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
+from dfbench.cache import CacheItem, ConfigStore, image_key, load_features
 from dfbench.datasets.spair import SpairPair, load_spair
 from dfbench.errors import DfbenchInputError
 from dfbench.heads.nn_matcher import match_points, upsampled_norm
@@ -115,10 +117,12 @@ class SpairTask:
         progress: bool = True,
         preset: str | None = None,
         options: dict[str, Any] | None = None,
+        cache: ConfigStore | None = None,
     ) -> tuple[Result, list[PairPrediction]]:
         """Evaluate ``backbone`` + ``selection`` on the pairs of ``split``.
 
-        ``options`` are protocol options (``spair/gdf-conv``: see ``GdfConvOptions``)."""
+        ``options`` are protocol options (``spair/gdf-conv``: see ``GdfConvOptions``); with a
+        ``cache`` store, features are read from it and only missing ones are extracted."""
         if protocol not in PROTOCOLS:
             raise DfbenchInputError(f"spair protocol {protocol!r}: available: {', '.join(PROTOCOLS)}")
         pairs = load_spair(data_root, split, limit_pairs, per_category, pairs_file=pairs_file, seed=settings.seed)
@@ -129,7 +133,8 @@ class SpairTask:
         if protocol == "dift-nn":
             if options:
                 raise DfbenchInputError(f"spair/dift-nn takes no options (got {', '.join(options)})")
-            features, sizes, canonical = self.extract_images(backbone, selection, settings, pairs, progress)
+            features, sizes, canonical = self.extract_images(backbone, selection, settings, pairs, progress,
+                                                             cache=cache)
             extracted = time.perf_counter()
             predictions = self.match(pairs, features, sizes, progress)
         else:
@@ -139,7 +144,7 @@ class SpairTask:
             train = load_spair(data_root, "trn", gdf_options.train_limit)
             val = load_spair(data_root, "val", pairs_file=gdf_options.val_pairs_file)
             raw, sizes, canonical = self.extract_images(backbone, selection, settings, [*pairs, *train, *val],
-                                                        progress, combine=False)
+                                                        progress, combine=False, cache=cache)
             extracted = time.perf_counter()
             head, history = gdf.train_and_select(train, val, raw, gdf_options, settings.seed, backbone.device,
                                                  progress)
@@ -162,7 +167,8 @@ class SpairTask:
         return result, predictions
 
     def extract_images(self, backbone: DiffusionBackbone, selection: Sequence[str], settings: ExtractSettings,
-                       pairs: Sequence[SpairPair], progress: bool, combine: bool = True
+                       pairs: Sequence[SpairPair], progress: bool, combine: bool = True,
+                       cache: ConfigStore | None = None
                        ) -> tuple[dict[str, Any], dict[str, tuple[int, int]], list[str]]:
         """Features and original size (H, W) of every distinct image, extracted once each, and the
         canonical selection. ``combine``: one C×h×w float32 map per image (:func:`combine_activations`);
@@ -172,6 +178,8 @@ class SpairTask:
             images.setdefault(pair.src_key, (pair.src_image, pair.category))
             images.setdefault(pair.trg_key, (pair.trg_image, pair.category))
         keys = sorted(images)
+        if cache is not None:
+            return self._from_cache(backbone, selection, settings, images, keys, combine, cache, progress)
         features: dict[str, Any] = {}
         canonical: list[str] = []
         sizes: dict[str, tuple[int, int]] = {}
@@ -189,6 +197,25 @@ class SpairTask:
                 sizes[key] = (image.height, image.width)
             bar.update(len(batch))
         bar.close()
+        return features, sizes, canonical
+
+    def _from_cache(self, backbone: DiffusionBackbone, selection: Sequence[str], settings: ExtractSettings,
+                    images: dict[str, tuple[Path, str]], keys: list[str], combine: bool, cache: ConfigStore,
+                    progress: bool) -> tuple[dict[str, Any], dict[str, tuple[int, int]], list[str]]:
+        items = [CacheItem(image_key(images[key][0]), images[key][0], images[key][1]) for key in keys]
+        loaded = load_features(backbone, items, selection, settings, cache, progress)
+        features: dict[str, Any] = {}
+        sizes: dict[str, tuple[int, int]] = {}
+        canonical: list[str] = []
+        for key, item in zip(keys, items, strict=True):
+            activations = loaded[item.key]
+            canonical = list(activations)
+            if combine:
+                features[key] = combine_activations({name: value[None] for name, value in activations.items()})[0]
+            else:
+                features[key] = {name: value.to(torch.float16) for name, value in activations.items()}
+            with Image.open(item.path) as image:
+                sizes[key] = (image.height, image.width)
         return features, sizes, canonical
 
     def match(self, pairs: Sequence[SpairPair], features: dict[str, torch.Tensor], sizes: dict[str, tuple[int, int]],

@@ -175,3 +175,12 @@ def load_spair(root: str | Path, split: str = "test", limit_pairs: int | None = 
     if limit_pairs is not None:
         pairs = pairs[:limit_pairs]
     return pairs
+
+
+def spair_images(root: str | Path, split: str = "test") -> list[tuple[Path, str]]:
+    """The distinct images of a split with their categories, sorted by path (a fixed order)."""
+    found: dict[Path, str] = {}
+    for pair in load_spair(root, split):
+        found.setdefault(pair.src_image, pair.category)
+        found.setdefault(pair.trg_image, pair.category)
+    return sorted(found.items())
