@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the full UNet, the ensemble recipe (one VAE encode) vs DIFT-style (N VAE encodes), and one clean pass; "
         "report the ratios and the peak RSS. throughput: images/s of one clean pass per backbone, FLOPs per "
         "image, and the fraction of --peak-tflops (use on a GPU). matching: spair/dift-nn matching and scoring "
-        "alone on synthetic features of SD2.1 up_blocks.1's shape (1280×48×48) for SPair-sized images.",
+        "alone on synthetic features of SD2.1 up_blocks.1's shape (1280×48×48) for SPair-sized images. "
+        "cache: cache-hit read throughput vs recomputation and bytes per image per activation.",
     )
-    perf.add_argument("suite", nargs="?", choices=["recipes", "throughput", "matching"], default="recipes")
+    perf.add_argument("suite", nargs="?", choices=["recipes", "throughput", "matching", "cache"], default="recipes")
     perf.add_argument("--backbone", nargs="+", default=None, help="recipes: one (default sd15); "
                       "throughput: several (default sd15 sd21 sdxl)")
     perf.add_argument("--resolution", type=int, help="recipes: input size (default: the backbone's)")
@@ -507,6 +508,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
             raise DfbenchInputError("perf recipes: give one --backbone")
         results = perf.run_recipes(backbones[0], args.resolution, args.dtype or "float32", args.repeats,
                                    args.ensemble, args.device or "cpu", log=log)
+    elif args.suite == "cache":
+        results = perf.run_cache(log=log)
     elif args.suite == "matching":
         results = perf.run_matching(args.pairs, args.images, log=log)
     else:

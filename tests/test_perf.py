@@ -75,3 +75,17 @@ def test_throughput_report_is_consistent_on_cpu():
     assert row["images_per_s"] > 0 and row["gflop_per_image"] > 0
     assert row["achieved_tflops"] == pytest.approx(row["gflop_per_image"] * row["images_per_s"] / 1000)
     assert row["fraction_of_peak"] == pytest.approx(row["achieved_tflops"] / 2.0)
+
+
+def test_cache_perf_bytes_per_image_match_the_tensor_sizes():
+    from dfbench.perf import run_cache
+
+    report = run_cache(images=4, full_size_images=8, log=lambda message: None)
+    # safetensors stores the raw tensor bytes plus one small JSON header per shard of 8 images
+    for label, elements in (("sd21@768 up_blocks.1", 1280 * 48 * 48), ("sd15@512 up_blocks.1", 1280 * 32 * 32)):
+        for dtype, size in (("float16", 2), ("float32", 4)):
+            measured = report[f"{label} {dtype}"]["bytes_per_image_per_activation"]
+            assert elements * size <= measured < elements * size * 1.001
+    tiny = report["tiny-sd15@64 up_blocks.1"]
+    assert tiny["images"] == 4 and tiny["bytes_per_image_per_activation"] >= 64 * 4 * 4 * 2
+    assert tiny["cache_hit_images_per_s"] > 0 and tiny["recompute_images_per_s"] > 0
