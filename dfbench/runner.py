@@ -53,6 +53,14 @@ def resolve_data_root(task: str, data_root: str | None) -> Path:
     return Path(data_root)
 
 
+def spec_dtype(spec: RunSpec) -> str:
+    """The compute dtype a spec asks for (its settings, else its preset's, else float32)."""
+    from dfbench.registry import get_preset
+
+    preset_settings = get_preset(spec.preset).settings if spec.preset else {}
+    return spec.settings.get("dtype") or preset_settings.get("dtype") or "float32"
+
+
 def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool = True, figures: bool = True,
             backbone: Any = None) -> tuple[Result, Path]:
     """Run ``spec``, save its record (and figures) under ``results_dir``; returns (result, record path)."""
@@ -66,8 +74,7 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
         raise DfbenchInputError("no activations selected: pass --select NAME… or --preset P")
     if backbone is None:
         options = {"weights": spec.weights} if spec.weights else {}
-        dtype = spec.settings.get("dtype") or (preset.settings.get("dtype") if preset else None) or "float32"
-        backbone = create_backbone(spec.backbone, torch_dtype=dtype, **options)
+        backbone = create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
     from dfbench.settings import ExtractSettings
 
     settings = ExtractSettings.from_dict({**backbone.default_settings, **(preset.settings if preset else {}),
@@ -153,12 +160,12 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
             continue
         log(label)
         try:
-            key = f"{spec.backbone}|{spec.weights}"
+            key = f"{spec.backbone}|{spec.weights}|{spec_dtype(spec)}"
             if key not in backbones:
                 from dfbench.registry import create_backbone
 
                 options = {"weights": spec.weights} if spec.weights else {}
-                backbones[key] = create_backbone(spec.backbone, **options)
+                backbones[key] = create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
             result, record = run_one(spec, results_dir, progress=progress, backbone=backbones[key])
         except DfbenchInputError as error:
             if strict:

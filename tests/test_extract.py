@@ -109,13 +109,16 @@ def test_sdxl_time_ids_reach_the_unet(tiny_sdxl, photos):
     assert not torch.allclose(plain, changed)
 
 
-def test_bfloat16_close_to_float32(photos):
-    backbone = create_backbone("tiny-sd15")
-    full = backbone.extract(photos[:1], ["up_blocks.1"], SETTINGS)["up_blocks.1"]
+def test_bfloat16_close_to_float32(photos, tiny_sd15):
+    backbone = create_backbone("tiny-sd15", torch_dtype="bfloat16")  # the same seeded weights, cast
+    assert backbone.dtype == torch.bfloat16
+    full = tiny_sd15.extract(photos[:1], ["up_blocks.1"], SETTINGS)["up_blocks.1"]
     half = backbone.extract(photos[:1], ["up_blocks.1"], SETTINGS.replace(dtype="bfloat16"))["up_blocks.1"]
-    assert half.dtype == torch.float32 and backbone.dtype == torch.bfloat16
+    assert half.dtype == torch.float32
     cosine = torch.nn.functional.cosine_similarity(full.flatten(), half.flatten(), dim=0)
     assert cosine > 0.99
+    with pytest.raises(DfbenchInputError, match="holds bfloat16 weights; create it with torch_dtype='float32'"):
+        backbone.extract(photos[:1], ["up_blocks.1"], SETTINGS)
 
 
 def test_save_pretrained_round_trip_offline(tmp_path, monkeypatch, photos, tiny_sd15):

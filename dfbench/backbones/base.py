@@ -320,7 +320,12 @@ class DiffusionBackbone:
                 f"timestep {settings.timestep}: this scheduler has {self.scheduler.config.num_train_timesteps} steps"
             )
         if self.dtype != TORCH_DTYPES[settings.dtype]:
-            self.to(self.device, settings.dtype)
+            # casting here would be lossy both ways (bfloat16 → float32 cannot restore the weights)
+            loaded = str(self.dtype).removeprefix("torch.")
+            raise DfbenchInputError(
+                f"settings.dtype={settings.dtype} but backbone {self.name} holds {loaded} weights; create it "
+                f"with torch_dtype={settings.dtype!r} (the CLI does this from --dtype)"
+            )
 
         members = settings.ensemble_size
         latent_size = (pixels.shape[2] // self.vae_scale_factor, pixels.shape[3] // self.vae_scale_factor)
