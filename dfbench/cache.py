@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any
 
 import torch
 
+from dfbench.atomic import atomic_write, atomic_write_text
 from dfbench.errors import DfbenchInputError
 from dfbench.settings import ExtractSettings
 
@@ -127,6 +127,10 @@ class ConfigStore:
                 for activation in activations:
                     self._entries.setdefault((image, activation), (shard, f"{image}/{activation}"))
 
+    def recorded_shards(self) -> list[str]:
+        """Shards named by the manifest or a journal (and present on disk)."""
+        return sorted(self._shard_sums)
+
     def has(self, image: str, activations: Sequence[str]) -> bool:
         """Whether every activation of ``image`` is stored (in shards not known to be damaged)."""
         return all((image, name) in self._entries for name in activations)
@@ -174,18 +178,14 @@ class ConfigStore:
         folder = self.folder / "shards"
         tensors = {f"{image}/{name}": value.detach().to("cpu", self.storage_dtype).contiguous()
                    for image, values in features.items() for name, value in values.items()}
-        handle, temp = tempfile.mkstemp(prefix=f".{shard}.", suffix=".tmp", dir=folder)
-        os.close(handle)
         try:
-            save_file(tensors, temp)
-            checksum = _file_sha256(Path(temp))
-            os.replace(temp, folder / shard)
+            atomic_write(folder / shard, lambda temp: save_file(tensors, str(temp)))
         except OSError as error:
-            Path(temp).unlink(missing_ok=True)
             raise DfbenchInputError(
                 f"feature cache {self.folder}: writing a shard failed ({error.strerror or error}); "
                 "nothing was recorded — free some space or use another --cache-dir"
             ) from None
+        checksum = _file_sha256(folder / shard)
         record = {"shard": shard, "sha256": checksum,
                   "entries": {image: sorted(values) for image, values in features.items()}}
         line = json.dumps(record, sort_keys=True) + "\n"
@@ -229,10 +229,7 @@ class ConfigStore:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=1, sort_keys=True)
-    os.replace(temp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 class FeatureCache:

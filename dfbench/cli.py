@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,9 @@ Typical session:
   dfbench activations sd15 --grep 'up_blocks.1\\.'   # addressable activations with shapes (no weights needed)
   dfbench extract tiny-sd15 --images a.png b.png --select up_blocks.1 --out feats.safetensors
   dfbench extract sd21 --images cat.jpg --preset dift --category cat --out cat.safetensors
+  dfbench run --backbone sd21 --task spair --preset dift --data-root SPair-71k --cache-dir cache/
+  dfbench leaderboard                          # results/leaderboard.md and .csv from every run
+  python run_bench.py                          # the offline demo suite
 
 Activation names are diffusers module paths (up_blocks.1, up_blocks.1.resnets.2.increment,
 up_blocks.1.attentions.1.transformer_blocks.0.attn2.q, …) or aliases: GDF
@@ -306,14 +308,10 @@ def write_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str]
     """Write a safetensors file through a temp file in the same folder and an atomic rename."""
     from safetensors.torch import save_file
 
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(handle)
-    try:
-        save_file({name: value.detach().cpu().contiguous() for name, value in tensors.items()}, temp_name, metadata)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    from dfbench.atomic import atomic_write
+
+    contiguous = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
+    atomic_write(path, lambda temp: save_file(contiguous, str(temp), metadata))
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -518,10 +516,9 @@ def cmd_perf(args: argparse.Namespace) -> int:
     report = perf.format_report(results)
     print(report)
     if args.out:
-        path = Path(args.out)
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(report + "\n")
-        os.replace(temp, path)
+        from dfbench.atomic import atomic_write_text
+
+        atomic_write_text(args.out, report + "\n")
     return 0
 
 
@@ -550,7 +547,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "verify":
         bad = 0
         for store in stores:
-            recorded = set(store._shard_sums)
+            recorded = set(store.recorded_shards())
             on_disk = {path.name for path in (store.folder / "shards").glob("*.safetensors")}
             damaged = sorted(shard for shard in recorded if not store.verify_shard(shard))
             unrecorded = sorted(on_disk - recorded)

@@ -20,11 +20,9 @@ def _pyplot():
 
 def _save(figure: Any, path: Path) -> Path:
     """Save through a temp file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(temp, dpi=72, bbox_inches="tight")
-    temp.replace(path)
-    return path
+    from dfbench.atomic import atomic_write
+
+    return atomic_write(path, lambda temp: figure.savefig(temp, dpi=72, bbox_inches="tight"))
 
 
 def plot_per_category(per_category: dict[str, dict[str, float]], metric: str, title: str, path: Path) -> Path:

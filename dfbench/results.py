@@ -12,14 +12,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfbench.atomic import atomic_write_text
 from dfbench.errors import DfbenchInputError
 
 RECORD_VERSION = 1
@@ -86,19 +85,6 @@ def git_revision() -> str:
         return "unknown"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def save_result(result: Result, results_dir: str | Path = "results") -> Path:
     """Write the record as ``<results_dir>/runs/<run id>.json``; returns the path."""
     if not result.created:
@@ -106,7 +92,7 @@ def save_result(result: Result, results_dir: str | Path = "results") -> Path:
     if not result.run_id:
         result.run_id = result.new_run_id()
     path = Path(results_dir) / "runs" / f"{result.run_id}.json"
-    write_text_atomic(path, json.dumps(asdict(result), indent=1, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, json.dumps(asdict(result), indent=1, sort_keys=True, default=str) + "\n")
     return path
 
 
@@ -169,6 +155,6 @@ def write_leaderboard(results_dir: str | Path = "results") -> tuple[Path, Path, 
     table = frame.round(2).to_markdown(index=False) if not frame.empty else "(no runs)"
     markdown = "# dfbench leaderboard\n\n" + table + "\n"
     md_path, csv_path = results_dir / "leaderboard.md", results_dir / "leaderboard.csv"
-    write_text_atomic(md_path, markdown)
-    write_text_atomic(csv_path, frame.to_csv(index=False))
+    atomic_write_text(md_path, markdown)
+    atomic_write_text(csv_path, frame.to_csv(index=False))
     return md_path, csv_path, markdown
