@@ -179,7 +179,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path, reference_cache):
 def test_two_ranks_with_gloo_equal_a_single_process(tmp_path, reference_cache):
     reference, env = reference_cache
     cache_dir = tmp_path / "cache"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                *_extract_cmd(cache_dir)[1:]]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -136,7 +136,7 @@ class SpairTask:
             features, sizes, canonical = self.extract_images(backbone, selection, settings, pairs, progress,
                                                              cache=cache)
             extracted = time.perf_counter()
-            predictions = self.match(pairs, features, sizes, progress)
+            predictions = self.match(pairs, features, sizes, progress, device=backbone.device)
         else:
             from dfbench.benchmarks import spair_gdf_conv as gdf
 
@@ -219,17 +219,19 @@ class SpairTask:
         return features, sizes, canonical
 
     def match(self, pairs: Sequence[SpairPair], features: dict[str, torch.Tensor], sizes: dict[str, tuple[int, int]],
-              progress: bool) -> list[PairPrediction]:
-        """Nearest-neighbour predictions for every pair, target norms computed once per target image."""
+              progress: bool, device: torch.device | str = "cpu") -> list[PairPrediction]:
+        """Nearest-neighbour predictions for every pair, target norms computed once per target image;
+        on ``device`` (the backbone's GPU when there is one), one pair's maps at a time."""
         order = sorted(range(len(pairs)), key=lambda i: pairs[i].trg_key)
         predictions: list[PairPrediction | None] = [None] * len(pairs)
-        norm_key, norm = None, None
+        norm_key, norm, target = None, None, None
         for index in tqdm(order, desc="match", unit="pair", disable=not progress):
             pair = pairs[index]
             if pair.trg_key != norm_key:
-                norm_key, norm = pair.trg_key, upsampled_norm(features[pair.trg_key], sizes[pair.trg_key])
-            predicted = match_points(features[pair.src_key], features[pair.trg_key], torch.tensor(pair.src_kps),
+                target = features[pair.trg_key].to(device)
+                norm_key, norm = pair.trg_key, upsampled_norm(target, sizes[pair.trg_key])
+            predicted = match_points(features[pair.src_key].to(device), target, torch.tensor(pair.src_kps),
                                      sizes[pair.src_key], sizes[pair.trg_key], trg_norm=norm)
-            predictions[index] = PairPrediction(pair, predicted)
+            predictions[index] = PairPrediction(pair, predicted.cpu())
         return [prediction for prediction in predictions if prediction is not None]
 
