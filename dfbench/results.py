@@ -158,3 +158,65 @@ def write_leaderboard(results_dir: str | Path = "results") -> tuple[Path, Path, 
     atomic_write_text(md_path, markdown)
     atomic_write_text(csv_path, frame.to_csv(index=False))
     return md_path, csv_path, markdown
+
+
+LOWER_IS_BETTER = ("rmse", "absrel", "abs_rel", "loss", "error")
+BASELINE_VERSION = 1
+
+
+def higher_is_better(metric: str) -> bool:
+    """PCK, mIoU, δ accuracies: higher is better; RMSE, AbsRel, losses, errors: lower."""
+    return not any(word in metric.lower() for word in LOWER_IS_BETTER)
+
+
+def latest_metrics(records: list[Result]) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(protocol, row, settings label) → the leaderboard metrics of the latest record of each."""
+    latest: dict[tuple[str, str, str], dict[str, float]] = {}
+    for record in sorted(records, key=lambda r: r.created):
+        keys = record.details.get("leaderboard_metrics") or list(record.metrics)
+        latest[(record.protocol, record.row_label, _settings_label(record.settings))] = {
+            key: record.metrics[key] for key in keys if key in record.metrics}
+    return latest
+
+
+def write_baseline(records: list[Result], path: str | Path, tolerance: float) -> Path:
+    """Store the latest metrics of every row as a regression baseline (JSON, atomic)."""
+    entries = [{"protocol": protocol, "row": row, "settings": settings, "metrics": metrics}
+               for (protocol, row, settings), metrics in sorted(latest_metrics(records).items())]
+    document = {"baseline_version": BASELINE_VERSION, "tolerance": tolerance, "entries": entries}
+    return atomic_write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n")
+
+
+def compare_to_baseline(records: list[Result], baseline_path: str | Path, tolerance: float | None = None
+                        ) -> tuple[list[list[Any]], bool]:
+    """Rows [protocol, row, settings, metric, baseline, current, change, status] and whether all pass.
+
+    A metric fails when it is worse than the baseline by more than ``tolerance`` (in its own
+    units, e.g. PCK points), or when no current run has it.
+    """
+    path = Path(baseline_path)
+    try:
+        document = json.loads(path.read_text())
+        entries = document["entries"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise DfbenchInputError(f"baseline {path}: not a dfbench baseline (create one with --update)") from None
+    if document.get("baseline_version") != BASELINE_VERSION:
+        raise DfbenchInputError(f"baseline {path}: version {document.get('baseline_version')}, expected "
+                                f"{BASELINE_VERSION}; regenerate it with --update")
+    tolerance = float(document.get("tolerance", 0.5) if tolerance is None else tolerance)
+    current = latest_metrics(records)
+    rows, passed = [], True
+    for entry in entries:
+        key = (entry["protocol"], entry["row"], entry["settings"])
+        for metric, reference in entry["metrics"].items():
+            value = current.get(key, {}).get(metric)
+            if value is None:
+                rows.append([*key, metric, reference, None, None, "MISSING"])
+                passed = False
+                continue
+            change = value - reference
+            worse = -change if higher_is_better(metric) else change
+            status = "REGRESSION" if worse > tolerance else "ok"
+            passed &= status == "ok"
+            rows.append([*key, metric, reference, value, change, status])
+    return rows, passed

@@ -111,3 +111,33 @@ def test_run_bench_without_arguments_runs_the_offline_demo(tmp_path):
     assert "tiny-sdxl / gdf-ours-sdxl" in done.stdout and "demo finished" in done.stdout
     assert len(list((tmp_path / "results" / "runs").glob("*.json"))) == 4
     assert (tmp_path / "results" / "leaderboard.md").is_file()
+
+
+def test_compare_gate_by_hand(tmp_path, capsys):
+    base = tmp_path / "baseline.json"
+    save_result(_record("sd21", 60.0, "2026-01-01T00:00:00"), tmp_path)
+    assert main(["compare", str(tmp_path), "--baseline", str(base), "--update", "--tolerance", "0.5"]) == 0
+    baseline = json.loads(base.read_text())
+    assert baseline["entries"] == [{"protocol": "spair/dift-nn", "row": "sd21 / up_blocks.1",
+                                    "settings": "768px t=261 ens=8", "metrics": {"pck@0.1_bbox": 60.0}}]
+    capsys.readouterr()
+    save_result(_record("sd21", 59.6, "2026-01-02T00:00:00"), tmp_path)   # −0.4: within 0.5
+    assert main(["compare", str(tmp_path), "--baseline", str(base)]) == 0
+    assert "no regression" in capsys.readouterr().out
+    save_result(_record("sd21", 59.4, "2026-01-03T00:00:00"), tmp_path)   # −0.6: a regression
+    assert main(["compare", str(tmp_path), "--baseline", str(base)]) == 1
+    assert "REGRESSION" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path), "--baseline", str(base), "--tolerance", "1.0"]) == 0
+    other = tmp_path / "other"
+    save_result(_record("sd15", 70.0, "2026-01-01T00:00:00"), other)       # the baseline's row has no run
+    assert main(["compare", str(other), "--baseline", str(base)]) == 1
+    assert "MISSING" in capsys.readouterr().out
+    base.write_text("{}")
+    assert main(["compare", str(tmp_path), "--baseline", str(base)]) == 2
+
+
+def test_lower_is_better_metrics():
+    from dfbench.results import higher_is_better
+
+    assert higher_is_better("pck@0.1_bbox") and higher_is_better("mIoU")
+    assert not higher_is_better("rmse") and not higher_is_better("AbsRel")
