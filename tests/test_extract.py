@@ -155,3 +155,12 @@ def test_pad_mode_content_box_and_input():
     pixels = to_model_input([white], 64, "pad")
     assert torch.all(pixels[0, :, 16:48] == 1.0)
     assert torch.all(pixels[0, :, :16] == 0.0) and torch.all(pixels[0, :, 48:] == 0.0)
+
+
+def test_sdxl_float16_keeps_its_vae_in_float32(photos):
+    """The SDXL VAE overflows in float16 (its config says force_upcast): only the rest is cast."""
+    backbone = create_backbone("tiny-sdxl", torch_dtype="float16")
+    assert backbone.unet.dtype == torch.float16 and backbone.text_encoders[1].dtype == torch.float16
+    assert backbone.vae.dtype == torch.float32
+    features = backbone.extract(photos[:1], ["up_blocks.1"], SETTINGS.replace(dtype="float16"))["up_blocks.1"]
+    assert features.dtype == torch.float32 and torch.isfinite(features).all()

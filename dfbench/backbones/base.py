@@ -168,7 +168,7 @@ class DiffusionBackbone:
                 "diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)"
             ) from None
         backbone = cls(name, unet, vae, scheduler, encoders, tokenizers, default_resolution, source=model_id)
-        return backbone.to(device or default_device())
+        return backbone.to(device or default_device(), torch_dtype)
 
     @classmethod
     def from_configs(
