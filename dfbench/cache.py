@@ -108,16 +108,7 @@ class ConfigStore:
         """Read manifest.json and every journal (lines cut short by a crash are skipped)."""
         self._entries.clear()
         self._shard_sums.clear()
-        records = []
-        manifest = self.folder / "manifest.json"
-        if manifest.is_file():
-            records += json.loads(manifest.read_text()).get("shards", [])
-        for journal in sorted(self.folder.glob("journal-*.jsonl")):
-            for line in journal.read_text().splitlines():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill: its shard is simply not recorded
+        records, _ = self._records()
         for record in records:
             shard = record["shard"]
             if shard in self.damaged or not (self.folder / "shards" / shard).is_file():
@@ -126,6 +117,23 @@ class ConfigStore:
             for image, activations in record["entries"].items():
                 for activation in activations:
                     self._entries.setdefault((image, activation), (shard, f"{image}/{activation}"))
+
+    def _records(self) -> tuple[list[dict[str, Any]], dict[Path, int]]:
+        """Shard records of manifest.json then of every journal, and the size of each journal read."""
+        records: list[dict[str, Any]] = []
+        manifest = self.folder / "manifest.json"
+        if manifest.is_file():
+            records += json.loads(manifest.read_text()).get("shards", [])
+        sizes: dict[Path, int] = {}
+        for journal in sorted(self.folder.glob("journal-*.jsonl")):
+            text = journal.read_bytes()
+            sizes[journal] = len(text)
+            for line in text.decode().splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill: its shard is simply not recorded
+        return records, sizes
 
     def recorded_shards(self) -> list[str]:
         """Shards named by the manifest or a journal (and present on disk)."""
@@ -201,24 +209,18 @@ class ConfigStore:
         return shard
 
     def merge_manifest(self) -> Path:
-        """Fold every journal into manifest.json (atomically), then remove the merged journals."""
-        self.reload()
-        journals = sorted(self.folder.glob("journal-*.jsonl"))
-        records: dict[str, dict[str, Any]] = {}
-        manifest = self.folder / "manifest.json"
-        if manifest.is_file():
-            records.update({r["shard"]: r for r in json.loads(manifest.read_text()).get("shards", [])})
-        for journal in journals:
-            for line in journal.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                records[record["shard"]] = record
+        """Fold every journal into manifest.json (atomically), then remove the merged journals.
+
+        A journal that grew while it was being merged (another process still writing) is kept: its
+        lines are read again next time, and a shard recorded twice is the same record."""
+        read, sizes = self._records()
+        records = {record["shard"]: record for record in read}
         kept = [records[name] for name in sorted(records) if (self.folder / "shards" / name).is_file()]
+        manifest = self.folder / "manifest.json"
         _write_json_atomic(manifest, {"cache_format": CACHE_FORMAT, "shards": kept})
-        for journal in journals:
-            journal.unlink(missing_ok=True)
+        for journal, size in sizes.items():
+            if journal.is_file() and journal.stat().st_size == size:
+                journal.unlink()
         return manifest
 
     def summary(self) -> dict[str, Any]:

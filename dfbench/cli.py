@@ -222,13 +222,16 @@ SETTINGS_FLAGS = ("resolution", "resize_mode", "timestep", "add_noise", "ensembl
                   "latent_mode", "dtype", "batch_size")
 
 
+def given_settings(args: argparse.Namespace) -> dict:
+    """The settings flags that were given on the command line."""
+    return {flag: getattr(args, flag) for flag in SETTINGS_FLAGS if getattr(args, flag, None) is not None}
+
+
 def settings_from_args(args: argparse.Namespace, base: dict | None = None):
     """ExtractSettings from a preset's settings (``base``) overridden by the flags that were given."""
     from dfbench.settings import ExtractSettings
 
-    values = dict(base or {})
-    values.update({flag: getattr(args, flag) for flag in SETTINGS_FLAGS if getattr(args, flag, None) is not None})
-    return ExtractSettings.from_dict(values)
+    return ExtractSettings.from_dict({**(base or {}), **given_settings(args)})
 
 
 # ---------------------------------------------------------------------------------------- list
@@ -425,7 +428,7 @@ def extract_dataset(args: argparse.Namespace, selection: list[str], preset_setti
 def cmd_run(args: argparse.Namespace) -> int:
     from dfbench.runner import RunSpec, run_one
 
-    settings = {flag: getattr(args, flag) for flag in SETTINGS_FLAGS if getattr(args, flag, None) is not None}
+    settings = given_settings(args)
     spec = RunSpec(
         backbone=args.backbone, task=args.task, selection=args.select or [], preset=args.preset, settings=settings,
         data_root=args.data_root, split=args.split, limit_pairs=args.limit_pairs, per_category=args.per_category,

@@ -61,10 +61,18 @@ def spec_dtype(spec: RunSpec) -> str:
     return spec.settings.get("dtype") or preset_settings.get("dtype") or "float32"
 
 
+def create_spec_backbone(spec: RunSpec) -> Any:
+    """The backbone a spec names, with its weights override and in its compute dtype."""
+    from dfbench.registry import create_backbone
+
+    options = {"weights": spec.weights} if spec.weights else {}
+    return create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
+
+
 def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool = True, figures: bool = True,
             backbone: Any = None) -> tuple[Result, Path]:
     """Run ``spec``, save its record (and figures) under ``results_dir``; returns (result, record path)."""
-    from dfbench.registry import TASKS, create_backbone, get_preset
+    from dfbench.registry import TASKS, get_preset
 
     task_name, protocol = split_task(spec.task)
     task = TASKS.get(task_name)()
@@ -73,8 +81,7 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     if not selection:
         raise DfbenchInputError("no activations selected: pass --select NAME… or --preset P")
     if backbone is None:
-        options = {"weights": spec.weights} if spec.weights else {}
-        backbone = create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
+        backbone = create_spec_backbone(spec)
     from dfbench.settings import ExtractSettings
 
     settings = ExtractSettings.from_dict({**backbone.default_settings, **(preset.settings if preset else {}),
@@ -162,10 +169,7 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
         try:
             key = f"{spec.backbone}|{spec.weights}|{spec_dtype(spec)}"
             if key not in backbones:
-                from dfbench.registry import create_backbone
-
-                options = {"weights": spec.weights} if spec.weights else {}
-                backbones[key] = create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
+                backbones[key] = create_spec_backbone(spec)
             result, record = run_one(spec, results_dir, progress=progress, backbone=backbones[key])
         except DfbenchInputError as error:
             if strict:

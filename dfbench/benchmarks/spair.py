@@ -56,6 +56,14 @@ def combine_activations(features: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([F.normalize(m, dim=1) for m in resized], dim=1)
 
 
+def _keep(activations: dict[str, torch.Tensor], combine: bool) -> Any:
+    """What the task keeps of one image's activations (C×h×w each): one combined float32 map, or
+    the activations as float16 (half the memory; the trained readout resizes them itself)."""
+    if combine:
+        return combine_activations({name: value[None] for name, value in activations.items()})[0].cpu()
+    return {name: value.to("cpu", torch.float16) for name, value in activations.items()}
+
+
 @dataclass
 class PairPrediction:
     """Predicted target keypoints of one pair, in original pixels."""
@@ -190,10 +198,8 @@ class SpairTask:
             loaded = [load_image(images[key][0]) for key in batch]
             extracted = backbone.extract(loaded, selection, settings, categories=[images[k][1] for k in batch])
             canonical = list(extracted)
-            combined = combine_activations(extracted).cpu() if combine else None
             for index, (key, image) in enumerate(zip(batch, loaded, strict=True)):
-                features[key] = combined[index] if combined is not None else {
-                    name: value[index].to("cpu", torch.float16) for name, value in extracted.items()}
+                features[key] = _keep({name: value[index] for name, value in extracted.items()}, combine)
                 sizes[key] = (image.height, image.width)
             bar.update(len(batch))
         bar.close()
@@ -208,12 +214,8 @@ class SpairTask:
         sizes: dict[str, tuple[int, int]] = {}
         canonical: list[str] = []
         for key, item in zip(keys, items, strict=True):
-            activations = loaded[item.key]
-            canonical = list(activations)
-            if combine:
-                features[key] = combine_activations({name: value[None] for name, value in activations.items()})[0]
-            else:
-                features[key] = {name: value.to(torch.float16) for name, value in activations.items()}
+            canonical = list(loaded[item.key])
+            features[key] = _keep(loaded[item.key], combine)
             with Image.open(item.path) as image:
                 sizes[key] = (image.height, image.width)
         return features, sizes, canonical
