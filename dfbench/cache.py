@@ -7,9 +7,10 @@ Layout under the cache root (``--cache-dir``, ``$DFBENCH_CACHE``, default ``~/.c
     <root>/<backbone>/<config>/journal-<writer>.jsonl   # one line per shard: entries + sha256
     <root>/<backbone>/<config>/manifest.json        # journals merged (rank 0 / single process)
 
-``config`` hashes the backbone name, a fingerprint of the weights actually loaded, every
-:class:`ExtractSettings` field that changes a value (all but ``batch_size``) and the storage dtype,
-so a changed checkpoint, seed, timestep or prompt never reuses stale features. The image key hashes
+``config`` hashes the backbone name, a fingerprint of the weights actually loaded, the extraction
+recipe's version, every :class:`ExtractSettings` field that changes a value (all but
+``batch_size``) and the storage dtype, so a changed checkpoint, seed, timestep or prompt, or
+features of an older recipe (e.g. one noise field shared by all images), are never reused. The image key hashes
 the image's bytes. Each shard is written to a temp file and renamed, then recorded by one appended
 journal line; a writer (process / rank) only ever writes its own shard names and its own journal,
 so ranks never write the same file, and a line cut short by a kill is ignored. A shard whose
@@ -91,8 +92,9 @@ class CacheItem:
 class ConfigStore:
     """The features of one (backbone weights, settings, storage dtype) configuration."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], writer: str) -> None:
+    def __init__(self, folder: Path, config: dict[str, Any], writer: str, cache: FeatureCache | None = None) -> None:
         self.folder = folder
+        self.cache = cache
         self.config = config
         self.writer = writer
         self.storage_dtype = STORAGE_DTYPES[config["storage_dtype"]]
@@ -102,6 +104,12 @@ class ConfigStore:
         self.damaged: set[str] = set()
         self._sequence = 0
         self.reload()
+
+    def for_settings(self, backbone: Any, settings: ExtractSettings) -> ConfigStore:
+        """The store of the same cache root and writer for other ``settings`` (e.g. another noise draw)."""
+        if self.cache is None:
+            raise ValueError(f"feature cache {self.folder}: opened read-only, without its cache root")
+        return self.cache.open(backbone, settings, self.writer)
 
     # -------------------------------------------------------------- reading
     def reload(self) -> None:
@@ -257,7 +265,7 @@ class FeatureCache:
         values["resolution"] = settings.resolution or backbone.default_resolution
         return {"cache_format": CACHE_FORMAT, "backbone": backbone.name,
                 "weights": weight_fingerprint([backbone.unet, backbone.vae, *backbone.text_encoders]),
-                "settings": values, "storage_dtype": storage_dtype}
+                "recipe": backbone.recipe_version, "settings": values, "storage_dtype": storage_dtype}
 
     def open(self, backbone: Any, settings: ExtractSettings, writer: str | None = None) -> ConfigStore:
         """The store of this backbone + settings, created on first use."""
@@ -270,7 +278,7 @@ class FeatureCache:
             check_format(config_path)
         else:
             _write_json_atomic(config_path, config)
-        return ConfigStore(folder, config, writer or default_writer())
+        return ConfigStore(folder, config, writer or default_writer(), cache=self)
 
     def stores(self) -> list[ConfigStore]:
         """Every configuration under the root (read-only use)."""

@@ -156,13 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     run_choice.add_argument("--preset", help="a named recipe: selection + settings")
     run.add_argument("--data-root", help="dataset folder in its native layout ('mini': the embedded mini set)")
     run.add_argument("--split", default="test", help="dataset split (default test)")
-    run.add_argument("--limit-pairs", type=int, help="SPair: evaluate only the first N pairs")
+    run.add_argument("--limit-pairs", type=int, help="SPair: evaluate N pairs, a random sample spread evenly over "
+                     "the categories (seeded by --seed; the lists are grouped by category, so not the first N)")
     run.add_argument("--per-category", type=int, help="SPair: sample N pairs per category (seeded)")
     run.add_argument("--pairs-file", help="SPair: evaluate the pair ids listed in this file")
     run.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
     run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="protocol option, repeatable (spair/gdf-conv: max_steps, eval_every, lr, weight_decay, "
-                     "val_pairs_file, train_limit)")
+                     help="protocol option, repeatable. spair/gdf-conv: max_steps, eval_every, steps_per_epoch, "
+                     "lr, weight_decay, train_limit (seeded sample across categories), val_pairs_file (pair ids, or "
+                     "GDF's spair_71k_val-360.json), report=select|gdf (gdf: GDF's max over validations on its "
+                     "list, never test), noise_draws=K (K noise realisations per training image)")
     run.add_argument("--results", default="results", help="results folder (default ./results)")
     run.add_argument("--cache-dir", help="read/write features in this cache (also: $DFBENCH_CACHE)")
     run.add_argument("--no-figures", action="store_true", help="skip the PNG figures")

@@ -33,6 +33,7 @@ def _register(preset: Preset) -> None:
     PRESETS.register(preset.name, preset, override=True)
 
 
+# DIFT: SDFeaturizer4Eval prompts f"a photo of a {cat}" (src/models/dift_sd.py:253); eval_spair.py settings.
 DIFT_SETTINGS = {"resolution": 768, "resize_mode": "squash", "timestep": 261, "ensemble_size": 8,
                  "prompt": "a photo of a {category}", "latent_mode": "sample"}
 _register(Preset(
@@ -42,12 +43,29 @@ _register(Preset(
 ))
 _register(Preset(
     "cleandift-dift", ("up_blocks.1",),
-    {**DIFT_SETTINGS, "ensemble_size": 1, "add_noise": False, "latent_mode": "mode"}, "cleandift-sd21",
-    "Stracke et al., CVPR 2025 (CleanDIFT): their DIFT-style eval passes t=261 on the clean latent",
-    "DIFT's recipe on CleanDIFT SD2.1: one clean (noise-free) pass, t=261 given to the UNet",
+    {**DIFT_SETTINGS, "ensemble_size": 1, "add_noise": False, "latent_mode": "mode",
+     "prompt": "A photo of a {category}"}, "cleandift-sd21",
+    "Stracke et al., CVPR 2025 (CleanDIFT): their SPair eval (branch geoaware-sc-eval, "
+    "model_utils/extractor_sd.py:235) prompts 'A photo of a {category}' and passes t=261 on the clean latent",
+    "DIFT's recipe on CleanDIFT SD2.1: one clean (noise-free) pass, t=261, prompt 'A photo of a {category}'",
 ))
 
-GDF_SOURCE = "Meng et al., NeurIPS 2024 (Darkbblue/generic-diffusion-feature), t=50"
+# GDF encodes this one prompt for every correspondence image
+# (correspondence/correspondence/aggregation_network.py, line 28).
+GDF_PROMPT = ("a highly realistic photo that may contain an aeroplane, a bicycle, a bird, a boat, a bottle, a bus, "
+              "a car, a cat, a chair, a cow, a dog, a horse, a motorbike, a person, a plant within a pot, a sheep, "
+              "a train, or a tv monitor.")
+# GDF configs ask for t=50 (correspondence/correspondence/config_sd15.json); feature/diffusion_feature.py
+# lines 290-295 turn it into scheduler.set_timesteps(1000) + img2img get_timesteps(1000, 50/1000) and run
+# the UNet at timesteps[0]: SD1.5's PNDMScheduler (steps_offset=1, skip_prk_steps) lists 1000, 999, 999,
+# 998, …, so index 950 is t=51; SDXL's EulerDiscreteScheduler ("leading", steps_offset=1) gives t=50.
+GDF_TIMESTEPS = {"sd15": 51, "sdxl": 50}
+GDF_SOURCE = ("Meng et al., NeurIPS 2024 (Darkbblue/generic-diffusion-feature): prompt from "
+              "correspondence/correspondence/aggregation_network.py:28; posterior sample from the img2img "
+              "pipeline's prepare_latents (feature/diffusion_feature.py:373, sample_mode='sample'); t from "
+              "config_{sd15,sdxl}.json t=50 through set_timesteps(1000) + get_timesteps "
+              "(feature/diffusion_feature.py:290-295): SD1.5 PNDM → 51, SDXL Euler → 50; GDF runs float16 "
+              "(use --dtype float16 on a GPU to match)")
 GDF_PRESETS = {
     "gdf-ours-sd15": ("sd15", 512, (
         "up-level1-repeat1-vit-block0-cross-q", "up-level1-repeat2-res-out",
@@ -63,15 +81,24 @@ GDF_PRESETS = {
 }
 for _name, (_backbone, _resolution, _selection) in GDF_PRESETS.items():
     _kind = "selected activations (Ours)" if "ours" in _name else "legacy block-output selection"
+    _timestep = GDF_TIMESTEPS[_backbone]
     _register(Preset(
-        _name, _selection, {"resolution": _resolution, "timestep": 50}, _backbone, GDF_SOURCE,
-        f"Meng et al. {_kind} on {_backbone}, {_resolution} px, t=50",
+        _name, _selection,
+        {"resolution": _resolution, "timestep": _timestep, "prompt": GDF_PROMPT, "latent_mode": "sample"},
+        _backbone, GDF_SOURCE,
+        f"Meng et al. {_kind} on {_backbone}, {_resolution} px, t={_timestep} (GDF's t=50 through its scheduler), "
+        "GDF's fixed 18-class prompt, one posterior sample + one noise",
     ))
 
+# CleanDIFT's SPair evaluation (branch geoaware-sc-eval, model_utils/extractor_sd.py, line 235) prompts
+# "A photo of a {category}" (capital A) and passes t=261 with the clean latent.
+CLEANDIFT_PROMPT = "A photo of a {category}"
 CLEANDIFT_FEATURES = ("mid", *(f"us{index}" for index in range(1, 11)))
 for _feature in CLEANDIFT_FEATURES:
     _register(Preset(
-        f"cleandift-{_feature}", (_feature,), {"timestep": 261, "add_noise": False}, "cleandift-sd21",
-        "CleanDIFT min_sd15.py / min_sd21.py feature names",
-        f"CleanDIFT feature {_feature!r}: one clean pass at t=261",
+        f"cleandift-{_feature}", (_feature,), {"timestep": 261, "add_noise": False, "prompt": CLEANDIFT_PROMPT},
+        "cleandift-sd21",
+        "CleanDIFT min_sd15.py / min_sd21.py feature names; prompt from geoaware-sc-eval "
+        "model_utils/extractor_sd.py:235",
+        f"CleanDIFT feature {_feature!r}: one clean pass at t=261, prompt 'A photo of a {{category}}'",
     ))

@@ -47,8 +47,10 @@ class Result:
 
     @property
     def row_label(self) -> str:
-        """The leaderboard row: backbone + (preset or selection)."""
-        return f"{self.backbone} / {self.preset or ', '.join(self.selection)}"
+        """The leaderboard row: backbone + (preset or selection), and the reporting variant if any
+        (e.g. ``[report=gdf]``: a number that is not comparable with the protocol's default)."""
+        variant = self.details.get("variant")
+        return f"{self.backbone} / {self.preset or ', '.join(self.selection)}" + (f" [{variant}]" if variant else "")
 
     def new_run_id(self) -> str:
         """A readable, unique file stem: time, task, backbone and a short content hash."""

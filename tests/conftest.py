@@ -40,3 +40,4 @@ def tiny_sdxl():
 def random_image(seed: int, size=(80, 96)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+

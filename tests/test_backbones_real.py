@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from references import per_image_generator
 from safetensors.torch import save_file
 
 from dfbench import ExtractSettings, create_backbone, get_preset
@@ -148,13 +149,14 @@ def test_dift_preset_equals_straightforward_dift(tiny_sd21, photos):
     members = settings.ensemble_size
     assert (members, settings.timestep, settings.prompt) == (8, 261, "a photo of a {category}")
     features = tiny_sd21.extract(photos[:2], ["up_blocks.1"], settings, categories=["cat", "person"])
-    noise = torch.randn(members, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     expected = []
     captured = []
     hook = tiny_sd21.unet.up_blocks[1].register_forward_hook(lambda m, a, out: captured.append(out))
     try:
         with torch.no_grad():
             for image, category in zip(clean_input(photos[:2]), ["cat", "person"], strict=True):
+                # DIFT draws fresh noise per image (src/models/dift_sd.py:180, torch.randn_like)
+                noise = torch.randn(members, 4, 8, 8, generator=per_image_generator(5, image))
                 ids = tiny_sd21.tokenizers[0]([f"a photo of a {category}"], padding="max_length", max_length=77,
                                               truncation=True, return_tensors="pt").input_ids
                 text = tiny_sd21.text_encoders[0](ids)[0].repeat(members, 1, 1)

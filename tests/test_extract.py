@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from references import per_image_generator
 
 from dfbench import ExtractSettings, create_backbone
 from dfbench.errors import DfbenchInputError
@@ -11,12 +12,12 @@ SETTINGS = ExtractSettings(resolution=64, timestep=261, ensemble_size=3, seed=7,
 
 
 def test_recipe_equals_straightforward_dift_implementation(tiny_sd15, photos):
-    """Mode latent, N seeded noises at t, UNet, up_blocks.1, mean — written out here with plain diffusers."""
+    """Mode latent, N noises at t from the image's own generator, UNet, up_blocks.1, mean — written out
+    here with plain diffusers."""
     backbone, members = tiny_sd15, 3
     features = backbone.extract(photos[:2], ["up_blocks.1"], SETTINGS)["up_blocks.1"]
 
     pixels = to_model_input(photos[:2], 64, "squash")
-    noise = torch.randn(members, 4, 8, 8, generator=torch.Generator().manual_seed(7))
     captured = []
     hook = backbone.unet.up_blocks[1].register_forward_hook(lambda m, a, out: captured.append(out))
     try:
@@ -24,6 +25,8 @@ def test_recipe_equals_straightforward_dift_implementation(tiny_sd15, photos):
         with torch.no_grad():
             text = backbone.text_encoders[0](backbone.tokenize(backbone.tokenizers[0], ""))[0]
             for image in pixels:
+                # fresh noise per image (DIFT's torch.randn_like per image): its own seeded generator
+                noise = torch.randn(members, 4, 8, 8, generator=per_image_generator(7, image))
                 repeated = image[None].repeat(members, 1, 1, 1)  # DIFT: the image repeated N times
                 latents = backbone.vae.encode(repeated).latent_dist.mode() * backbone.vae.config.scaling_factor
                 t = torch.full((members,), 261, dtype=torch.long)

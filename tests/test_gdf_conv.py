@@ -1,13 +1,26 @@
 """spair/gdf-conv: grid mapping, the symmetric CLIP loss against a literal version, training, selection."""
 
+import hashlib
 import json
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dfbench.benchmarks.spair_gdf_conv import GdfConvOptions
+from dfbench import ExtractSettings
+from dfbench.backbones.base import DiffusionBackbone
+from dfbench.benchmarks.spair_gdf_conv import (
+    GdfConvOptions,
+    draw_settings,
+    gdf_report,
+    train,
+    validation_pck,
+    validation_steps,
+)
 from dfbench.cli import main
+from dfbench.datasets.mini_spair import mini_spair_root
+from dfbench.datasets.spair import SpairPair, load_spair
 from dfbench.errors import DfbenchInputError
 from dfbench.heads.conv_readout import grid_index_to_points, points_to_grid_index, symmetric_clip_loss
 
@@ -34,12 +47,91 @@ def test_symmetric_loss_equals_literal_full_matrix_version():
 
 
 def test_options_are_typed_and_checked():
-    options = GdfConvOptions.from_dict({"max_steps": "20", "lr": "1e-3", "val_pairs_file": "val360.txt"})
-    assert options.max_steps == 20 and options.lr == 1e-3 and options.val_pairs_file == "val360.txt"
+    options = GdfConvOptions.from_dict({"max_steps": "20", "eval_every": "5", "lr": "1e-3",
+                                        "val_pairs_file": "val360.txt", "noise_draws": "3", "report": "gdf"})
+    assert options.max_steps == 20 and options.eval_every == 5 and options.lr == 1e-3 and options.val_pairs_file == "val360.txt"
+    assert options.noise_draws == 3 and options.report == "gdf"
     with pytest.raises(DfbenchInputError, match="unknown option.*max_step"):
         GdfConvOptions.from_dict({"max_step": 3})
     with pytest.raises(DfbenchInputError, match="max_steps='many': expected int"):
         GdfConvOptions.from_dict({"max_steps": "many"})
+    with pytest.raises(DfbenchInputError, match="report='best': choose one of select, gdf"):
+        GdfConvOptions.from_dict({"report": "best"})
+    with pytest.raises(DfbenchInputError, match="noise_draws=0: must be ≥ 1"):
+        GdfConvOptions.from_dict({"noise_draws": 0})
+    with pytest.raises(DfbenchInputError, match="max_steps=500 must exceed eval_every=500"):
+        GdfConvOptions.from_dict({"report": "gdf", "max_steps": 500})
+
+
+def test_validation_steps_are_gdfs():
+    """GDF's loop written out (correspondence/task-corres.py:152-177): 2 epochs × 5,000 steps,
+    step = epoch·len + i, validate when step > 0 and step % 500 == 0 — never the untrained head."""
+    gdf_steps = [epoch * 5000 + i for epoch in range(2) for i in range(5000)
+                 if epoch * 5000 + i > 0 and (epoch * 5000 + i) % 500 == 0]
+    assert gdf_steps == list(range(500, 10000, 500)) and len(gdf_steps) == 19
+    assert validation_steps(GdfConvOptions(report="gdf")) == gdf_steps
+    # select also validates the last head (step 9,999), so the end of training can be chosen
+    assert validation_steps(GdfConvOptions()) == [*gdf_steps, 9999]
+    assert validation_steps(GdfConvOptions(max_steps=9, eval_every=3)) == [3, 6, 8]
+    assert validation_steps(GdfConvOptions(max_steps=2, eval_every=5)) == [1]
+
+
+def test_gdf_report_on_a_hand_made_history():
+    """task-corres.py:186-188: max1 = max(max1, pck_img), max2 = max(max2, pck_bbox), separately."""
+    history = [(500, 40.0, 30.0), (1000, 45.0, 28.0), (1500, 42.0, 35.0), (2000, 45.0, 35.0)]
+    assert gdf_report(history) == {"pck@0.1_img": 45.0, "pck@0.1_bbox": 35.0,
+                                   "best_step_img": 1000.0, "best_step_bbox": 1500.0}
+    with pytest.raises(DfbenchInputError, match="no validation ran"):
+        gdf_report([])
+
+
+def test_validation_pck_pools_keypoints_like_gdf():
+    """GDF's compute_pck (correspondence_utils.py:160-167): dist <= 0.1·max(W, H) (img) or
+    0.1·max(right − left, bottom − top) (bbox), summed over all keypoints of all pairs."""
+    pairs = [_pair("a", [[10, 10], [50, 50]], [[12, 10], [80, 50]], (0, 0, 100, 40), (200, 100)),
+             _pair("b", [[5, 5]], [[5, 5]], (0, 0, 10, 10), (20, 20))]
+    predicted = [torch.tensor([[12.0, 29.0], [80.0, 50.0]]), torch.tensor([[7.0, 5.0]])]
+    # pair a: errors 19 and 0; img threshold 20 → 2 right; bbox threshold 10 → 1 right.
+    # pair b: error 2; img threshold 2 (inclusive) → right; bbox threshold 1 → wrong.
+    img, bbox = validation_pck(pairs, predicted)
+    assert img == pytest.approx(100 * 3 / 3) and bbox == pytest.approx(100 * 1 / 3)
+
+
+def test_draw_settings_are_independent_seeds():
+    settings = ExtractSettings(seed=3)
+    assert draw_settings(settings, 0) is settings
+    expected = int.from_bytes(hashlib.sha256(b"3:draw2").digest()[:4], "big")
+    assert draw_settings(settings, 2) == settings.replace(seed=expected)
+
+
+class _CountingFeatures(dict):
+    """A feature table that counts reads of each image key."""
+
+    def __init__(self, table):
+        super().__init__(table)
+        self.reads = {}
+
+    def __getitem__(self, key):
+        self.reads[key] = self.reads.get(key, 0) + 1
+        return super().__getitem__(key)
+
+
+def test_training_picks_a_noise_realisation_per_image_and_step():
+    generator = torch.Generator().manual_seed(0)
+    train_pairs = [_pair("t", [[4, 4], [20, 20]], [[6, 4], [22, 20]], (0, 0, 32, 32), (32, 32))]
+    val = [_pair("v", [[8, 8]], [[8, 8]], (0, 0, 32, 32), (32, 32))]
+    keys = ["cat/t_src.jpg", "cat/t_trg.jpg", "cat/v_src.jpg", "cat/v_trg.jpg"]
+    draws = [_CountingFeatures({key: {"a": torch.randn(4, 8, 8, generator=generator)} for key in keys})
+             for _ in range(3)]
+    options = GdfConvOptions(max_steps=60, eval_every=30)
+    best, history = train(train_pairs, val, draws, options, seed=0, device=torch.device("cpu"), progress=False)
+    train_reads = [sum(draw.reads.get(key, 0) for key in keys[:2]) for draw in draws]
+    # one realisation per image per step: 60 steps × 2 images, plus the channel probe on draw 0
+    assert sum(train_reads) == 60 * 2 + 1
+    assert all(reads > 20 for reads in train_reads)          # each of the 3 realisations is used
+    assert all(draw.reads.get("cat/v_src.jpg", 0) == 0 for draw in draws[1:])  # validation: draw 0 only
+    assert [step for step, _, _ in history["validations"]] == [30, 59]
+    assert best["step"] in (30, 59) and len(history["loss"]) == 60
 
 
 def test_gdf_conv_trains_selects_on_val_and_reports_test(tmp_path, monkeypatch):
@@ -54,18 +146,103 @@ def test_gdf_conv_trains_selects_on_val_and_reports_test(tmp_path, monkeypatch):
     training = record["details"]["training"]
     assert record["protocol"] == "spair/gdf-conv" and record["details"]["options"]["max_steps"] == 9
     assert record["selection"] == ["up_blocks.1", "up_blocks.2"]
-    assert [step for step, _ in training["val_pck@0.1_bbox"]] == [0, 3, 6, 9]
+    # validated after steps 3, 6 and the last (8); never the untrained head
+    assert [step for step, _, _ in training["validations"]] == [3, 6, 8]
     assert len(training["loss"]) == 9
-    scores = dict(training["val_pck@0.1_bbox"])
+    scores = {step: bbox for step, _, bbox in training["validations"]}
     assert training["best_val_pck@0.1_bbox"] == max(scores.values())
-    assert scores[training["best_step"]] == max(scores.values())  # the first step reaching the best score
-    assert record["metrics"]["pairs"] == 9  # reported on test, which training never saw
+    assert scores[training["best_step"]] == max(scores.values())
+    assert training["best_step"] == min(step for step, score in scores.items() if score == max(scores.values()))
+    assert record["metrics"]["pairs"] == 9 and record["details"]["split"] == "test"  # training never saw test
+    assert "variant" not in record["details"]
     # same seed → same training and the same test numbers
     assert main([*args, "--results", str(tmp_path / "again")]) == 0
     (again,) = (tmp_path / "again" / "runs").glob("*.json")
     again = json.loads(again.read_text())
     assert again["details"]["training"]["loss"] == training["loss"]
     assert again["metrics"] == record["metrics"]
+
+
+def test_report_gdf_is_the_max_over_validations_on_gdfs_list(tmp_path, monkeypatch, capsys):
+    """report=gdf: GDF's JSON list matched by image names, unmatched pairs named, the maximum of
+    PCK_img and of PCK_bbox over the validations, and the test split never read."""
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
+    root = tmp_path / "spair"
+    shutil.copytree(mini_spair_root(), root)
+    shutil.rmtree(root / "PairAnnotation" / "test")  # the test split is never used
+    (root / "Layout" / "large" / "test.txt").unlink()
+    val = load_spair(root, "val")
+    entries = [{"source_path": f"{p.category}/{p.src_image.name}", "target_path": f"{p.category}/{p.trg_image.name}",
+                "category": p.category} for p in reversed(val)]
+    entries.append({"source_path": "dog/2008_007494.jpg", "target_path": "dog/2009_004227.jpg", "category": "dog"})
+    gdf_list = tmp_path / "spair_71k_val-360.json"
+    gdf_list.write_text(json.dumps(entries))
+    results = tmp_path / "results"
+    code = main(["run", "--backbone", "tiny-sd15", "--task", "spair/gdf-conv", "--select", "us6",
+                 "--data-root", str(root), "--resolution", "64", "--results", str(results), "--no-progress",
+                 "--no-figures", "--option", "max_steps=10", "--option", "eval_every=3", "--option", "report=gdf",
+                 "--option", f"val_pairs_file={gdf_list}"])
+    assert code == 0
+    assert "1 pairs of" in capsys.readouterr().err
+    (record_path,) = (results / "runs").glob("*.json")
+    record = json.loads(record_path.read_text())
+    details, metrics = record["details"], record["metrics"]
+    validations = details["training"]["validations"]
+    assert [step for step, _, _ in validations] == [3, 6, 9]  # not the last step (GDF never validates it)
+    assert metrics["pck@0.1_img"] == max(img for _, img, _ in validations)
+    assert metrics["pck@0.1_bbox"] == max(bbox for _, _, bbox in validations)
+    assert metrics["pairs"] == len(val) and details["val_pairs"] == len(val)
+    assert details["val_pairs_unmatched"] == ["dog/2008_007494.jpg → dog/2009_004227.jpg"]
+    assert details["variant"] == "report=gdf" and details["split"] == "val"
+    leaderboard = (results / "leaderboard.md").read_text()
+    assert "tiny-sd15 / up_blocks.1 [report=gdf]" in leaderboard
+
+
+def test_report_gdf_needs_gdfs_list_and_no_test_filters(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
+    base = ["run", "--backbone", "tiny-sd15", "--task", "spair/gdf-conv", "--select", "us6", "--data-root", "mini",
+            "--resolution", "64", "--results", str(tmp_path), "--no-figures", "--option", "report=gdf",
+            "--option", "max_steps=10", "--option", "eval_every=3"]
+    assert main(base) == 2
+    assert "pass --option val_pairs_file=spair_71k_val-360.json" in capsys.readouterr().err
+    assert main([*base, "--option", "val_pairs_file=x.json", "--limit-pairs", "3"]) == 2
+    assert "--limit-pairs, --per-category and --pairs-file do not apply" in capsys.readouterr().err
+
+
+def test_noise_draws_are_extracted_once_into_the_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
+    calls = []
+    original = DiffusionBackbone.extract
+
+    def counting(self, images, selection, settings=None, categories=None, progress=False):
+        calls.append((len(images), settings.seed))
+        return original(self, images, selection, settings, categories, progress)
+
+    monkeypatch.setattr(DiffusionBackbone, "extract", counting)
+    args = ["run", "--backbone", "tiny-sd15", "--task", "spair/gdf-conv", "--select", "us6", "--data-root", "mini",
+            "--resolution", "64", "--results", str(tmp_path / "results"), "--no-progress", "--no-figures",
+            "--cache-dir", str(tmp_path / "cache"), "--option", "max_steps=4", "--option", "eval_every=2",
+            "--option", "noise_draws=2", "--latent-mode", "sample"]
+    assert main(args) == 0
+    seeds = {seed for _, seed in calls}
+    assert seeds == {0, draw_settings(ExtractSettings(seed=0), 1).seed}
+    trn_images = {key for pair in load_spair(mini_spair_root(), "trn") for key in (pair.src_key, pair.trg_key)}
+    second_draw = sum(count for count, seed in calls if seed != 0)
+    assert second_draw == len(trn_images)  # the extra realisation: training images only
+    assert len(list((tmp_path / "cache" / "tiny-sd15").iterdir())) == 2  # one cache config per draw
+    calls.clear()
+    assert main([*args, "--results", str(tmp_path / "again")]) == 0
+    assert calls == []  # both realisations come from the cache
+    code = main([*args[:-2], "--no-noise"])
+    assert code == 2 and "every realisation is the same" in capsys.readouterr().err
+
+
+def _pair(name, src_kps, trg_kps, trg_bbox, trg_size):
+    from pathlib import Path
+
+    return SpairPair(name, "cat", Path(f"{name}_src.jpg"), Path(f"{name}_trg.jpg"),
+                     tuple(map(tuple, src_kps)), tuple(map(tuple, trg_kps)), (0, 0, 1, 1), trg_bbox,
+                     (32, 32), trg_size, {"src_imname": f"{name}_src.jpg", "trg_imname": f"{name}_trg.jpg"})
 
 
 def test_dift_nn_rejects_options(tmp_path, monkeypatch, capsys):

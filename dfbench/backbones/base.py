@@ -13,13 +13,19 @@ into :data:`~dfbench.capture.Features`. The recipe (DESIGN §3, §5):
    right after the last one;
 6. average the N members' activations.
 
-Random draws come from a CPU generator seeded with ``settings.seed``, drawn once per call with
-shape N×C×h×w and shared by every image, so an image's features do not depend on the images it
-is batched with, and the same seed gives bit-identical features on CPU.
+Random draws are **per image**, as in DIFT (``src/models/dift_sd.py``: a fresh
+``latent_dist.sample()`` and ``torch.randn_like`` for every image and member): each image gets its
+own CPU generator, seeded by ``settings.seed`` and a hash of the image's model input
+(:func:`image_generator_seed`), which draws the N posterior samples (``sample``) and then the N
+noises. Two different images get independent noise (a shared field would put a common component at
+equal positions of a source and a target image: a bias toward same-location matches), and an
+image's features do not depend on what it is batched with, on the cache, or on the rank that
+extracted it; the same seed gives bit-identical features on CPU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -39,6 +45,11 @@ from dfbench.settings import ExtractSettings
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: Version of the extraction recipe: part of every feature-cache key and run record, so features
+#: made by an earlier recipe are never reused or compared unknowingly. 1: one noise field per call,
+#: shared by every image; 2: independent draws per image (:func:`image_generator_seed`).
+RECIPE_VERSION = 2
 
 # Stable Diffusion's training noise schedule (identical for SD1.x, SD2.x and SDXL).
 SD_SCHEDULER_CONFIG = {
@@ -91,6 +102,18 @@ def text_config(config: dict[str, Any]) -> Any:
     return CLIPTextConfig(**clean)
 
 
+def image_generator_seed(seed: int, pixels: torch.Tensor) -> int:
+    """The seed of one image's random draws: SHA-256 of ``"<seed>:"`` followed by the bytes of the
+    image's float32 model input (3×R×R, C order), first 8 bytes big-endian, top bit cleared.
+
+    It depends on the settings' seed and the image content only, so the same image gets the same
+    draws alone, in any batch, from the cache and on any rank, and different images independent ones.
+    """
+    digest = hashlib.sha256(f"{seed}:".encode())
+    digest.update(pixels.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return int.from_bytes(digest.digest()[:8], "big") & (2**63 - 1)
+
+
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,6 +151,8 @@ class DiffusionBackbone:
         #: settings this model is meant to be used with (e.g. CleanDIFT: no noise); the base of
         #: ``extract(settings=None)`` and of the CLI's flags
         self.default_settings: dict[str, Any] = {}
+        #: the extraction recipe's version (:data:`RECIPE_VERSION`), recorded with cached features and runs
+        self.recipe_version = RECIPE_VERSION
         self._prompt_cache: dict[str, PromptEmbedding] = {}
         self._names: list[str] | None = None
 
@@ -328,18 +353,13 @@ class DiffusionBackbone:
             )
 
         members = settings.ensemble_size
-        latent_size = (pixels.shape[2] // self.vae_scale_factor, pixels.shape[3] // self.vae_scale_factor)
-        latent_shape = (members, self.unet.config.in_channels, *latent_size)
-        generator = torch.Generator().manual_seed(settings.seed)
-        posterior_eps = torch.randn(latent_shape, generator=generator) if settings.latent_mode == "sample" else None
-        noise = torch.randn(latent_shape, generator=generator) if settings.add_noise else None
-
         images_per_step = max(1, settings.batch_size // members)
         steps = range(0, len(pixels), images_per_step)
         collected: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         with torch.inference_mode():
             for start in tqdm(steps, desc=f"extract {self.name}", disable=not progress, unit="batch"):
                 chunk = pixels[start : start + images_per_step]
+                posterior_eps, noise = self.random_draws(chunk, settings)
                 latents = self._latents(chunk, posterior_eps, noise, settings)
                 features = self._unet_features(latents, prompts[start : start + len(chunk)], names, settings)
                 for name, value in features.items():
@@ -358,6 +378,29 @@ class DiffusionBackbone:
             )
         return [template.replace("{category}", category) for category in categories]
 
+    def random_draws(
+        self, pixels: torch.Tensor, settings: ExtractSettings
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The standard-normal draws of images N×3×R×R: posterior ε (``latent_mode="sample"``) and
+        diffusion noise (``add_noise``), each (N·members)×C×h×w in image-major order, or ``None``.
+
+        Every image has its own CPU generator (:func:`image_generator_seed`), which draws its
+        members' posterior ε first, then their noises."""
+        members = settings.ensemble_size
+        size = (pixels.shape[2] // self.vae_scale_factor, pixels.shape[3] // self.vae_scale_factor)
+        shape = (members, self.unet.config.in_channels, *size)
+        sample = settings.latent_mode == "sample"
+        if not sample and not settings.add_noise:
+            return None, None
+        posterior_eps, noise = [], []
+        for image in pixels:
+            generator = torch.Generator().manual_seed(image_generator_seed(settings.seed, image))
+            if sample:
+                posterior_eps.append(torch.randn(shape, generator=generator))
+            if settings.add_noise:
+                noise.append(torch.randn(shape, generator=generator))
+        return (torch.cat(posterior_eps) if sample else None, torch.cat(noise) if settings.add_noise else None)
+
     def _latents(
         self,
         pixels: torch.Tensor,
@@ -365,21 +408,22 @@ class DiffusionBackbone:
         noise: torch.Tensor | None,
         settings: ExtractSettings,
     ) -> torch.Tensor:
-        """Images → (image × member) rows of UNet input latents, noised to t when asked."""
+        """Images → (image × member) rows of UNet input latents, noised to t when asked.
+
+        ``posterior_eps`` and ``noise`` are the rows' draws (:meth:`random_draws`) or ``None``."""
         members = settings.ensemble_size
         vae_dtype = next(self.vae.parameters()).dtype
         posterior = self.vae.encode(pixels.to(self.device, vae_dtype)).latent_dist
         mean = posterior.mean.float().repeat_interleave(members, dim=0)
         if posterior_eps is not None:
             std = posterior.std.float().repeat_interleave(members, dim=0)
-            latents = mean + std * posterior_eps.to(mean.device).repeat(len(pixels), 1, 1, 1)
+            latents = mean + std * posterior_eps.to(mean.device)
         else:
             latents = mean
         latents = latents * self.vae.config.scaling_factor
         if noise is not None:
             timesteps = torch.full((len(latents),), settings.timestep, dtype=torch.long, device=latents.device)
-            noise_rows = noise.to(latents.device).repeat(len(pixels), 1, 1, 1)
-            latents = self.scheduler.add_noise(latents, noise_rows, timesteps)
+            latents = self.scheduler.add_noise(latents, noise.to(latents.device), timesteps)
         return latents.to(self.dtype)
 
     def _unet_features(

@@ -17,6 +17,7 @@ per location, and concatenated along channels; a single activation is used as it
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
 from dfbench.cache import CacheItem, ConfigStore, image_key, load_features
-from dfbench.datasets.spair import SpairPair, load_spair
+from dfbench.datasets.spair import SpairPair, load_spair, read_pair_list
 from dfbench.errors import DfbenchInputError
 from dfbench.heads.nn_matcher import match_points, upsampled_norm
 from dfbench.images import load_image
@@ -133,46 +134,115 @@ class SpairTask:
         ``cache`` store, features are read from it and only missing ones are extracted."""
         if protocol not in PROTOCOLS:
             raise DfbenchInputError(f"spair protocol {protocol!r}: available: {', '.join(PROTOCOLS)}")
-        pairs = load_spair(data_root, split, limit_pairs, per_category, pairs_file=pairs_file, seed=settings.seed)
-        if not pairs:
-            raise DfbenchInputError(f"SPair {split}: no pairs left after the filters")
         started = time.perf_counter()
-        extra: dict[str, Any] = {}
+        details: dict[str, Any] = {"split": split, "data_root": str(data_root), "limit_pairs": limit_pairs,
+                                   "per_category": per_category, "pairs_file": str(pairs_file) if pairs_file else None,
+                                   "recipe_version": backbone.recipe_version,
+                                   "leaderboard_metrics": [PRIMARY, "pck@0.1_img", "pck@0.1_bbox_per_image"]}
         if protocol == "dift-nn":
             if options:
                 raise DfbenchInputError(f"spair/dift-nn takes no options (got {', '.join(options)})")
+            pairs = self.evaluated_pairs(data_root, split, limit_pairs, per_category, pairs_file, settings.seed)
             features, sizes, canonical = self.extract_images(backbone, selection, settings, pairs, progress,
                                                              cache=cache)
             extracted = time.perf_counter()
             predictions = self.match(pairs, features, sizes, progress, device=backbone.device)
+            metrics, categories = score_predictions(predictions)
         else:
-            from dfbench.benchmarks import spair_gdf_conv as gdf
+            from dfbench.benchmarks.spair_gdf_conv import GdfConvOptions
 
-            gdf_options = gdf.GdfConvOptions.from_dict(options or {})
-            train = load_spair(data_root, "trn", gdf_options.train_limit)
-            val = load_spair(data_root, "val", pairs_file=gdf_options.val_pairs_file)
-            raw, sizes, canonical = self.extract_images(backbone, selection, settings, [*pairs, *train, *val],
-                                                        progress, combine=False, cache=cache)
-            extracted = time.perf_counter()
-            head, history = gdf.train_and_select(train, val, raw, gdf_options, settings.seed, backbone.device,
-                                                 progress)
-            predicted = gdf.predict(head, pairs, raw, backbone.device, progress)
-            predictions = [PairPrediction(pair, points) for pair, points in zip(pairs, predicted, strict=True)]
-            extra = {"options": dataclasses.asdict(gdf_options), "training": history}
+            gdf_options = GdfConvOptions.from_dict(options or {})
+            if gdf_options.report == "gdf":
+                if limit_pairs or per_category or pairs_file:
+                    raise DfbenchInputError("spair/gdf-conv report=gdf reports GDF's validation list "
+                                            "(val_pairs_file); --limit-pairs, --per-category and --pairs-file "
+                                            "do not apply (use --option train_limit=N / max_steps=N for a short run)")
+                pairs = []
+            else:
+                pairs = self.evaluated_pairs(data_root, split, limit_pairs, per_category, pairs_file, settings.seed)
+            outcome = self._train_gdf_conv(backbone, selection, settings, data_root, pairs, gdf_options, progress,
+                                           cache)
+            predictions, metrics, categories, sizes, canonical, extracted, extra = outcome
+            details.update(extra)
         matched = time.perf_counter()
-        metrics, categories = score_predictions(predictions)
         result = Result(
             task=self.name, protocol=f"{self.name}/{protocol}", protocol_version=PROTOCOLS[protocol],
             backbone=backbone.name, selection=canonical, settings=settings.to_dict(),
             metrics=metrics, per_category=categories, preset=preset, weights=str(backbone.source),
             timings={"extract_s": extracted - started, "match_s": matched - extracted,
                      "images": float(len(sizes))},
-            details={"split": split, "data_root": str(data_root), "limit_pairs": limit_pairs,
-                     "per_category": per_category, "pairs_file": str(pairs_file) if pairs_file else None,
-                     "leaderboard_metrics": [PRIMARY, "pck@0.1_img", "pck@0.1_bbox_per_image"], **extra},
-            environment=environment(str(backbone.device)),
+            details=details, environment=environment(str(backbone.device)),
         )
         return result, predictions
+
+    @staticmethod
+    def evaluated_pairs(data_root: str | Path, split: str, limit_pairs: int | None, per_category: int | None,
+                        pairs_file: str | Path | None, seed: int) -> list[SpairPair]:
+        """The pairs a run scores: ``split`` with the filters applied (never empty)."""
+        pairs = load_spair(data_root, split, limit_pairs, per_category, pairs_file=pairs_file, seed=seed)
+        if not pairs:
+            raise DfbenchInputError(f"SPair {split}: no pairs left after the filters")
+        return pairs
+
+    def _train_gdf_conv(self, backbone: DiffusionBackbone, selection: Sequence[str], settings: ExtractSettings,
+                        data_root: str | Path, pairs: list[SpairPair], options: Any, progress: bool,
+                        cache: ConfigStore | None) -> tuple:
+        """``spair/gdf-conv``: extract, train, then report on ``pairs`` (``select``) or GDF's way (``gdf``)."""
+        from dfbench.benchmarks import spair_gdf_conv as gdf
+
+        if options.noise_draws > 1 and not settings.add_noise and settings.latent_mode == "mode":
+            raise DfbenchInputError(f"spair/gdf-conv noise_draws={options.noise_draws}: these settings draw no "
+                                    "noise (no noise, posterior mean), so every realisation is the same; use "
+                                    "noise_draws=1, or --latent-mode sample / noise on")
+        train = load_spair(data_root, "trn", options.train_limit, seed=settings.seed)
+        val, unmatched = self._validation_pairs(data_root, options)
+        draws, sizes, canonical = [], {}, []
+        for draw in range(options.noise_draws):
+            images = [*pairs, *train, *val] if draw == 0 else train
+            draw_cache = cache.for_settings(backbone, gdf.draw_settings(settings, draw)) if cache else None
+            features, draw_sizes, canonical = self.extract_images(
+                backbone, selection, gdf.draw_settings(settings, draw), images, progress, combine=False,
+                cache=draw_cache)
+            draws.append(features)
+            sizes.update(draw_sizes)
+        extracted = time.perf_counter()
+        best, history = gdf.train(train, val, draws, options, settings.seed, backbone.device, progress)
+        extra: dict[str, Any] = {"options": dataclasses.asdict(options), "training": history,
+                                 "val_pairs": len(val), "val_pairs_unmatched": unmatched}
+        if options.report == "gdf":
+            predictions = [PairPrediction(pair, points) for pair, points in zip(val, best["predictions"], strict=True)]
+            _, categories = score_predictions(predictions)
+            metrics = {**gdf.gdf_report(history["validations"]), "pairs": float(len(val)),
+                       "keypoints": float(sum(len(pair.trg_kps) for pair in val))}
+            extra.update({"split": "val", "variant": "report=gdf",
+                          "leaderboard_metrics": [PRIMARY, "pck@0.1_img"]})
+        else:
+            head = gdf.ConvReadout(next(iter(best["state"].values())).shape[0]).to(backbone.device)
+            head.load_state_dict(best["state"])
+            predicted = gdf.predict(head, pairs, draws[0], backbone.device, progress)
+            predictions = [PairPrediction(pair, points) for pair, points in zip(pairs, predicted, strict=True)]
+            metrics, categories = score_predictions(predictions)
+            history.update({"best_step": best["step"], "best_val_pck@0.1_bbox": best["pck_bbox"]})
+        return predictions, metrics, categories, sizes, canonical, extracted, extra
+
+    @staticmethod
+    def _validation_pairs(data_root: str | Path, options: Any) -> tuple[list[SpairPair], list[str]]:
+        """``val``, or the pairs of ``val_pairs_file`` in it (ids or GDF's JSON list) and those not found."""
+        if options.val_pairs_file is None:
+            if options.report == "gdf":
+                raise DfbenchInputError(
+                    "spair/gdf-conv report=gdf validates on GDF's 360-pair list: pass --option "
+                    "val_pairs_file=spair_71k_val-360.json (correspondence/dataset/ of "
+                    "Darkbblue/generic-diffusion-feature)")
+            return load_spair(data_root, "val"), []
+        val, unmatched = read_pair_list(data_root, "val", options.val_pairs_file)
+        if unmatched:
+            print(f"spair/gdf-conv: {len(unmatched)} pairs of {options.val_pairs_file} not found in SPair val, "
+                  f"left out: {'; '.join(unmatched[:5])}{' …' if len(unmatched) > 5 else ''}", file=sys.stderr)
+        if not val:
+            raise DfbenchInputError(f"spair/gdf-conv val_pairs_file {options.val_pairs_file}: none of its "
+                                    f"{len(unmatched)} pairs is in SPair val ({data_root})")
+        return val, unmatched
 
     def extract_images(self, backbone: DiffusionBackbone, selection: Sequence[str], settings: ExtractSettings,
                        pairs: Sequence[SpairPair], progress: bool, combine: bool = True,

@@ -1,17 +1,35 @@
 """Protocol ``spair/gdf-conv`` (v1): Meng et al.'s trained 3×3-conv readout on SPair-71k.
 
-Training follows GDF's ``task-corres.py``: one pair per step, pairs in a seeded random order per
-epoch, AdamW (lr 5e-4, weight decay 0.01), the symmetric CLIP loss at 128² (τ = 0.07), a
-validation every 500 steps, 10,000 steps (2 epochs × 5,000). GDF reports the best validation
-score seen during training; here the head with the best validation PCK@0.1 (bbox) is selected on
-``val`` (or on the pairs of ``val_pairs_file``, e.g. the authors' 360-pair list) and the reported
-numbers are that head's on the evaluated split (``test``), which the training never sees.
+Training follows GDF's ``correspondence/task-corres.py``: one pair per step; each epoch a seeded
+random permutation of the training pairs cut to ``steps_per_epoch`` (5,000; lines 152-153);
+AdamW (lr 5e-4, weight decay 0.01); the symmetric CLIP loss at 128² (τ = 0.07); 10,000 steps.
+Steps are counted from 0 as GDF counts them, and the head is validated after the update of every
+step ``s > 0`` with ``s % eval_every == 0`` (line 177: steps 500, 1000, …, 9500). The untrained
+head is never validated, so it can never be selected.
+
+Two reporting modes (option ``report``):
+
+* ``select`` (default, honest): the head of best validation PCK@0.1 (bbox) on ``val`` (or the pairs
+  of ``val_pairs_file``) — also validated after the last step — is reported on the evaluated split
+  (``test``), which training and selection never see.
+* ``gdf``: exactly what GDF logs (lines 185-188): the maximum PCK_img and, separately, the maximum
+  PCK_bbox over those validations on its 360-pair list (``val_pairs_file``, GDF's
+  ``spair_71k_val-360.json``); the test split is never used. A selection-set number, named so in
+  the record (``details['variant'] = 'report=gdf'``) and in its leaderboard row.
+
+Noise augmentation (option ``noise_draws``): GDF extracts the features again at every training step,
+with fresh noise and a fresh posterior sample (float16). Here each training image is extracted
+``noise_draws`` times with independent draws (extracted once, cached), and every step picks one of
+the K realisations at random for the source and for the target; validation and test use the first.
+K=1 (default) trains on one frozen realisation; any K is still a finite set of realisations, where
+GDF sees a new one at each of its 20,000 image visits.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +38,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dfbench.benchmarks.pck import bbox_reference, correct_keypoints
+from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
 from dfbench.datasets.spair import SpairPair
 from dfbench.errors import DfbenchInputError
 from dfbench.heads.conv_readout import (
@@ -32,9 +50,11 @@ from dfbench.heads.conv_readout import (
     symmetric_clip_loss,
 )
 from dfbench.heads.nn_matcher import match_points
+from dfbench.settings import ExtractSettings
 
-OPTION_TYPES: dict[str, type] = {"max_steps": int, "eval_every": int, "train_limit": int, "lr": float,
-                                  "weight_decay": float}
+OPTION_TYPES: dict[str, type] = {"max_steps": int, "eval_every": int, "steps_per_epoch": int, "train_limit": int,
+                                  "noise_draws": int, "lr": float, "weight_decay": float}
+REPORT_MODES = ("select", "gdf")
 
 
 @dataclass(frozen=True)
@@ -43,10 +63,13 @@ class GdfConvOptions:
 
     max_steps: int = 10000
     eval_every: int = 500
+    steps_per_epoch: int = 5000
     lr: float = 5e-4
     weight_decay: float = 0.01
     val_pairs_file: str | None = None
     train_limit: int | None = None
+    report: str = "select"
+    noise_draws: int = 1
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GdfConvOptions:
@@ -64,9 +87,37 @@ class GdfConvOptions:
             except ValueError:
                 raise DfbenchInputError(f"spair/gdf-conv option {key}={value!r}: expected {kind.__name__}") from None
         options = cls(**typed)
-        if options.max_steps < 1 or options.eval_every < 1:
-            raise DfbenchInputError("spair/gdf-conv: max_steps and eval_every must be ≥ 1")
+        for key in ("max_steps", "eval_every", "steps_per_epoch", "noise_draws"):
+            if getattr(options, key) < 1:
+                raise DfbenchInputError(f"spair/gdf-conv option {key}={getattr(options, key)}: must be ≥ 1")
+        if options.train_limit is not None and options.train_limit < 1:
+            raise DfbenchInputError(f"spair/gdf-conv option train_limit={options.train_limit}: must be ≥ 1")
+        if options.report not in REPORT_MODES:
+            raise DfbenchInputError(f"spair/gdf-conv option report={options.report!r}: choose one of "
+                                    f"{', '.join(REPORT_MODES)}")
+        if options.report == "gdf" and not validation_steps(options):
+            raise DfbenchInputError(f"spair/gdf-conv report=gdf validates after steps eval_every, 2·eval_every, … "
+                                    f"< max_steps: max_steps={options.max_steps} must exceed "
+                                    f"eval_every={options.eval_every}")
         return options
+
+
+def validation_steps(options: GdfConvOptions) -> list[int]:
+    """The 0-based steps after whose update the head is validated (GDF ``task-corres.py:177``:
+    ``step > 0 and step % 500 == 0``); ``select`` also validates after the last step."""
+    steps = list(range(options.eval_every, options.max_steps, options.eval_every))
+    if options.report == "select" and (not steps or steps[-1] != options.max_steps - 1):
+        steps.append(options.max_steps - 1)
+    return steps
+
+
+def draw_settings(settings: ExtractSettings, draw: int) -> ExtractSettings:
+    """The settings of noise realisation ``draw``: draw 0 is ``settings`` itself; draw k ≥ 1 has the
+    seed ``int(sha256(f"{seed}:draw{k}")[:4 bytes])``, so realisations are independent."""
+    if draw == 0:
+        return settings
+    digest = hashlib.sha256(f"{settings.seed}:draw{draw}".encode()).digest()
+    return settings.replace(seed=int.from_bytes(digest[:4], "big"))
 
 
 Features = dict[str, dict[str, torch.Tensor]]
@@ -94,36 +145,58 @@ def predict(head: ConvReadout, pairs: Sequence[SpairPair], features: Features, d
     return predictions
 
 
-def validation_pck(head: ConvReadout, pairs: Sequence[SpairPair], features: Features, device: torch.device) -> float:
-    """PCK@0.1 (bbox, pooled over keypoints, percent) of ``head`` on ``pairs``."""
-    flags = [correct_keypoints(predicted, torch.tensor(pair.trg_kps), bbox_reference(pair.trg_bbox), 0.1)
-             for pair, predicted in zip(pairs, predict(head, pairs, features, device), strict=True)]
-    return 100 * torch.cat(flags).double().mean().item()
+def validation_pck(pairs: Sequence[SpairPair], predictions: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """(PCK@0.1 img, PCK@0.1 bbox), pooled over keypoints, in percent — GDF's ``validate``
+    (``task-corres.py:116-141``: ``val_pck.sum() / len(val_pck)`` over all keypoints)."""
+    img, bbox = [], []
+    for pair, predicted in zip(pairs, predictions, strict=True):
+        truth = torch.tensor(pair.trg_kps)
+        img.append(correct_keypoints(predicted, truth, image_reference(pair.trg_size), 0.1))
+        bbox.append(correct_keypoints(predicted, truth, bbox_reference(pair.trg_bbox), 0.1))
+    return 100 * torch.cat(img).double().mean().item(), 100 * torch.cat(bbox).double().mean().item()
 
 
-def train_and_select(train: Sequence[SpairPair], val: Sequence[SpairPair], features: Features,
-                     options: GdfConvOptions, seed: int, device: torch.device, progress: bool = True,
-                     log: Callable[[str], None] | None = None) -> tuple[ConvReadout, dict[str, Any]]:
-    """Train the conv head on ``train``; return the head of best validation PCK and the history."""
-    if not train or not val:
-        raise DfbenchInputError("spair/gdf-conv needs pairs in both the trn and val splits")
-    channels = _grid(features, train[0].src_key, device).shape[1]
+def gdf_report(history: Sequence[tuple[int, float, float]]) -> dict[str, float]:
+    """GDF's logged result from validations ``(step, pck_img, pck_bbox)``: the maximum PCK_img and,
+    separately, the maximum PCK_bbox (``task-corres.py:186-188``), with the first step reaching each."""
+    if not history:
+        raise DfbenchInputError("spair/gdf-conv report=gdf: no validation ran")
+    best_img = max(history, key=lambda entry: entry[1])
+    best_bbox = max(history, key=lambda entry: entry[2])
+    return {"pck@0.1_img": best_img[1], "pck@0.1_bbox": best_bbox[2],
+            "best_step_img": float(best_img[0]), "best_step_bbox": float(best_bbox[0])}
+
+
+def train(train_pairs: Sequence[SpairPair], val: Sequence[SpairPair], draws: Sequence[Features],
+          options: GdfConvOptions, seed: int, device: torch.device, progress: bool = True,
+          log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the conv head on ``train_pairs`` and validate it on ``val`` at :func:`validation_steps`.
+
+    ``draws[k]`` are the features of noise realisation k (``draws[0]`` also holds the validation
+    images). Returns the validation of best PCK@0.1 bbox (the first on ties) — ``step``,
+    ``pck_img``, ``pck_bbox``, the head's ``state`` and its ``predictions`` on ``val`` — and the
+    history: losses and ``validations`` [(step, pck_img, pck_bbox), …]."""
+    if not train_pairs or not val:
+        raise DfbenchInputError("spair/gdf-conv needs training pairs (trn) and validation pairs")
+    channels = _grid(draws[0], train_pairs[0].src_key, device).shape[1]
     torch.manual_seed(seed)
     head = ConvReadout(channels).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    order_rng = random.Random(seed)
-    history: dict[str, Any] = {"loss": [], "val_pck@0.1_bbox": [], "best_step": 0}
-    best_state, best_score = copy.deepcopy(head.state_dict()), validation_pck(head, val, features, device)
-    history["val_pck@0.1_bbox"].append([0, best_score])
-    order: list[int] = []
-    for step in tqdm(range(1, options.max_steps + 1), desc="gdf-conv train", unit="step", disable=not progress):
-        if not order:
-            order = list(range(len(train)))
-            order_rng.shuffle(order)
-        pair = train[order.pop()]
+    order_rng, draw_rng = random.Random(seed), random.Random(f"{seed}:draws")
+    checkpoints = set(validation_steps(options))
+    best: dict[str, Any] = {}
+    history: dict[str, Any] = {"loss": [], "validations": []}
+    epoch: list[int] = []
+    for step in tqdm(range(options.max_steps), desc="gdf-conv train", unit="step", disable=not progress):
+        if not epoch:  # task-corres.py:153: np.random.permutation(train_anns)[:max_steps_per_epoch]
+            epoch = order_rng.sample(range(len(train_pairs)), len(train_pairs))[: options.steps_per_epoch]
+            epoch.reverse()
+        pair = train_pairs[epoch.pop()]
+        src_draw = draws[draw_rng.randrange(len(draws))] if len(draws) > 1 else draws[0]
+        trg_draw = draws[draw_rng.randrange(len(draws))] if len(draws) > 1 else draws[0]
         head.train()
-        src = head(_grid(features, pair.src_key, device))
-        trg = head(_grid(features, pair.trg_key, device))
+        src = head(_grid(src_draw, pair.src_key, device))
+        trg = head(_grid(trg_draw, pair.trg_key, device))
         grid = src.shape[-1]
         src_index = points_to_grid_index(torch.tensor(pair.src_kps), pair.src_size, grid).to(device)
         trg_index = points_to_grid_index(torch.tensor(pair.trg_kps), pair.trg_size, grid).to(device)
@@ -132,13 +205,13 @@ def train_and_select(train: Sequence[SpairPair], val: Sequence[SpairPair], featu
         loss.backward()
         optimizer.step()
         history["loss"].append(round(loss.item(), 5))
-        if step % options.eval_every == 0 or step == options.max_steps:
-            score = validation_pck(head, val, features, device)
-            history["val_pck@0.1_bbox"].append([step, score])
+        if step in checkpoints:
+            predictions = predict(head, val, draws[0], device)
+            pck_img, pck_bbox = validation_pck(val, predictions)
+            history["validations"].append([step, pck_img, pck_bbox])
+            if not best or pck_bbox > best["pck_bbox"]:
+                best = {"step": step, "pck_img": pck_img, "pck_bbox": pck_bbox,
+                        "state": copy.deepcopy(head.state_dict()), "predictions": predictions}
             if log:
-                log(f"step {step}: loss {loss.item():.4f}, val PCK@0.1 bbox {score:.2f}")
-            if score > best_score:
-                best_score, best_state, history["best_step"] = score, copy.deepcopy(head.state_dict()), step
-    head.load_state_dict(best_state)
-    history["best_val_pck@0.1_bbox"] = best_score
-    return head, history
+                log(f"step {step}: loss {loss.item():.4f}, val PCK@0.1 img {pck_img:.2f} bbox {pck_bbox:.2f}")
+    return best, history

@@ -138,32 +138,30 @@ def load_spair(root: str | Path, split: str = "test", limit_pairs: int | None = 
     Args:
         root: the SPair-71k folder.
         split: ``trn``, ``val`` or ``test``.
-        limit_pairs: keep the first N pairs (after the other filters), for quick runs.
+        limit_pairs: keep N pairs (after the other filters), a seeded random sample spread evenly over
+            the categories (:func:`sample_across_categories`), for quick runs.
         per_category: keep N pairs per category, sampled with ``seed`` (order kept).
         categories: keep only these categories.
-        pairs_file: a text file of pair ids (file stems), one per line — e.g. a published subset.
-        seed: seed of the per-category sampling.
+        pairs_file: a list of pairs (:func:`read_pair_list`): pair ids one per line, or GDF's JSON list.
+        seed: seed of the per-category and ``limit_pairs`` sampling.
     """
     root = Path(root)
     folder = _check_root(root, split)
     if pairs_file is not None:
-        pairs_path = Path(pairs_file)
-        if not pairs_path.is_file():
-            raise DfbenchInputError(f"--pairs-file {pairs_path}: no such file")
-        ids = [line.strip().removesuffix(".json") for line in pairs_path.read_text().splitlines() if line.strip()]
-        files = [folder / f"{pair_id}.json" for pair_id in ids]
-        absent = [path.name for path in files if not path.is_file()]
-        if absent:
-            raise DfbenchInputError(f"--pairs-file {pairs_path}: {len(absent)} ids not in {folder} (e.g. {absent[0]})")
+        pairs, unmatched = read_pair_list(root, split, pairs_file)
+        if unmatched:
+            raise DfbenchInputError(f"--pairs-file {pairs_file}: {len(unmatched)} pairs not in {folder} "
+                                    f"(e.g. {unmatched[0]})")
     else:
-        files = _pair_files(root, split, folder)
-    pairs = [read_pair(path, root) for path in files]
+        pairs = [read_pair(path, root) for path in _pair_files(root, split, folder)]
     if categories:
         unknown = sorted(set(categories) - {pair.category for pair in pairs})
         if unknown:
             raise DfbenchInputError(f"SPair {split}: no pairs of categor(y/ies) {', '.join(unknown)}")
         pairs = [pair for pair in pairs if pair.category in set(categories)]
     if per_category is not None:
+        if per_category < 1:
+            raise DfbenchInputError(f"per-category {per_category}: the number of pairs must be ≥ 1")
         by_category: dict[str, list[int]] = defaultdict(list)
         for index, pair in enumerate(pairs):
             by_category[pair.category].append(index)
@@ -173,8 +171,69 @@ def load_spair(root: str | Path, split: str = "test", limit_pairs: int | None = 
             keep.update(rng.sample(indices, min(per_category, len(indices))))
         pairs = [pair for index, pair in enumerate(pairs) if index in keep]
     if limit_pairs is not None:
-        pairs = pairs[:limit_pairs]
+        pairs = sample_across_categories(pairs, limit_pairs, seed)
     return pairs
+
+
+def sample_across_categories(pairs: list[SpairPair], count: int, seed: int = 0) -> list[SpairPair]:
+    """A seeded random sample of ``count`` pairs spread evenly over the categories, in listing order.
+
+    SPair's lists are grouped by category, so the first N pairs would be one category. Each
+    category's pairs are shuffled with ``random.Random(seed)`` (categories in sorted order), then
+    taken round-robin — one per category per round, categories in a seeded random order each round
+    — until ``count`` are chosen; the chosen pairs keep their order in the listing.
+    """
+    if count < 1:
+        raise DfbenchInputError(f"limit {count}: the number of pairs must be ≥ 1")
+    if count >= len(pairs):
+        return list(pairs)
+    rng = random.Random(seed)
+    by_category: dict[str, list[int]] = defaultdict(list)
+    for index, pair in enumerate(pairs):
+        by_category[pair.category].append(index)
+    queues = {category: rng.sample(indices, len(indices)) for category, indices in sorted(by_category.items())}
+    chosen: list[int] = []
+    while len(chosen) < count:
+        categories = [category for category in sorted(queues) if queues[category]]
+        rng.shuffle(categories)
+        for category in categories[: count - len(chosen)]:
+            chosen.append(queues[category].pop())
+    return [pairs[index] for index in sorted(chosen)]
+
+
+def read_pair_list(root: str | Path, split: str, path: str | Path) -> tuple[list[SpairPair], list[str]]:
+    """The pairs of ``split`` named by a list file, in its order, and the entries not found.
+
+    Two formats: a text file of pair ids (annotation file stems, one per line), or GDF's JSON list
+    (e.g. ``correspondence/dataset/spair_71k_val-360.json`` of Darkbblue/generic-diffusion-feature:
+    objects with ``source_path`` / ``target_path`` = ``<category>/<image file>``), matched to the
+    split's pairs by category and source and target image file names.
+    """
+    root, path = Path(root), Path(path)
+    folder = _check_root(root, split)
+    if not path.is_file():
+        raise DfbenchInputError(f"pair list {path}: no such file")
+    text = path.read_text()
+    if not text.lstrip().startswith("["):
+        ids = [line.strip().removesuffix(".json") for line in text.splitlines() if line.strip()]
+        found = [pair_id for pair_id in ids if (folder / f"{pair_id}.json").is_file()]
+        return [read_pair(folder / f"{pair_id}.json", root) for pair_id in found], sorted(set(ids) - set(found))
+    try:
+        entries = json.loads(text)
+        names = [(str(entry["source_path"]), str(entry["target_path"])) for entry in entries]
+    except (json.JSONDecodeError, TypeError, KeyError):
+        raise DfbenchInputError(f"pair list {path}: expected pair ids one per line, or a JSON list of objects "
+                                "with source_path and target_path (GDF's format)") from None
+    by_names = {(pair.category, pair.src_image.name, pair.trg_image.name): pair
+                for pair in (read_pair(file, root) for file in _pair_files(root, split, folder))}
+    pairs, unmatched = [], []
+    for source, target in names:
+        key = (Path(source).parent.name, Path(source).name, Path(target).name)
+        if key in by_names:
+            pairs.append(by_names[key])
+        else:
+            unmatched.append(f"{source} → {target}")
+    return pairs, unmatched
 
 
 def spair_images(root: str | Path, split: str = "test") -> list[tuple[Path, str]]:
