@@ -49,7 +49,8 @@ def test_symmetric_loss_equals_literal_full_matrix_version():
 def test_options_are_typed_and_checked():
     options = GdfConvOptions.from_dict({"max_steps": "20", "eval_every": "5", "lr": "1e-3",
                                         "val_pairs_file": "val360.txt", "noise_draws": "3", "report": "gdf"})
-    assert options.max_steps == 20 and options.eval_every == 5 and options.lr == 1e-3 and options.val_pairs_file == "val360.txt"
+    assert options.max_steps == 20 and options.eval_every == 5 and options.lr == 1e-3
+    assert options.val_pairs_file == "val360.txt"
     assert options.noise_draws == 3 and options.report == "gdf"
     with pytest.raises(DfbenchInputError, match="unknown option.*max_step"):
         GdfConvOptions.from_dict({"max_step": 3})
@@ -181,7 +182,7 @@ def test_report_gdf_is_the_max_over_validations_on_gdfs_list(tmp_path, monkeypat
     code = main(["run", "--backbone", "tiny-sd15", "--task", "spair/gdf-conv", "--select", "us6",
                  "--data-root", str(root), "--resolution", "64", "--results", str(results), "--no-progress",
                  "--no-figures", "--option", "max_steps=10", "--option", "eval_every=3", "--option", "report=gdf",
-                 "--option", f"val_pairs_file={gdf_list}"])
+                 "--option", f"val_pairs_file={gdf_list}", "--option", "train_limit=3"])
     assert code == 0
     assert "1 pairs of" in capsys.readouterr().err
     (record_path,) = (results / "runs").glob("*.json")
@@ -194,6 +195,8 @@ def test_report_gdf_is_the_max_over_validations_on_gdfs_list(tmp_path, monkeypat
     assert metrics["pairs"] == len(val) and details["val_pairs"] == len(val)
     assert details["val_pairs_unmatched"] == ["dog/2008_007494.jpg → dog/2009_004227.jpg"]
     assert details["variant"] == "report=gdf" and details["split"] == "val"
+    # train_limit is a seeded sample across categories, not the first 3 pairs of one category
+    assert details["train_pairs"] == 3 and len(details["train_categories"]) == 3
     leaderboard = (results / "leaderboard.md").read_text()
     assert "tiny-sd15 / up_blocks.1 [report=gdf]" in leaderboard
 

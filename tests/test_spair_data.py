@@ -1,13 +1,15 @@
 """The SPair-71k loader on fixtures written in the exact SPair JSON layout; the mini set's truth."""
 
 import json
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dfbench.datasets.mini_spair import _similarity, _warp, build_mini_spair
-from dfbench.datasets.spair import load_spair
+from dfbench.datasets.spair import SpairPair, load_spair, read_pair_list, sample_across_categories
 from dfbench.errors import DfbenchInputError
 
 PAIR = {
@@ -124,3 +126,53 @@ def test_mini_set_is_valid_spair(tmp_path):
         assert ty == sy and tx == pytest.approx(sx - disparity[int(sy), int(sx)], abs=0.01)
     annotation = json.loads((root / "ImageAnnotation" / "cat" / "chelsea.json").read_text())
     assert annotation["image_width"] == 451 and len(annotation["kps"]) == 10
+
+
+def _listing(counts: dict[str, int]) -> list[SpairPair]:
+    """Pairs grouped by category, as SPair's lists are."""
+    return [SpairPair(f"{category}{index}", category, Path("s.jpg"), Path("t.jpg"), ((0, 0),), ((0, 0),),
+                      (0, 0, 1, 1), (0, 0, 1, 1), (1, 1), (1, 1))
+            for category, count in counts.items() for index in range(count)]
+
+
+def test_limit_is_a_seeded_sample_spread_over_categories():
+    pairs = _listing({"aeroplane": 5, "bicycle": 3, "bird": 1})
+    chosen = sample_across_categories(pairs, 5, seed=0)
+    per_category = Counter(pair.category for pair in chosen)
+    assert per_category == {"aeroplane": 2, "bicycle": 2, "bird": 1}  # round-robin over categories
+    positions = [pairs.index(pair) for pair in chosen]
+    assert positions == sorted(positions)  # listing order kept
+    assert sample_across_categories(pairs, 5, seed=0) == chosen  # seeded
+    assert len({tuple(p.pair_id for p in sample_across_categories(pairs, 5, seed=s)) for s in range(10)}) > 1
+    assert Counter(p.category for p in sample_across_categories(pairs, 2, seed=3)).most_common(1)[0][1] == 1
+    assert sample_across_categories(pairs, 50) == pairs
+    with pytest.raises(DfbenchInputError, match="limit -3: the number of pairs must be ≥ 1"):
+        sample_across_categories(pairs, -3)
+
+
+def test_limit_pairs_on_the_mini_set_spans_categories(tmp_path):
+    root = build_mini_spair(tmp_path / "mini")
+    first_four = load_spair(root, "test")[:4]
+    assert len({pair.category for pair in first_four}) == 2  # the listing is grouped by category
+    limited = load_spair(root, "test", limit_pairs=4, seed=0)
+    assert len(limited) == 4 and len({pair.category for pair in limited}) == 4
+    with pytest.raises(DfbenchInputError, match="per-category 0"):
+        load_spair(root, "test", per_category=0)
+
+
+def test_gdf_json_pair_list_matches_by_image_names(tmp_path):
+    root = build_mini_spair(tmp_path / "mini")
+    val = load_spair(root, "val")
+    entries = [{"source_path": f"{p.category}/{p.src_image.name}", "target_path": f"{p.category}/{p.trg_image.name}"}
+               for p in val[::-1]]
+    entries.insert(1, {"source_path": "cat/nowhere.jpg", "target_path": "cat/chelsea_val0.jpg"})
+    listing = tmp_path / "val-360.json"
+    listing.write_text(json.dumps(entries))
+    pairs, unmatched = read_pair_list(root, "val", listing)
+    assert [pair.pair_id for pair in pairs] == [pair.pair_id for pair in val[::-1]]  # in the list's order
+    assert unmatched == ["cat/nowhere.jpg → cat/chelsea_val0.jpg"]
+    with pytest.raises(DfbenchInputError, match="1 pairs not in"):
+        load_spair(root, "val", pairs_file=listing)
+    listing.write_text('[{"source": 1}]')
+    with pytest.raises(DfbenchInputError, match="JSON list of objects with source_path and target_path"):
+        read_pair_list(root, "val", listing)

@@ -208,6 +208,7 @@ class SpairTask:
         extracted = time.perf_counter()
         best, history = gdf.train(train, val, draws, options, settings.seed, backbone.device, progress)
         extra: dict[str, Any] = {"options": dataclasses.asdict(options), "training": history,
+                                 "train_pairs": len(train), "train_categories": sorted({p.category for p in train}),
                                  "val_pairs": len(val), "val_pairs_unmatched": unmatched}
         if options.report == "gdf":
             predictions = [PairPrediction(pair, points) for pair, points in zip(val, best["predictions"], strict=True)]

@@ -1,0 +1,71 @@
+"""Presets reproduce the authors' own code (issue 8.2, 8.3): prompts, timesteps, latent mode.
+
+The timesteps are computed here by diffusers' own img2img ``get_timesteps`` on the schedulers of the
+real checkpoints, the way GDF's ``feature/diffusion_feature.py:290-295`` calls it:
+``scheduler.set_timesteps(1000)``, ``get_timesteps(1000, t / 1000)``, UNet at ``timesteps[:1]``.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+from diffusers import EulerDiscreteScheduler, PNDMScheduler, StableDiffusionImg2ImgPipeline
+from diffusers import StableDiffusionXLImg2ImgPipeline as XLImg2Img
+
+from dfbench.registry import get_preset
+
+# GDF, correspondence/correspondence/aggregation_network.py line 28, verbatim (one line).
+GDF_PROMPT = ("a highly realistic photo that may contain an aeroplane, a bicycle, a bird, a boat, a bottle, a bus, a "
+              "car, a cat, a chair, a cow, a dog, a horse, a motorbike, a person, a plant within a pot, a sheep, a "
+              "train, or a tv monitor.")
+# scheduler/scheduler_config.json of stable-diffusion-v1-5 (PNDM) and stable-diffusion-xl-base-1.0 (Euler)
+SD15_SCHEDULER = {"beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                  "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+                  "trained_betas": None}
+SDXL_SCHEDULER = {"beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                  "interpolation_type": "linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+                  "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False}
+GDF_CONFIG_T = 50  # correspondence/correspondence/config_sd15.json and config_sdxl.json: "t": 50
+
+
+def _gdf_unet_timestep(scheduler, pipeline_class) -> int:
+    scheduler.set_timesteps(1000, device="cpu")
+    timesteps, _ = pipeline_class.get_timesteps(SimpleNamespace(scheduler=scheduler), 1000, GDF_CONFIG_T / 1000,
+                                                "cpu")
+    return int(timesteps[:1].item())
+
+
+def test_gdf_timesteps_come_from_the_schedulers():
+    assert _gdf_unet_timestep(PNDMScheduler(**SD15_SCHEDULER), StableDiffusionImg2ImgPipeline) == 51
+    assert _gdf_unet_timestep(EulerDiscreteScheduler(**SDXL_SCHEDULER), XLImg2Img) == 50
+
+
+@pytest.mark.parametrize("name", ["gdf-ours-sd15", "gdf-legacy-sd15", "gdf-ours-sdxl", "gdf-legacy-sdxl"])
+def test_gdf_presets(name):
+    preset = get_preset(name)
+    settings = preset.extract_settings()
+    expected_t = 51 if preset.backbone == "sd15" else 50
+    assert settings.prompt == GDF_PROMPT and "\n" not in settings.prompt
+    assert settings.timestep == expected_t
+    # img2img prepare_latents draws a posterior sample (retrieve_latents' default sample_mode="sample")
+    assert settings.latent_mode == "sample" and settings.add_noise and settings.ensemble_size == 1
+    assert settings.resolution == (512 if preset.backbone == "sd15" else 1024)
+    for source in ("aggregation_network.py:28", "diffusion_feature.py:373", "diffusion_feature.py:290-295"):
+        assert source in preset.source
+
+
+@pytest.mark.parametrize("name", ["cleandift-dift", "cleandift-us6", "cleandift-mid", "cleandift-us10"])
+def test_cleandift_presets_prompt_like_its_spair_evaluation(name):
+    """CleanDIFT branch geoaware-sc-eval, model_utils/extractor_sd.py line 235:
+    caption = f"A photo of a {category}", clean latent, t=261."""
+    settings = get_preset(name).extract_settings()
+    assert settings.prompt == "A photo of a {category}"
+    assert settings.timestep == 261 and not settings.add_noise and settings.latent_mode == "mode"
+    assert "extractor_sd.py:235" in get_preset(name).source
+
+
+def test_dift_preset_prompts_like_dift():
+    """Tsingularity/dift src/models/dift_sd.py line 253: prompt = f"a photo of a {cat}"."""
+    settings = get_preset("dift").extract_settings()
+    assert settings.prompt == "a photo of a {category}"
+    assert (settings.timestep, settings.ensemble_size, settings.resolution) == (261, 8, 768)
+    assert settings.latent_mode == "sample"  # dift_sd.py:178 latent_dist.sample()
