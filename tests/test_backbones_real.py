@@ -54,6 +54,7 @@ def hub_cache(tmp_path_factory, tiny_sd15):
     return root, other
 
 
+@pytest.mark.slow
 def test_production_ids_load_offline_from_the_cache(hub_cache, tmp_path, photos):
     """`dfbench extract sd15` / `cleandift-sd15` resolve their real hub ids in an offline cache."""
     root, _ = hub_cache

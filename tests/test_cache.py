@@ -153,6 +153,7 @@ def reference_cache(tmp_path_factory):
     return root / "cache", env
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical(tmp_path, reference_cache):
     reference, env = reference_cache
     cache_dir = tmp_path / "cache"
@@ -176,6 +177,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path, reference_cache):
     assert all(torch.equal(got[name], expected[name]) for name in expected)
 
 
+@pytest.mark.slow
 def test_two_ranks_with_gloo_equal_a_single_process(tmp_path, reference_cache):
     reference, env = reference_cache
     cache_dir = tmp_path / "cache"
@@ -193,6 +195,7 @@ def test_two_ranks_with_gloo_equal_a_single_process(tmp_path, reference_cache):
     assert all(torch.equal(got[name], expected[name]) for name in expected)
 
 
+@pytest.mark.slow
 def test_two_processes_writing_the_same_keys(tmp_path, reference_cache):
     reference, env = reference_cache
     cache_dir = tmp_path / "cache"

@@ -135,6 +135,7 @@ def test_training_picks_a_noise_realisation_per_image_and_step():
     assert best["step"] in (30, 59) and len(history["loss"]) == 60
 
 
+@pytest.mark.slow
 def test_gdf_conv_trains_selects_on_val_and_reports_test(tmp_path, monkeypatch):
     monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
     results = tmp_path / "results"
@@ -164,6 +165,7 @@ def test_gdf_conv_trains_selects_on_val_and_reports_test(tmp_path, monkeypatch):
     assert again["metrics"] == record["metrics"]
 
 
+@pytest.mark.slow
 def test_report_gdf_is_the_max_over_validations_on_gdfs_list(tmp_path, monkeypatch, capsys):
     """report=gdf: GDF's JSON list matched by image names, unmatched pairs named, the maximum of
     PCK_img and of PCK_bbox over the validations, and the test split never read."""
@@ -212,6 +214,7 @@ def test_report_gdf_needs_gdfs_list_and_no_test_filters(tmp_path, monkeypatch, c
     assert "--limit-pairs, --per-category and --pairs-file do not apply" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_noise_draws_are_extracted_once_into_the_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
     calls = []

@@ -10,6 +10,7 @@ from dfbench.perf import dift_style_features
 from dfbench.settings import ExtractSettings
 
 
+@pytest.mark.slow
 def test_perf_recipes_cli_writes_consistent_report(tmp_path, capsys):
     out = tmp_path / "perf.json"
     code = main(["perf", "recipes", "--backbone", "tiny-sd15", "--resolution", "64", "--ensemble", "2",

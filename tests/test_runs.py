@@ -96,6 +96,7 @@ def test_run_needs_a_data_root(capsys):
     assert "--data-root DIR is required" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_bench_without_arguments_runs_the_offline_demo(tmp_path):
     """`python run_bench.py`: the demo suite, offline, prints and writes the leaderboard."""
     import os

@@ -186,8 +186,13 @@ class SpairTask:
 
     def _train_gdf_conv(self, backbone: DiffusionBackbone, selection: Sequence[str], settings: ExtractSettings,
                         data_root: str | Path, pairs: list[SpairPair], options: Any, progress: bool,
-                        cache: ConfigStore | None) -> tuple:
-        """``spair/gdf-conv``: extract, train, then report on ``pairs`` (``select``) or GDF's way (``gdf``)."""
+                        cache: ConfigStore | None) -> tuple[list[PairPrediction], dict[str, float], dict[str, Any],
+                                                            dict[str, tuple[int, int]], list[str], float,
+                                                            dict[str, Any]]:
+        """``spair/gdf-conv``: extract, train, then report on ``pairs`` (``select``) or GDF's way (``gdf``).
+
+        Returns predictions, metrics, the per-category table, image sizes, the canonical selection,
+        the time extraction ended and the record's extra details."""
         from dfbench.benchmarks import spair_gdf_conv as gdf
 
         if options.noise_draws > 1 and not settings.add_noise and settings.latent_mode == "mode":
@@ -197,12 +202,12 @@ class SpairTask:
         train = load_spair(data_root, "trn", options.train_limit, seed=settings.seed)
         val, unmatched = self._validation_pairs(data_root, options)
         draws, sizes, canonical = [], {}, []
-        for draw in range(options.noise_draws):
+        for draw in range(options.noise_draws):  # draw 0: every image; further draws: training images only
             images = [*pairs, *train, *val] if draw == 0 else train
-            draw_cache = cache.for_settings(backbone, gdf.draw_settings(settings, draw)) if cache else None
-            features, draw_sizes, canonical = self.extract_images(
-                backbone, selection, gdf.draw_settings(settings, draw), images, progress, combine=False,
-                cache=draw_cache)
+            draw_settings = gdf.draw_settings(settings, draw)
+            draw_cache = cache.for_settings(backbone, draw_settings) if cache else None
+            features, draw_sizes, canonical = self.extract_images(backbone, selection, draw_settings, images,
+                                                                  progress, combine=False, cache=draw_cache)
             draws.append(features)
             sizes.update(draw_sizes)
         extracted = time.perf_counter()
@@ -218,7 +223,7 @@ class SpairTask:
             extra.update({"split": "val", "variant": "report=gdf",
                           "leaderboard_metrics": [PRIMARY, "pck@0.1_img"]})
         else:
-            head = gdf.ConvReadout(next(iter(best["state"].values())).shape[0]).to(backbone.device)
+            head = gdf.ConvReadout(best["state"]["conv.weight"].shape[0]).to(backbone.device)
             head.load_state_dict(best["state"])
             predicted = gdf.predict(head, pairs, draws[0], backbone.device, progress)
             predictions = [PairPrediction(pair, points) for pair, points in zip(pairs, predicted, strict=True)]
