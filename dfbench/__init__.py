@@ -8,12 +8,12 @@ The public API::
 """
 
 from dfbench.errors import DfbenchInputError, UnknownNameError
-from dfbench.registry import BACKBONES, DATASETS, HEADS, PRESETS, TASKS, Registry, create_backbone, get_preset
+from dfbench.registry import BACKBONES, PRESETS, TASKS, Registry, create_backbone, get_preset
 from dfbench.settings import ExtractSettings
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKBONES", "DATASETS", "HEADS", "PRESETS", "TASKS", "DfbenchInputError", "ExtractSettings", "Registry",
+    "BACKBONES", "PRESETS", "TASKS", "DfbenchInputError", "ExtractSettings", "Registry",
     "UnknownNameError", "__version__", "create_backbone", "get_preset",
 ]

@@ -264,8 +264,8 @@ class FeatureCache:
         values.pop("batch_size")
         values["resolution"] = settings.resolution or backbone.default_resolution
         return {"cache_format": CACHE_FORMAT, "backbone": backbone.name,
-                "weights": weight_fingerprint([backbone.unet, backbone.vae, *backbone.text_encoders]),
-                "recipe": backbone.recipe_version, "settings": values, "storage_dtype": storage_dtype}
+                "weights": backbone.weight_fingerprint(), "recipe": getattr(backbone, "recipe_version", 1),
+                "settings": values, "storage_dtype": storage_dtype}
 
     def open(self, backbone: Any, settings: ExtractSettings, writer: str | None = None) -> ConfigStore:
         """The store of this backbone + settings, created on first use."""
@@ -321,12 +321,11 @@ def cached_extract(backbone: Any, items: Sequence[CacheItem], selection: Sequenc
     """
     from tqdm.auto import tqdm
 
-    from dfbench.activations import validate_selection
     from dfbench.images import load_image as default_loader
 
     loader = load_image or default_loader
-    names = validate_selection(selection, backbone.activation_names(), backbone.name)
-    per_batch = max(1, settings.batch_size // settings.ensemble_size)
+    names = backbone.canonical_selection(selection)
+    per_batch = settings.images_per_batch
     batches = [list(items[start : start + per_batch]) for start in range(0, len(items), per_batch)]
     counts = {"hit": 0, "computed": 0}
     mine = [batch for index, batch in enumerate(batches) if index % world_size == rank]
@@ -350,9 +349,7 @@ def load_features(backbone: Any, items: Sequence[CacheItem], selection: Sequence
                   store: ConfigStore, progress: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """Every item's activations (float32), computing only what the store lacks. A shard found
     damaged while reading is dropped and its images are extracted again."""
-    from dfbench.activations import validate_selection
-
-    names = validate_selection(selection, backbone.activation_names(), backbone.name)
+    names = backbone.canonical_selection(selection)
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     for _attempt in range(2):
         cached_extract(backbone, items, names, settings, store, progress=progress)

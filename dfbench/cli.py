@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    listing = commands.add_parser("list", help="list registered backbones, tasks, heads, datasets or presets")
-    listing.add_argument("what", nargs="?", default="all",
-                         choices=["all", "backbones", "tasks", "heads", "datasets", "presets"])
+    listing = commands.add_parser("list", help="list registered backbones, tasks (with protocols and options) or "
+                                  "presets")
+    listing.add_argument("what", nargs="?", default="all", choices=["all", "backbones", "tasks", "presets"])
     listing.add_argument("--pattern", default="*", help="glob filter on names, e.g. 'tiny-*'")
     listing.set_defaults(handler=cmd_list)
 
@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("backbone", help="backbone name (see `dfbench list backbones`)")
     source = extract.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", metavar="PATH", help="image files, or folders (their images, sorted)")
-    source.add_argument("--dataset", choices=["spair"], help="fill the feature cache with a dataset split's images "
-                        "(with --data-root, --split; runs under torchrun / accelerate launch as disjoint shards)")
+    source.add_argument("--dataset", metavar="TASK", help="fill the feature cache with the images of a task's "
+                        "split, e.g. spair (with --data-root, --split; under torchrun / accelerate launch each rank "
+                        "takes disjoint batches)")
     choice = extract.add_mutually_exclusive_group(required=True)
     choice.add_argument("--select", nargs="+", metavar="NAME", help="activation names or aliases")
     choice.add_argument("--preset", help="a named recipe (see `dfbench list presets`): selection + settings")
@@ -156,16 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     run_choice.add_argument("--preset", help="a named recipe: selection + settings")
     run.add_argument("--data-root", help="dataset folder in its native layout ('mini': the embedded mini set)")
     run.add_argument("--split", default="test", help="dataset split (default test)")
-    run.add_argument("--limit-pairs", type=int, help="SPair: evaluate N pairs, a random sample spread evenly over "
-                     "the categories (seeded by --seed; the lists are grouped by category, so not the first N)")
-    run.add_argument("--per-category", type=int, help="SPair: sample N pairs per category (seeded)")
-    run.add_argument("--pairs-file", help="SPair: evaluate the pair ids listed in this file")
+    run.add_argument("--limit", "--limit-pairs", dest="limit", type=int, metavar="N",
+                     help="evaluate N items of the split, a seeded random sample (SPair: pairs spread evenly over "
+                     "the categories; the lists are grouped by category, so not the first N)")
     run.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
     run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="protocol option, repeatable. spair/gdf-conv: max_steps, eval_every, steps_per_epoch, "
-                     "lr, weight_decay, train_limit (seeded sample across categories), val_pairs_file (pair ids, or "
-                     "GDF's spair_71k_val-360.json), report=select|gdf (gdf: GDF's max over validations on its "
-                     "list, never test), noise_draws=K (K noise realisations per training image)")
+                     help="protocol option, repeatable (`dfbench list tasks` shows each protocol's options). "
+                     "spair: per_category=N, pairs_file=F; spair/gdf-conv also max_steps, eval_every, "
+                     "steps_per_epoch, lr, weight_decay, train_limit (seeded sample across categories), "
+                     "val_pairs_file (pair ids, or GDF's spair_71k_val-360.json), report=select|gdf (gdf: GDF's "
+                     "max over validations on its list, never test), noise_draws=K (noise realisations per "
+                     "training image)")
+    run.add_argument("--save-predictions", nargs="?", const=True, default=False, metavar="DIR",
+                     help="save the predictions (into the run folder, or DIR) for `dfbench score`")
     run.add_argument("--results", default="results", help="results folder (default ./results)")
     run.add_argument("--cache-dir", help="read/write features in this cache (also: $DFBENCH_CACHE)")
     run.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -197,6 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tolerance", type=float, help="allowed drop (default: the baseline's, else 0.5)")
     compare.add_argument("--update", action="store_true", help="write the current metrics as the new baseline")
     compare.set_defaults(handler=cmd_compare)
+
+    score = commands.add_parser(
+        "score", help="score saved predictions against a split's ground truth (no backbone loaded)",
+        description="Score predictions saved by `dfbench run --save-predictions` (or written by any other method "
+        "in the task's format, see the README) against the ground truth of a split, exactly as `run` scores "
+        "them. Prints the metrics; with --results, also writes a run record whose leaderboard row is --name.",
+    )
+    score.add_argument("--task", required=True, help="task or task/protocol, e.g. spair")
+    score.add_argument("--data-root", required=True, help="dataset folder ('mini': the embedded mini set)")
+    score.add_argument("--split", default="test", help="dataset split (default test)")
+    score.add_argument("--predictions", required=True, metavar="DIR", help="folder holding the predictions")
+    score.add_argument("--limit", type=int, metavar="N", help="the same --limit as the run (with its --seed)")
+    score.add_argument("--seed", type=int, default=0, help="the run's seed, for --limit's sample (default 0)")
+    score.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="protocol options that choose the evaluated items (spair: per_category, pairs_file)")
+    score.add_argument("--format", choices=["table", "json"], default="table")
+    score.add_argument("--results", help="also write a run record into this results folder")
+    score.add_argument("--name", help="with --results: the leaderboard row label (default: the folder's name)")
+    score.set_defaults(handler=cmd_score)
 
     demo = commands.add_parser("demo", help="the offline demo suite (configs/demo.yaml): tiny backbones × mini SPair")
     demo.add_argument("--results", default="results", help="results folder (default ./results)")
@@ -239,13 +262,9 @@ def settings_from_args(args: argparse.Namespace, base: dict | None = None):
 
 # ---------------------------------------------------------------------------------------- list
 def cmd_list(args: argparse.Namespace) -> int:
-    import dfbench.presets  # noqa: F401  (registers the built-in presets)
     from dfbench import registry
 
-    sections = {
-        "backbones": registry.BACKBONES, "tasks": registry.TASKS, "heads": registry.HEADS,
-        "datasets": registry.DATASETS, "presets": registry.PRESETS,
-    }
+    sections = {"backbones": registry.BACKBONES, "tasks": registry.TASKS, "presets": registry.PRESETS}
     chosen = sections if args.what == "all" else {args.what: sections[args.what]}
     for title, reg in chosen.items():
         names = reg.names(args.pattern)
@@ -254,7 +273,24 @@ def cmd_list(args: argparse.Namespace) -> int:
             print("  (none registered)")
         for name in names:
             print(f"  {name:<22} {describe(reg.get(name))}")
+            if title == "tasks":
+                print_protocols(reg.get(name)())
     return 0
+
+
+def print_protocols(task) -> None:
+    """Each protocol of a task with its version and options (name, type, default)."""
+    import dataclasses
+    import typing
+
+    from dfbench.benchmarks.base import type_name
+
+    for protocol in task.protocols.values():
+        hints = typing.get_type_hints(protocol.options)
+        fields = ", ".join(f"{f.name}: {type_name(hints[f.name])} = {f.default!r}"
+                           for f in dataclasses.fields(protocol.options))
+        print(f"    {task.name}/{protocol.name} v{protocol.version}: {protocol.description}")
+        print(f"      options: {fields or 'none'}")
 
 
 def describe(entry: object) -> str:
@@ -374,6 +410,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def backbone_for(args: argparse.Namespace, preset_settings: dict, device: str | None = None):
     """The backbone named on the command line and the settings (backbone defaults < preset < flags)."""
     from dfbench.registry import create_backbone
+    from dfbench.settings import resolve_settings
 
     overrides = {"weights": args.weights} if args.weights else {}
     if device or args.device:
@@ -382,7 +419,7 @@ def backbone_for(args: argparse.Namespace, preset_settings: dict, device: str | 
         overrides["unet_weights"] = args.unet_weights
     dtype = args.dtype or preset_settings.get("dtype", "float32")
     backbone = create_backbone(args.backbone, torch_dtype=dtype, **overrides)
-    return backbone, settings_from_args(args, {**backbone.default_settings, **preset_settings})
+    return backbone, resolve_settings(backbone, preset_settings, given_settings(args))
 
 
 def extract_dataset(args: argparse.Namespace, selection: list[str], preset_settings: dict) -> int:
@@ -390,7 +427,7 @@ def extract_dataset(args: argparse.Namespace, selection: list[str], preset_setti
     import torch
 
     from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
-    from dfbench.datasets.spair import spair_images
+    from dfbench.registry import TASKS
     from dfbench.runner import resolve_data_root
 
     if args.out:
@@ -406,7 +443,8 @@ def extract_dataset(args: argparse.Namespace, selection: list[str], preset_setti
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
         cache = FeatureCache(args.cache_dir, args.storage_dtype)
-        images = spair_images(resolve_data_root(args.dataset, args.data_root), args.split)
+        task = TASKS.get(args.dataset)()
+        images = task.split_images(resolve_data_root(task, args.data_root), args.split)
         backbone, settings = backbone_for(args, preset_settings, device)
         store = cache.open(backbone, settings)
         items = [CacheItem(image_key(path), path, category) for path, category in images]
@@ -434,9 +472,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = given_settings(args)
     spec = RunSpec(
         backbone=args.backbone, task=args.task, selection=args.select or [], preset=args.preset, settings=settings,
-        data_root=args.data_root, split=args.split, limit_pairs=args.limit_pairs, per_category=args.per_category,
-        pairs_file=args.pairs_file, weights=args.weights, options=parse_options(args.option),
-        cache_dir=args.cache_dir,
+        data_root=args.data_root, split=args.split, limit=args.limit, weights=args.weights,
+        options=parse_options(args.option), cache_dir=args.cache_dir, save_predictions=args.save_predictions,
     )
     if args.data_root is None:
         raise DfbenchInputError("--data-root DIR is required (or --data-root mini for the embedded mini set)")
@@ -444,6 +481,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"wrote {path}")
     print(format_metrics(result))
     return print_leaderboard(args.results)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from dfbench.runner import score_predictions_folder
+
+    result, path = score_predictions_folder(args.task, args.data_root, args.split, args.predictions,
+                                            parse_options(args.option), args.limit, args.seed, args.results,
+                                            args.name)
+    if args.format == "json":
+        print(json.dumps(result.metrics, indent=1, sort_keys=True))
+    else:
+        print(format_metrics(result))
+    if path:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def parse_options(items: Sequence[str]) -> dict[str, str]:

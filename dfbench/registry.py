@@ -1,4 +1,4 @@
-"""The plugin registry: named factories for backbones, tasks, heads, datasets and presets.
+"""The plugin registry: named factories for backbones, tasks and presets.
 
 A :class:`Registry` maps a name to an object. An entry is added in one of three ways:
 
@@ -7,6 +7,9 @@ A :class:`Registry` maps a name to an object. An entry is added in one of three 
   nothing is imported until the entry is first used;
 * from a third-party package, through the entry-point group ``dfbench.plugins``: each entry point
   names a module or a callable; loading it (and calling it, if callable) registers its entries.
+
+The built-in entries are listed in :mod:`dfbench.builtins` (backbones, tasks) and
+:mod:`dfbench.presets`; both are imported on the first look-up, with the plugins.
 
 Unknown names fail with :class:`~dfbench.errors.UnknownNameError` naming the closest valid names.
 """
@@ -28,11 +31,14 @@ _plugins_loaded = False
 
 
 def load_plugins() -> None:
-    """Import every installed ``dfbench.plugins`` entry point once (it registers its own entries)."""
+    """Register the built-in entries, then import every installed ``dfbench.plugins`` entry point
+    once (it registers its own entries)."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
+    importlib.import_module("dfbench.builtins")
+    importlib.import_module("dfbench.presets")
     for entry_point in entry_points(group=PLUGIN_GROUP):
         loaded = entry_point.load()
         if callable(loaded):
@@ -122,24 +128,7 @@ class Registry:
 
 BACKBONES = Registry("backbone")
 TASKS = Registry("task")
-HEADS = Registry("head")
-DATASETS = Registry("dataset")
 PRESETS = Registry("preset")
-
-# Built-in entries. Adding a backbone or a task is one new file plus one line here.
-BACKBONES.register("sd15", "dfbench.backbones.stable_diffusion:sd15")
-BACKBONES.register("sd21", "dfbench.backbones.stable_diffusion:sd21")
-BACKBONES.register("sd21-base", "dfbench.backbones.stable_diffusion:sd21_base")
-BACKBONES.register("sdxl", "dfbench.backbones.sdxl:sdxl")
-BACKBONES.register("cleandift-sd15", "dfbench.backbones.cleandift:cleandift_sd15")
-BACKBONES.register("cleandift-sd21", "dfbench.backbones.cleandift:cleandift_sd21")
-BACKBONES.register("tiny-sd15", "dfbench.backbones.tiny:tiny_sd15")
-BACKBONES.register("tiny-sd21", "dfbench.backbones.tiny:tiny_sd21")
-BACKBONES.register("tiny-sdxl", "dfbench.backbones.tiny:tiny_sdxl")
-TASKS.register("spair", "dfbench.benchmarks.spair:SpairTask")
-HEADS.register("nn-matcher", "dfbench.heads.nn_matcher:match_points")
-DATASETS.register("spair", "dfbench.datasets.spair:load_spair")
-DATASETS.register("mini-spair", "dfbench.datasets.mini_spair:mini_spair_root")
 
 
 def create_backbone(name: str, **overrides: Any) -> Any:
@@ -158,6 +147,4 @@ def create_backbone(name: str, **overrides: Any) -> Any:
 
 def get_preset(name: str) -> Any:
     """The :class:`~dfbench.presets.Preset` registered as ``name``."""
-    import dfbench.presets  # noqa: F401  (registers the built-in presets)
-
     return PRESETS.get(name)

@@ -1,10 +1,16 @@
 """Run records and leaderboards.
 
-One JSON record per run under ``results/runs/`` (written atomically) carrying the task, protocol
-and its version, backbone, selection, settings, metrics, per-category table, timings and the
-environment. ``dfbench leaderboard`` renders the latest record of every (backbone, selection,
-settings) row × task into ``results/leaderboard.md`` and ``.csv`` (pandas + tabulate), laid out
-like the papers' tables.
+One folder per run, ``results/runs/<run id>/``, made before the run starts: ``record.json`` (written
+atomically: task, protocol and version, backbone, selection, resolved settings, the data and subset,
+protocol options, metrics with their specs, per-category table, timings, environment), figures,
+saved predictions, checkpoints and logs. Version-1 records (``results/runs/<run id>.json``) still load.
+
+A run's **identity** is every value that changes its numbers and nothing else (not the cache, not
+progress bars): protocol and version, backbone and weights, selection, resolved settings (all but
+``batch_size``), split, data root, the ``--limit`` and the protocol options, the reporting variant.
+``dfbench leaderboard`` shows the latest record of every identity (rows: backbone + selection, the
+data and subset, the settings, a short identity hash), and ``compare`` matches baseline rows by it,
+so runs of different experiments never merge. Directions come from the metric specs in the record.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import Any
 from dfbench.atomic import atomic_write_text
 from dfbench.errors import DfbenchInputError
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+RECORD_FILE = "record.json"
 
 
 @dataclass
@@ -44,6 +51,8 @@ class Result:
     created: str = ""
     run_id: str = ""
     record_version: int = RECORD_VERSION
+    #: metric → {"higher_is_better", "primary", "unit"} (the task's MetricSpec), for compare and leaderboards
+    metric_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def row_label(self) -> str:
@@ -52,11 +61,65 @@ class Result:
         variant = self.details.get("variant")
         return f"{self.backbone} / {self.preset or ', '.join(self.selection)}" + (f" [{variant}]" if variant else "")
 
+    @property
+    def data_label(self) -> str:
+        """Split, ``--limit`` and the protocol options that differ from their defaults."""
+        parts = [str(self.details.get("split", ""))]
+        limit = self.details.get("limit", self.details.get("limit_pairs"))
+        if limit:
+            parts.append(f"limit={limit}")
+        for key in ("per_category", "pairs_file"):  # version-1 SPair records kept these in details
+            if self.details.get(key):
+                parts.append(f"{key}={Path(str(self.details[key])).name}")
+        for key, value in sorted((self.details.get("options_changed") or {}).items()):
+            parts.append(f"{key}={Path(value).name if isinstance(value, str) and '/' in value else value}")
+        return " ".join(part for part in parts if part)
+
+    def identity(self) -> dict[str, Any]:
+        """Every value that changes this run's numbers (see the module docstring)."""
+        settings = {key: value for key, value in self.settings.items() if key != "batch_size"}
+        details = self.details
+        return {"protocol": self.protocol, "protocol_version": self.protocol_version, "backbone": self.backbone,
+                "weights": self.weights, "selection": list(self.selection), "preset": self.preset,
+                "settings": settings, "split": details.get("split"), "data_root": details.get("data_root"),
+                "limit": details.get("limit", details.get("limit_pairs")),
+                "per_category": details.get("per_category"), "pairs_file": details.get("pairs_file"),
+                "options": details.get("options") or {}, "variant": details.get("variant")}
+
+    @property
+    def identity_hash(self) -> str:
+        """A short hash of :meth:`identity`."""
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+    def higher_is_better(self, metric: str) -> bool:
+        """The direction of ``metric``: from the record's spec, else (version-1 records) the task's."""
+        spec = self.metric_specs.get(metric)
+        if spec is None:
+            from dfbench.registry import TASKS
+
+            try:
+                return TASKS.get(self.task)().metric_spec(metric).higher_is_better
+            except DfbenchInputError:
+                raise DfbenchInputError(f"run {self.run_id}: no spec for metric {metric!r} and task {self.task!r} "
+                                        "is not installed; cannot tell which direction is better") from None
+        return bool(spec["higher_is_better"])
+
     def new_run_id(self) -> str:
         """A readable, unique file stem: time, task, backbone and a short content hash."""
         digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:8]
-        stamp = self.created.replace(":", "").replace("-", "")[:15]
-        return f"{stamp}-{self.protocol.replace('/', '_')}-{self.backbone}-{digest}"
+        return run_id(self.created, self.protocol, self.backbone, digest)
+
+
+def run_id(created: str, protocol: str, backbone: str, digest: str) -> str:
+    """``<UTC time>-<protocol>-<backbone>-<digest>``, the name of a run's folder."""
+    stamp = created.replace(":", "").replace("-", "")[:15]
+    return f"{stamp}-{protocol.replace('/', '_')}-{backbone}-{digest}"
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def environment(device: str = "") -> dict[str, Any]:
@@ -88,23 +151,24 @@ def git_revision() -> str:
 
 
 def save_result(result: Result, results_dir: str | Path = "results") -> Path:
-    """Write the record as ``<results_dir>/runs/<run id>.json``; returns the path."""
+    """Write the record as ``<results_dir>/runs/<run id>/record.json`` (atomically); returns the path."""
     if not result.created:
-        result.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        result.created = now()
     if not result.run_id:
         result.run_id = result.new_run_id()
-    path = Path(results_dir) / "runs" / f"{result.run_id}.json"
+    path = Path(results_dir) / "runs" / result.run_id / RECORD_FILE
     atomic_write_text(path, json.dumps(asdict(result), indent=1, sort_keys=True, default=str) + "\n")
     return path
 
 
 def load_results(results_dir: str | Path = "results") -> list[Result]:
-    """Every record under ``<results_dir>/runs``, oldest first; a broken record is a one-line error."""
+    """Every record under ``<results_dir>/runs`` (run folders, and version-1 flat files), oldest first;
+    a broken record is a one-line error."""
     runs = Path(results_dir) / "runs"
     if not runs.is_dir():
         raise DfbenchInputError(f"no run records in {runs}; run `dfbench run …` first")
     records = []
-    for path in sorted(runs.glob("*.json")):
+    for path in sorted([*runs.glob("*.json"), *runs.glob(f"*/{RECORD_FILE}")]):
         try:
             data = json.loads(path.read_text())
             records.append(Result(**data))
@@ -113,40 +177,55 @@ def load_results(results_dir: str | Path = "results") -> list[Result]:
     return sorted(records, key=lambda record: record.created)
 
 
-def leaderboard_table(records: list[Result], metrics: tuple[str, ...] | None = None):
-    """A pandas DataFrame: one row per (backbone, selection, settings), one column per task metric.
+def latest_records(records: list[Result]) -> dict[str, Result]:
+    """The latest record of every run identity (hash → record)."""
+    latest: dict[str, Result] = {}
+    for record in sorted(records, key=lambda r: r.created):
+        latest[record.identity_hash] = record
+    return latest
 
-    The latest record of each (row, protocol) wins. ``metrics`` keeps only those metric keys
-    (default: every record's ``details['leaderboard_metrics']``, else all metrics).
-    """
+
+def leaderboard_table(records: list[Result], metrics: tuple[str, ...] | None = None):
+    """A pandas DataFrame: one row per run identity, one column per task metric.
+
+    The latest record of each identity wins. ``metrics`` keeps only those metric keys (default:
+    every record's ``details['leaderboard_metrics']``, else all metrics)."""
     import pandas as pd
 
-    cells: dict[tuple[str, str], dict[str, float]] = {}
-    for record in records:
-        settings = record.settings
-        key = (record.row_label, _settings_label(settings))
+    rows = []
+    for identity, record in latest_records(records).items():
         chosen = metrics or tuple(record.details.get("leaderboard_metrics") or record.metrics)
-        row = cells.setdefault(key, {})
-        for metric in chosen:
-            if metric in record.metrics:
-                row[f"{record.protocol} {metric}"] = record.metrics[metric]
-    rows = [{"backbone / selection": row, "settings": settings, **values}
-            for (row, settings), values in sorted(cells.items())]
+        row = {"backbone / selection": record.row_label, "data": record.data_label,
+               "settings": settings_label(record.settings), "id": identity}
+        row.update({f"{record.protocol} {metric}": record.metrics[metric] for metric in chosen
+                    if metric in record.metrics})
+        rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    metric_columns = sorted(column for column in frame.columns if column not in ("backbone / selection", "settings"))
-    return frame[["backbone / selection", "settings", *metric_columns]]
+    labels = ["backbone / selection", "data", "settings", "id"]
+    frame = frame.sort_values(labels).reset_index(drop=True)
+    return frame[[*labels, *sorted(column for column in frame.columns if column not in labels)]]
 
 
-def _settings_label(settings: dict[str, Any]) -> str:
+def settings_label(settings: dict[str, Any]) -> str:
+    """Resolution and t, then every value-changing setting that differs from ExtractSettings' defaults."""
+    from dfbench.settings import ExtractSettings
+
+    defaults = ExtractSettings().to_dict()
     parts = [f"{settings.get('resolution') or 'default'}px", f"t={settings.get('timestep')}"]
+    for key in ("resize_mode", "latent_mode", "dtype"):
+        if settings.get(key, defaults[key]) != defaults[key]:
+            parts.append(str(settings[key]))
     if not settings.get("add_noise", True):
         parts.append("clean")
     if settings.get("ensemble_size", 1) != 1:
         parts.append(f"ens={settings['ensemble_size']}")
     if settings.get("seed", 0):
         parts.append(f"seed={settings['seed']}")
+    prompt = settings.get("prompt") or ""
+    if prompt:
+        parts.append(f'"{prompt[:24]}…"' if len(prompt) > 25 else f'"{prompt}"')
     return " ".join(parts)
 
 
@@ -162,40 +241,30 @@ def write_leaderboard(results_dir: str | Path = "results") -> tuple[Path, Path, 
     return md_path, csv_path, markdown
 
 
-LOWER_IS_BETTER = ("rmse", "absrel", "abs_rel", "loss", "error")
-BASELINE_VERSION = 1
-
-
-def higher_is_better(metric: str) -> bool:
-    """PCK, mIoU, δ accuracies: higher is better; RMSE, AbsRel, losses, errors: lower."""
-    return not any(word in metric.lower() for word in LOWER_IS_BETTER)
-
-
-def latest_metrics(records: list[Result]) -> dict[tuple[str, str, str], dict[str, float]]:
-    """(protocol, row, settings label) → the leaderboard metrics of the latest record of each."""
-    latest: dict[tuple[str, str, str], dict[str, float]] = {}
-    for record in sorted(records, key=lambda r: r.created):
-        keys = record.details.get("leaderboard_metrics") or list(record.metrics)
-        latest[(record.protocol, record.row_label, _settings_label(record.settings))] = {
-            key: record.metrics[key] for key in keys if key in record.metrics}
-    return latest
+BASELINE_VERSION = 2
 
 
 def write_baseline(records: list[Result], path: str | Path, tolerance: float) -> Path:
-    """Store the latest metrics of every row as a regression baseline (JSON, atomic)."""
-    entries = [{"protocol": protocol, "row": row, "settings": settings, "metrics": metrics}
-               for (protocol, row, settings), metrics in sorted(latest_metrics(records).items())]
+    """Store the latest metrics of every run identity as a regression baseline (JSON, atomic)."""
+    entries = []
+    for identity, record in sorted(latest_records(records).items()):
+        keys = record.details.get("leaderboard_metrics") or list(record.metrics)
+        entries.append({"id": identity, "protocol": record.protocol, "row": record.row_label,
+                        "data": record.data_label, "settings": settings_label(record.settings),
+                        "metrics": {key: record.metrics[key] for key in keys if key in record.metrics},
+                        "higher_is_better": {key: record.higher_is_better(key) for key in keys
+                                             if key in record.metrics}})
     document = {"baseline_version": BASELINE_VERSION, "tolerance": tolerance, "entries": entries}
     return atomic_write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n")
 
 
 def compare_to_baseline(records: list[Result], baseline_path: str | Path, tolerance: float | None = None
                         ) -> tuple[list[list[Any]], bool]:
-    """Rows [protocol, row, settings, metric, baseline, current, change, status] and whether all pass.
+    """Rows [protocol, row, data, settings, metric, baseline, current, change, status] and whether all pass.
 
-    A metric fails when it is worse than the baseline by more than ``tolerance`` (in its own
-    units, e.g. PCK points), or when no current run has it.
-    """
+    Baseline rows match current runs by run identity. A metric fails when it is worse than the
+    baseline by more than ``tolerance`` (in its own units, e.g. PCK points; the direction is the
+    metric spec's), or when no current run of that identity has it."""
     path = Path(baseline_path)
     try:
         document = json.loads(path.read_text())
@@ -206,19 +275,20 @@ def compare_to_baseline(records: list[Result], baseline_path: str | Path, tolera
         raise DfbenchInputError(f"baseline {path}: version {document.get('baseline_version')}, expected "
                                 f"{BASELINE_VERSION}; regenerate it with --update")
     tolerance = float(document.get("tolerance", 0.5) if tolerance is None else tolerance)
-    current = latest_metrics(records)
+    current = latest_records(records)
     rows, passed = [], True
     for entry in entries:
-        key = (entry["protocol"], entry["row"], entry["settings"])
+        label = [entry["protocol"], entry["row"], entry["data"], entry["settings"]]
+        record = current.get(entry["id"])
         for metric, reference in entry["metrics"].items():
-            value = current.get(key, {}).get(metric)
+            value = record.metrics.get(metric) if record else None
             if value is None:
-                rows.append([*key, metric, reference, None, None, "MISSING"])
+                rows.append([*label, metric, reference, None, None, "MISSING"])
                 passed = False
                 continue
             change = value - reference
-            worse = -change if higher_is_better(metric) else change
+            worse = -change if entry["higher_is_better"][metric] else change
             status = "REGRESSION" if worse > tolerance else "ok"
             passed &= status == "ok"
-            rows.append([*key, metric, reference, value, change, status])
+            rows.append([*label, metric, reference, value, change, status])
     return rows, passed

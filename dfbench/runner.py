@@ -1,7 +1,14 @@
-"""Running one (backbone, task, selection, settings) pairing and recording it; suites of them."""
+"""Running one (backbone, task, selection, settings) pairing and recording it; suites of them.
+
+The runner knows tasks only through the task contract (:mod:`dfbench.benchmarks.base`): it resolves
+the protocol and its options, the data root (``mini`` → the task's mini set) and the settings, makes
+the run's folder ``results/runs/<run id>/`` first, hands the task a :class:`RunContext`, and writes
+the record (with the task's metric specs), the task's figures and, if asked, its saved predictions.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -10,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from dfbench.errors import DfbenchInputError
-from dfbench.results import Result, load_results, save_result
+from dfbench.results import Result, environment, load_results, now, run_id, save_result
+
+#: suite / RunSpec fields of version-1 suites, now SPair protocol options (``limit_pairs`` → ``limit``)
+LEGACY_OPTION_FIELDS = ("per_category", "pairs_file")
 
 
 @dataclass
 class RunSpec:
-    """One pairing to run: everything that decides its result."""
+    """One pairing to run: everything that decides its result, plus where to cache and save."""
 
     backbone: str
     task: str
@@ -24,16 +34,40 @@ class RunSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
     split: str = "test"
-    limit_pairs: int | None = None
-    per_category: int | None = None
-    pairs_file: str | None = None
+    limit: int | None = None
     weights: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
+    save_predictions: bool | str = False
 
     def config_hash(self) -> str:
-        """A short hash of the spec (same spec → same hash), used to skip runs already recorded."""
-        return hashlib.sha1(json.dumps(self.__dict__, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        """A short hash of what decides the result (not the cache folder nor where predictions go):
+        the same hash means the same experiment, used to skip runs already recorded."""
+        decisive = {key: value for key, value in dataclasses.asdict(self).items()
+                    if key not in ("cache_dir", "save_predictions")}
+        return hashlib.sha1(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str) -> RunSpec:
+        """A spec from a suite entry; version-1 fields (``limit_pairs``, ``per_category``,
+        ``pairs_file``) are read as ``limit`` and protocol options."""
+        values = dict(values)
+        options = dict(values.pop("options", None) or {})
+        if "limit_pairs" in values:
+            values["limit"] = values.pop("limit_pairs")
+        for key in LEGACY_OPTION_FIELDS:
+            if key in values:
+                value = values.pop(key)
+                if value is not None:
+                    options[key] = value
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DfbenchInputError(f"{where} has unknown field(s) {', '.join(unknown)}; "
+                                    f"valid: {', '.join(sorted(known))}")
+        if "backbone" not in values or "task" not in values:
+            raise DfbenchInputError(f"{where} needs 'backbone' and 'task'")
+        return cls(**values, options=options)
 
 
 def split_task(name: str) -> tuple[str, str | None]:
@@ -42,14 +76,13 @@ def split_task(name: str) -> tuple[str, str | None]:
     return task, protocol or None
 
 
-def resolve_data_root(task: str, data_root: str | None) -> Path:
-    """``mini`` (or nothing, for the demo) → the embedded mini set; else the given folder."""
+def resolve_data_root(task: Any, data_root: str | None) -> Path:
+    """``mini`` (or nothing, for the demo) → the task's embedded mini set; else the given folder."""
     if data_root in (None, "", "mini"):
-        if task != "spair":
-            raise DfbenchInputError(f"task {task}: pass --data-root DIR (no embedded mini set yet)")
-        from dfbench.datasets.mini_spair import mini_spair_root
-
-        return mini_spair_root()
+        root = task.mini_root()
+        if root is None:
+            raise DfbenchInputError(f"task {task.name}: pass --data-root DIR (it has no embedded mini set)")
+        return root
     return Path(data_root)
 
 
@@ -69,48 +102,115 @@ def create_spec_backbone(spec: RunSpec) -> Any:
     return create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
 
 
+def new_run_folder(results_dir: str | Path, protocol: str, backbone: str, digest: str) -> tuple[str, Path]:
+    """Make ``<results_dir>/runs/<run id>/`` (a fresh one); returns the id and the folder."""
+    runs = Path(results_dir) / "runs"
+    if runs.exists() and not runs.is_dir():
+        raise DfbenchInputError(f"results folder {runs} is a file; choose another --results")
+    base = run_id(now(), protocol, backbone, digest)
+    for attempt in range(100):
+        identifier = base if attempt == 0 else f"{base}-{attempt}"
+        folder = runs / identifier
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+            return identifier, folder
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise DfbenchInputError(f"results folder {runs}: cannot create a run folder ({error.strerror})") from None
+    raise DfbenchInputError(f"results folder {runs}: too many runs named {base}")
+
+
 def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool = True, figures: bool = True,
             backbone: Any = None) -> tuple[Result, Path]:
-    """Run ``spec``, save its record (and figures) under ``results_dir``; returns (result, record path)."""
+    """Run ``spec``, save its record, figures and (if asked) predictions; returns (result, record path)."""
+    from dfbench.benchmarks.base import RunContext, parse_options
     from dfbench.registry import TASKS, get_preset
+    from dfbench.settings import resolve_settings
 
-    task_name, protocol = split_task(spec.task)
+    task_name, protocol_name = split_task(spec.task)
     task = TASKS.get(task_name)()
+    protocol = task.protocol(protocol_name)
+    options = parse_options(protocol.options, spec.options, f"{task.name}/{protocol.name}")
+    if spec.limit is not None and spec.limit < 1:
+        raise DfbenchInputError(f"--limit {spec.limit}: must be ≥ 1")
     preset = get_preset(spec.preset) if spec.preset else None
     selection = list(preset.selection) if preset and not spec.selection else list(spec.selection)
     if not selection:
         raise DfbenchInputError("no activations selected: pass --select NAME… or --preset P")
+    data_root = resolve_data_root(task, spec.data_root)
     if backbone is None:
         backbone = create_spec_backbone(spec)
-    from dfbench.settings import ExtractSettings
-
-    settings = ExtractSettings.from_dict({**backbone.default_settings, **(preset.settings if preset else {}),
-                                          **spec.settings})
-    data_root = resolve_data_root(task_name, spec.data_root)
+    settings = resolve_settings(backbone, preset.settings if preset else {}, spec.settings)
     cache = None
     if spec.cache_dir or os.environ.get("DFBENCH_CACHE"):
         from dfbench.cache import FeatureCache
 
-        cache = FeatureCache(spec.cache_dir).open(backbone, settings)
-    result, predictions = task.run(
-        backbone, selection, settings, data_root, split=spec.split, protocol=protocol or task.default_protocol,
-        limit_pairs=spec.limit_pairs, per_category=spec.per_category, pairs_file=spec.pairs_file,
-        progress=progress, preset=spec.preset, options=spec.options, cache=cache,
+        cache = FeatureCache(spec.cache_dir)
+    identifier, folder = new_run_folder(results_dir, f"{task.name}/{protocol.name}", backbone.name,
+                                        spec.config_hash()[:8])
+    context = RunContext(folder=folder, cache=cache, seed=settings.seed, device=str(backbone.device),
+                         limit=spec.limit, progress=progress)
+    try:
+        output = task.run(context, backbone, selection, settings, data_root, spec.split, protocol.name, options)
+    except BaseException:
+        if not any(folder.iterdir()):  # nothing (checkpoints, logs) worth keeping for a resume
+            folder.rmdir()
+        raise
+    defaults = dataclasses.asdict(protocol.options())
+    resolved = dataclasses.asdict(options)
+    details = {"split": output.split or spec.split, "data_root": str(data_root), "limit": spec.limit,
+               "options": resolved, "options_changed": {k: v for k, v in resolved.items() if v != defaults[k]},
+               "recipe_version": getattr(backbone, "recipe_version", None), "config_hash": spec.config_hash(),
+               "leaderboard_metrics": list(task.leaderboard_metrics), **output.details}
+    result = Result(
+        task=task.name, protocol=f"{task.name}/{protocol.name}", protocol_version=protocol.version,
+        backbone=backbone.name, selection=output.selection, settings=settings.to_dict(), metrics=output.metrics,
+        per_category=output.per_category, timings=output.timings, details=details, preset=spec.preset,
+        weights=str(getattr(backbone, "source", "")), environment=environment(str(backbone.device)),
+        created=now(), run_id=identifier,
+        metric_specs={key: task.metric_spec(key).to_dict() for key in output.metrics},
     )
-    result.details["config_hash"] = spec.config_hash()
-    path = save_result(result, results_dir)
+    if spec.save_predictions:
+        target = folder / "predictions" if spec.save_predictions is True else Path(spec.save_predictions)
+        result.details["predictions"] = str(task.save_predictions(output, target).parent)
     if figures:
-        from dfbench.plots import plot_matches, plot_per_category
+        title = f"{result.row_label} — {result.protocol}"
+        result.details["figures"] = [str(path) for path in task.figures(output, title, folder / "figures")]
+    return result, save_result(result, results_dir)
 
-        folder = Path(results_dir) / "figures"
-        stem = path.stem
-        result.details["figures"] = [
-            str(plot_per_category(result.per_category, "pck@0.1_bbox", f"{result.row_label} — {result.protocol}",
-                                  folder / f"{stem}-per-category.png")),
-            str(plot_matches(predictions, folder / f"{stem}-matches.png")),
-        ]
-        path = save_result(result, results_dir)  # same run id: the record now names its figures
-    return result, path
+
+def score_predictions_folder(task_name: str, data_root: str | None, split: str, predictions: str | Path,
+                             options: dict[str, Any], limit: int | None = None, seed: int = 0,
+                             results_dir: str | Path | None = None, name: str | None = None
+                             ) -> tuple[Result, Path | None]:
+    """Score saved predictions with the task's own scoring (no backbone); with ``results_dir``, record
+    the result as a run whose leaderboard row is ``name``. Returns the result and the record path."""
+    from dfbench.benchmarks.base import parse_options
+    from dfbench.registry import TASKS
+
+    task_part, protocol_name = split_task(task_name)
+    task = TASKS.get(task_part)()
+    protocol = task.protocol(protocol_name)
+    parsed = parse_options(protocol.options, options, f"{task.name}/{protocol.name}")
+    root = resolve_data_root(task, data_root)
+    folder = Path(predictions)
+    output = task.score(root, split, protocol.name, parsed, folder, limit, seed)
+    label = name or folder.resolve().name
+    resolved = dataclasses.asdict(parsed)
+    defaults = dataclasses.asdict(protocol.options())
+    result = Result(
+        task=task.name, protocol=f"{task.name}/{protocol.name}", protocol_version=protocol.version,
+        backbone=label, selection=[], settings={}, metrics=output.metrics, per_category=output.per_category,
+        details={"split": output.split or split, "data_root": str(root), "limit": limit, "options": resolved,
+                 "options_changed": {k: v for k, v in resolved.items() if v != defaults[k]},
+                 "scored_from": str(folder), "leaderboard_metrics": list(task.leaderboard_metrics)},
+        preset="saved predictions", environment=environment(), created=now(),
+        metric_specs={key: task.metric_spec(key).to_dict() for key in output.metrics},
+    )
+    if results_dir is None:
+        return result, None
+    return result, save_result(result, results_dir)
 
 
 def load_suite(path: str | Path) -> list[RunSpec]:
@@ -128,20 +228,11 @@ def load_suite(path: str | Path) -> list[RunSpec]:
     if not isinstance(runs, list) or not runs:
         raise DfbenchInputError(f"suite {path}: needs a non-empty list under 'runs:'")
     defaults = document.get("defaults") or {}
-    known = set(RunSpec.__dataclass_fields__)
     specs = []
     for number, run in enumerate(runs, start=1):
         merged = {**defaults, **run, "settings": {**defaults.get("settings", {}), **run.get("settings", {})},
                   "options": {**defaults.get("options", {}), **run.get("options", {})}}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise DfbenchInputError(
-                f"suite {path}: run {number} has unknown field(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(known))}"
-            )
-        if "backbone" not in merged or "task" not in merged:
-            raise DfbenchInputError(f"suite {path}: run {number} needs 'backbone' and 'task'")
-        specs.append(RunSpec(**merged))
+        specs.append(RunSpec.from_dict(merged, f"suite {path}: run {number}"))
     return specs
 
 

@@ -65,6 +65,11 @@ class ExtractSettings:
         if self.batch_size < 1:
             raise DfbenchInputError(f"settings.batch_size={self.batch_size}: must be ≥ 1")
 
+    @property
+    def images_per_batch(self) -> int:
+        """Images per forward: ``batch_size`` rows hold ``ensemble_size`` rows per image (at least 1)."""
+        return max(1, self.batch_size // self.ensemble_size)
+
     def replace(self, **changes: Any) -> ExtractSettings:
         """A copy with some fields changed (validated like the original)."""
         return dataclasses.replace(self, **changes)
@@ -87,3 +92,15 @@ class ExtractSettings:
                 f"unknown settings field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(fields))}"
             )
         return cls(**values)
+
+
+def resolve_settings(backbone: Any, preset_settings: dict[str, Any] | None = None,
+                     given: dict[str, Any] | None = None) -> ExtractSettings:
+    """The settings of a run, by precedence: the backbone's defaults < the preset's < the values given
+    (flags or a suite's ``settings:``); the resolution is resolved to the backbone's default, so a
+    record never says "default"."""
+    values = {**getattr(backbone, "default_settings", {}), **(preset_settings or {}), **(given or {})}
+    settings = ExtractSettings.from_dict(values)
+    if settings.resolution is None:
+        settings = settings.replace(resolution=backbone.default_resolution)
+    return settings

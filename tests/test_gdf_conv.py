@@ -143,7 +143,7 @@ def test_gdf_conv_trains_selects_on_val_and_reports_test(tmp_path, monkeypatch):
             "--data-root", "mini", "--resolution", "64", "--results", str(results), "--no-progress",
             "--no-figures", "--option", "max_steps=9", "--option", "eval_every=3"]
     assert main(args) == 0
-    (record_path,) = (results / "runs").glob("*.json")
+    (record_path,) = (results / "runs").glob("*/record.json")
     record = json.loads(record_path.read_text())
     training = record["details"]["training"]
     assert record["protocol"] == "spair/gdf-conv" and record["details"]["options"]["max_steps"] == 9
@@ -159,7 +159,7 @@ def test_gdf_conv_trains_selects_on_val_and_reports_test(tmp_path, monkeypatch):
     assert "variant" not in record["details"]
     # same seed → same training and the same test numbers
     assert main([*args, "--results", str(tmp_path / "again")]) == 0
-    (again,) = (tmp_path / "again" / "runs").glob("*.json")
+    (again,) = (tmp_path / "again" / "runs").glob("*/record.json")
     again = json.loads(again.read_text())
     assert again["details"]["training"]["loss"] == training["loss"]
     assert again["metrics"] == record["metrics"]
@@ -187,7 +187,7 @@ def test_report_gdf_is_the_max_over_validations_on_gdfs_list(tmp_path, monkeypat
                  "--option", f"val_pairs_file={gdf_list}", "--option", "train_limit=3"])
     assert code == 0
     assert "1 pairs of" in capsys.readouterr().err
-    (record_path,) = (results / "runs").glob("*.json")
+    (record_path,) = (results / "runs").glob("*/record.json")
     record = json.loads(record_path.read_text())
     details, metrics = record["details"], record["metrics"]
     validations = details["training"]["validations"]
@@ -210,8 +210,8 @@ def test_report_gdf_needs_gdfs_list_and_no_test_filters(tmp_path, monkeypatch, c
             "--option", "max_steps=10", "--option", "eval_every=3"]
     assert main(base) == 2
     assert "pass --option val_pairs_file=spair_71k_val-360.json" in capsys.readouterr().err
-    assert main([*base, "--option", "val_pairs_file=x.json", "--limit-pairs", "3"]) == 2
-    assert "--limit-pairs, --per-category and --pairs-file do not apply" in capsys.readouterr().err
+    assert main([*base, "--option", "val_pairs_file=x.json", "--limit", "3"]) == 2
+    assert "--limit, per_category and pairs_file do not apply" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -255,4 +255,6 @@ def test_dift_nn_rejects_options(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
     code = main(["run", "--backbone", "tiny-sd15", "--task", "spair", "--select", "us6", "--data-root", "mini",
                  "--resolution", "64", "--results", str(tmp_path), "--option", "max_steps=3"])
-    assert code == 2 and "spair/dift-nn takes no options" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "spair/dift-nn: unknown option 'max_steps'; valid options: per_category (int or none), " \
+                         "pairs_file (str or none)" in err

@@ -1,11 +1,12 @@
 """Run records, leaderboards and suites, end to end on the tiny backbones and the mini set."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from dfbench.cli import main
-from dfbench.results import Result, leaderboard_table, save_result
+from dfbench.results import Result, leaderboard_table, load_results, save_result
 
 
 @pytest.fixture(autouse=True)
@@ -18,12 +19,13 @@ def test_run_writes_record_figures_and_leaderboard(tmp_path, capsys):
     code = main(["run", "--backbone", "tiny-sd15", "--task", "spair", "--select", "up_blocks.1",
                  "--data-root", "mini", "--resolution", "64", "--results", str(results), "--no-progress"])
     assert code == 0
-    (record_path,) = (results / "runs").glob("*.json")
+    (record_path,) = (results / "runs").glob("*/record.json")
     record = json.loads(record_path.read_text())
     assert record["protocol"] == "spair/dift-nn" and record["protocol_version"] == 1
+    assert record["metric_specs"]["pck@0.1_bbox"] == {"higher_is_better": True, "primary": True, "unit": "%"}
     assert record["backbone"] == "tiny-sd15" and record["selection"] == ["up_blocks.1"]
     assert record["settings"]["resolution"] == 64 and record["settings"]["timestep"] == 261
-    assert record["run_id"] == record_path.stem
+    assert record["run_id"] == record_path.parent.name
     assert {"torch", "diffusers", "transformers", "git_revision", "device"} <= set(record["environment"])
     assert record["timings"]["images"] == 14 and record["timings"]["extract_s"] > 0
     metrics = record["metrics"]
@@ -33,33 +35,73 @@ def test_run_writes_record_figures_and_leaderboard(tmp_path, capsys):
     weights = {"cat": 20, "person": 20, "cup": 20, "rocket": 20, "motorbike": 10}
     pooled = sum(record["per_category"][c]["pck@0.1_bbox"] * n for c, n in weights.items()) / 90
     assert metrics["pck@0.1_bbox"] == pytest.approx(pooled)
+    assert [Path(figure).name for figure in record["details"]["figures"]] == ["per-category.png", "matches.png"]
     for figure in record["details"]["figures"]:
-        assert figure.endswith(".png") and (results / "figures").joinpath(figure.rsplit("/", 1)[-1]).stat().st_size
+        assert Path(figure).parent == record_path.parent / "figures" and Path(figure).stat().st_size
     markdown = (results / "leaderboard.md").read_text()
     assert "tiny-sd15 / up_blocks.1" in markdown and "spair/dift-nn pck@0.1_bbox" in markdown
-    assert (results / "leaderboard.csv").read_text().startswith("backbone / selection,settings,")
+    assert (results / "leaderboard.csv").read_text().startswith("backbone / selection,data,settings,id,")
     assert "pck@0.1_bbox" in capsys.readouterr().out
 
 
-def _record(backbone, value, created, selection=("up_blocks.1",), preset=None):
+def _record(backbone, value, created, selection=("up_blocks.1",), preset=None, **details):
     return Result(task="spair", protocol="spair/dift-nn", protocol_version=1, backbone=backbone,
                   selection=list(selection), settings={"resolution": 768, "timestep": 261, "ensemble_size": 8},
                   metrics={"pck@0.1_bbox": value, "pck@0.1_img": value + 10}, preset=preset, created=created,
-                  details={"leaderboard_metrics": ["pck@0.1_bbox"]})
+                  details={"leaderboard_metrics": ["pck@0.1_bbox"], "split": "test", **details})
 
 
 def test_leaderboard_keeps_the_latest_record_per_row(tmp_path):
     records = [_record("sd21", 50.0, "2026-01-01T00:00:00"), _record("sd21", 52.5, "2026-02-01T00:00:00"),
                _record("cleandift-sd21", 60.0, "2026-01-15T00:00:00", preset="dift")]
     frame = leaderboard_table(sorted(records, key=lambda r: r.created))
-    assert list(frame.columns) == ["backbone / selection", "settings", "spair/dift-nn pck@0.1_bbox"]
+    assert list(frame.columns) == ["backbone / selection", "data", "settings", "id", "spair/dift-nn pck@0.1_bbox"]
     assert frame.set_index("backbone / selection")["spair/dift-nn pck@0.1_bbox"].to_dict() == {
         "cleandift-sd21 / dift": 60.0, "sd21 / up_blocks.1": 52.5}
-    assert frame["settings"].tolist() == ["768px t=261 ens=8"] * 2
+    assert frame["settings"].tolist() == ["768px t=261 ens=8"] * 2 and frame["data"].tolist() == ["test"] * 2
     for record in records:
         save_result(record, tmp_path)
     assert main(["leaderboard", "--results", str(tmp_path)]) == 0
     assert "| sd21 / up_blocks.1" in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_different_experiments_never_share_a_row(tmp_path):
+    """A subset, another split, data root, prompt, resize or latent mode, dtype or protocol option is
+    another experiment: its own leaderboard row, never the latest value of the full-set row."""
+    full = _record("sd21", 77.78, "2026-01-01T00:00:00", data_root="SPair-71k")
+    variants = [
+        _record("sd21", 40.0, "2026-01-02T00:00:00", data_root="SPair-71k", limit=1),
+        _record("sd21", 41.0, "2026-01-02T00:00:01", data_root="SPair-71k", split="val"),
+        _record("sd21", 42.0, "2026-01-02T00:00:02", data_root="elsewhere"),
+        _record("sd21", 43.0, "2026-01-02T00:00:03", data_root="SPair-71k",
+                options={"per_category": 20, "pairs_file": None}, options_changed={"per_category": 20}),
+    ]
+    for key, value in (("prompt", "a cat"), ("resize_mode", "pad"), ("latent_mode", "sample"),
+                       ("dtype", "bfloat16")):
+        changed = _record("sd21", 44.0, "2026-01-02T00:00:04", data_root="SPair-71k")
+        changed.settings = {**changed.settings, key: value}
+        variants.append(changed)
+    frame = leaderboard_table([full, *variants])
+    assert len(frame) == 1 + len(variants) and frame["id"].is_unique
+    full_row = frame[frame["id"] == full.identity_hash].iloc[0]
+    assert full_row["spair/dift-nn pck@0.1_bbox"] == 77.78 and full_row["data"] == "test"
+    assert frame["data"].tolist().count("test limit=1") == 1
+    assert "test per_category=20" in frame["data"].tolist()
+    # batch size changes no value: the same experiment
+    rerun = _record("sd21", 78.0, "2026-01-03T00:00:00", data_root="SPair-71k")
+    rerun.settings = {**rerun.settings, "batch_size": 2}
+    assert rerun.identity_hash == full.identity_hash
+
+
+def test_an_omitted_resolution_is_recorded_resolved(tmp_path):
+    results = tmp_path / "results"
+    for extra in ([], ["--resolution", "64"]):
+        assert main(["run", "--backbone", "tiny-sd15", "--task", "spair", "--select", "us6", "--data-root", "mini",
+                     "--results", str(results), "--no-progress", "--no-figures", "--limit", "2", *extra]) == 0
+    records = [json.loads(path.read_text()) for path in (results / "runs").glob("*/record.json")]
+    assert [record["settings"]["resolution"] for record in records] == [64, 64]
+    frame = leaderboard_table(load_results(results))
+    assert len(frame) == 1 and "defaultpx" not in frame["settings"].iloc[0]
 
 
 def test_suite_runs_once_then_skips(tmp_path, capsys):
@@ -71,10 +113,10 @@ def test_suite_runs_once_then_skips(tmp_path, capsys):
     )
     results = tmp_path / "results"
     assert main(["suite", str(suite), "--results", str(results), "--no-progress"]) == 0
-    assert len(list((results / "runs").glob("*.json"))) == 2
+    assert len(list((results / "runs").glob("*/record.json"))) == 2
     assert main(["suite", str(suite), "--results", str(results), "--no-progress"]) == 0
     assert capsys.readouterr().err.count("already recorded, skipped") == 2
-    assert len(list((results / "runs").glob("*.json"))) == 2
+    assert len(list((results / "runs").glob("*/record.json"))) == 2
 
 
 @pytest.mark.parametrize("text,fragment", [
@@ -110,17 +152,19 @@ def test_run_bench_without_arguments_runs_the_offline_demo(tmp_path):
                           timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny-sdxl / gdf-ours-sdxl" in done.stdout and "demo finished" in done.stdout
-    assert len(list((tmp_path / "results" / "runs").glob("*.json"))) == 4
+    assert len(list((tmp_path / "results" / "runs").glob("*/record.json"))) == 4
     assert (tmp_path / "results" / "leaderboard.md").is_file()
 
 
 def test_compare_gate_by_hand(tmp_path, capsys):
     base = tmp_path / "baseline.json"
-    save_result(_record("sd21", 60.0, "2026-01-01T00:00:00"), tmp_path)
+    first = _record("sd21", 60.0, "2026-01-01T00:00:00")
+    save_result(first, tmp_path)
     assert main(["compare", str(tmp_path), "--baseline", str(base), "--update", "--tolerance", "0.5"]) == 0
     baseline = json.loads(base.read_text())
-    assert baseline["entries"] == [{"protocol": "spair/dift-nn", "row": "sd21 / up_blocks.1",
-                                    "settings": "768px t=261 ens=8", "metrics": {"pck@0.1_bbox": 60.0}}]
+    assert baseline["entries"] == [{"id": first.identity_hash, "protocol": "spair/dift-nn",
+                                    "row": "sd21 / up_blocks.1", "data": "test", "settings": "768px t=261 ens=8",
+                                    "metrics": {"pck@0.1_bbox": 60.0}, "higher_is_better": {"pck@0.1_bbox": True}}]
     capsys.readouterr()
     save_result(_record("sd21", 59.6, "2026-01-02T00:00:00"), tmp_path)   # −0.4: within 0.5
     assert main(["compare", str(tmp_path), "--baseline", str(base)]) == 0
@@ -133,12 +177,33 @@ def test_compare_gate_by_hand(tmp_path, capsys):
     save_result(_record("sd15", 70.0, "2026-01-01T00:00:00"), other)       # the baseline's row has no run
     assert main(["compare", str(other), "--baseline", str(base)]) == 1
     assert "MISSING" in capsys.readouterr().out
+    subset = tmp_path / "subset"                                            # a 2-pair run is another experiment
+    save_result(_record("sd21", 30.0, "2026-01-04T00:00:00", limit=2), subset)
+    assert main(["compare", str(subset), "--baseline", str(base)]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING" in out and "REGRESSION" not in out
     base.write_text("{}")
     assert main(["compare", str(tmp_path), "--baseline", str(base)]) == 2
 
 
-def test_lower_is_better_metrics():
-    from dfbench.results import higher_is_better
+def test_directions_come_from_the_records_metric_specs(tmp_path, capsys):
+    """log10, sq_rel, silog: lower is better because the record says so, whatever their names."""
+    specs = {"rmse": False, "log10": False, "sq_rel": False, "silog": False, "delta1": True}
 
-    assert higher_is_better("pck@0.1_bbox") and higher_is_better("mIoU")
-    assert not higher_is_better("rmse") and not higher_is_better("AbsRel")
+    def depth_record(values, created):
+        return Result(task="toy-depth", protocol="toy-depth/probe", protocol_version=1, backbone="b",
+                      selection=["x"], settings={"resolution": 64, "timestep": 1}, metrics=values, created=created,
+                      details={"split": "test"},
+                      metric_specs={key: {"higher_is_better": up, "primary": False, "unit": ""}
+                                    for key, up in specs.items()})
+
+    base = tmp_path / "baseline.json"
+    save_result(depth_record({"rmse": 1.0, "log10": 0.2, "sq_rel": 0.5, "silog": 10.0, "delta1": 80.0},
+                             "2026-01-01T00:00:00"), tmp_path)
+    assert main(["compare", str(tmp_path), "--baseline", str(base), "--update", "--tolerance", "0.05"]) == 0
+    capsys.readouterr()
+    save_result(depth_record({"rmse": 0.5, "log10": 0.3, "sq_rel": 0.4, "silog": 9.0, "delta1": 90.0},
+                             "2026-01-02T00:00:00"), tmp_path)
+    assert main(["compare", str(tmp_path), "--baseline", str(base)]) == 1
+    rows = [line for line in capsys.readouterr().out.splitlines() if "REGRESSION" in line]
+    assert len(rows) == 1 and "log10" in rows[0]   # log10 went up: worse; every other change is better

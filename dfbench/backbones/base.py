@@ -292,7 +292,17 @@ class DiffusionBackbone:
         ).input_ids
         return ids.to(self.device)
 
+    def weight_fingerprint(self) -> str:
+        """A fingerprint of the weights actually loaded (UNet, VAE, text encoders; see the cache)."""
+        from dfbench.cache import weight_fingerprint
+
+        return weight_fingerprint([self.unet, self.vae, *self.text_encoders])
+
     # ------------------------------------------------------------------ activations
+    def canonical_selection(self, selection: Sequence[str]) -> list[str]:
+        """``selection`` with aliases resolved to canonical names; an unknown name is one clear error."""
+        return validate_selection(selection, self.activation_names(), self.name)
+
     def activation_names(self) -> list[str]:
         """Every canonical activation name this backbone offers."""
         if self._names is None:
@@ -353,7 +363,7 @@ class DiffusionBackbone:
             )
 
         members = settings.ensemble_size
-        images_per_step = max(1, settings.batch_size // members)
+        images_per_step = settings.images_per_batch
         steps = range(0, len(pixels), images_per_step)
         collected: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         with torch.inference_mode():

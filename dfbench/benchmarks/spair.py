@@ -12,11 +12,16 @@ Reported (in percent): PCK@{0.05, 0.1, 0.15} × {bbox, img}, pooled over all key
 ``pck@0.1_bbox``), averaged per image pair (``…_per_image``), per category, and the mean over
 categories. With several activations selected, each is resized to the largest map, L2-normalised
 per location, and concatenated along channels; a single activation is used as it is (DIFT).
+
+Saved predictions (``run --save-predictions``, ``dfbench score``): ``predictions.json`` maps each
+pair's annotation file stem (``000001-2008_006481-2008_007698:aeroplane``) to its predicted target
+keypoints ``[[x, y], …]`` in original target-image pixels, in the order of the source keypoints.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
+import math
 import sys
 import time
 from collections import defaultdict
@@ -26,43 +31,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
-from dfbench.backbones.base import DiffusionBackbone
+from dfbench.atomic import atomic_write_text
+from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput
 from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
-from dfbench.cache import CacheItem, ConfigStore, image_key, load_features
-from dfbench.datasets.spair import SpairPair, load_spair, read_pair_list
+from dfbench.benchmarks.spair_gdf_conv import GdfConvOptions, SpairSubsetOptions
+from dfbench.datasets.spair import SpairPair, load_spair, read_pair_list, spair_images
 from dfbench.errors import DfbenchInputError
+from dfbench.features import ImageFeatures, combine_activations, image_features
 from dfbench.heads.nn_matcher import match_points, upsampled_norm
-from dfbench.images import load_image
-from dfbench.results import Result, environment
-from dfbench.settings import ExtractSettings
 
 ALPHAS = (0.05, 0.1, 0.15)
 PRIMARY = "pck@0.1_bbox"
-PROTOCOLS = {"dift-nn": 1, "gdf-conv": 1}
+PREDICTIONS_FILE = "predictions.json"
 
 
-def combine_activations(features: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One map N×C×h×w from the selected activations (see the module docstring)."""
-    maps = list(features.values())
-    if len(maps) == 1:
-        return maps[0]
-    height = max(m.shape[2] for m in maps)
-    width = max(m.shape[3] for m in maps)
-    resized = [F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
-               if m.shape[2:] != (height, width) else m for m in maps]
-    return torch.cat([F.normalize(m, dim=1) for m in resized], dim=1)
-
-
-def _keep(activations: dict[str, torch.Tensor], combine: bool) -> Any:
-    """What the task keeps of one image's activations (C×h×w each): one combined float32 map, or
-    the activations as float16 (half the memory; the trained readout resizes them itself)."""
-    if combine:
-        return combine_activations({name: value[None] for name, value in activations.items()})[0].cpu()
-    return {name: value.to("cpu", torch.float16) for name, value in activations.items()}
+def _metric_specs() -> dict[str, MetricSpec]:
+    specs = {}
+    for alpha in ALPHAS:
+        for kind in ("bbox", "img"):
+            for suffix in ("", "_per_image", "_category_mean"):
+                key = f"pck@{alpha:g}_{kind}{suffix}"
+                specs[key] = MetricSpec(higher_is_better=True, primary=key == PRIMARY, unit="%")
+    specs.update({"pairs": MetricSpec(unit="pairs"), "keypoints": MetricSpec(unit="keypoints"),
+                  "best_step_img": MetricSpec(unit="step"), "best_step_bbox": MetricSpec(unit="step")})
+    return specs
 
 
 @dataclass
@@ -105,134 +99,122 @@ def score_predictions(predictions: Sequence[PairPrediction], alphas: Sequence[fl
     return metrics, categories
 
 
-class SpairTask:
-    """SPair-71k correspondence. ``run`` returns a :class:`~dfbench.results.Result`."""
+def pair_images(pairs: Sequence[SpairPair]) -> dict[str, tuple[Path, str]]:
+    """The distinct images of ``pairs``: {``<category>/<name>``: (path, category)}."""
+    images: dict[str, tuple[Path, str]] = {}
+    for pair in pairs:
+        images.setdefault(pair.src_key, (pair.src_image, pair.category))
+        images.setdefault(pair.trg_key, (pair.trg_image, pair.category))
+    return images
+
+
+def keep_combined(activations: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One image's activations as one combined float32 C×h×w map on the CPU (dift-nn)."""
+    return combine_activations({name: value[None] for name, value in activations.items()})[0].cpu()
+
+
+def keep_half(activations: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One image's activations as float16 CPU copies (half the memory; gdf-conv resizes them itself)."""
+    return {name: value.to("cpu", torch.float16) for name, value in activations.items()}
+
+
+class SpairTask(Task):
+    """SPair-71k correspondence (see the module docstring)."""
 
     name = "spair"
-    protocols = PROTOCOLS
+    protocols = {
+        "dift-nn": ProtocolSpec("dift-nn", 1, SpairSubsetOptions, "DIFT's zero-shot nearest neighbour, PCK"),
+        "gdf-conv": ProtocolSpec("gdf-conv", 1, GdfConvOptions, "Meng et al.'s trained 3×3-conv readout"),
+    }
     default_protocol = "dift-nn"
+    metrics = _metric_specs()
+    leaderboard_metrics = (PRIMARY, "pck@0.1_img", "pck@0.1_bbox_per_image")
 
-    def run(
-        self,
-        backbone: DiffusionBackbone,
-        selection: Sequence[str],
-        settings: ExtractSettings,
-        data_root: str | Path,
-        split: str = "test",
-        protocol: str = "dift-nn",
-        limit_pairs: int | None = None,
-        per_category: int | None = None,
-        pairs_file: str | Path | None = None,
-        progress: bool = True,
-        preset: str | None = None,
-        options: dict[str, Any] | None = None,
-        cache: ConfigStore | None = None,
-    ) -> tuple[Result, list[PairPrediction]]:
-        """Evaluate ``backbone`` + ``selection`` on the pairs of ``split``.
+    def mini_root(self) -> Path:
+        from dfbench.datasets.mini_spair import mini_spair_root
 
-        ``options`` are protocol options (``spair/gdf-conv``: see ``GdfConvOptions``); with a
-        ``cache`` store, features are read from it and only missing ones are extracted."""
-        if protocol not in PROTOCOLS:
-            raise DfbenchInputError(f"spair protocol {protocol!r}: available: {', '.join(PROTOCOLS)}")
+        return mini_spair_root()
+
+    def split_images(self, data_root: str | Path, split: str) -> list[tuple[Path, str]]:
+        return spair_images(data_root, split)
+
+    def run(self, context: RunContext, backbone: Any, selection: list[str], settings: Any, data_root: Path,
+            split: str, protocol: str, options: Any) -> TaskOutput:
         started = time.perf_counter()
-        details: dict[str, Any] = {"split": split, "data_root": str(data_root), "limit_pairs": limit_pairs,
-                                   "per_category": per_category, "pairs_file": str(pairs_file) if pairs_file else None,
-                                   "recipe_version": backbone.recipe_version,
-                                   "leaderboard_metrics": [PRIMARY, "pck@0.1_img", "pck@0.1_bbox_per_image"]}
-        if protocol == "dift-nn":
-            if options:
-                raise DfbenchInputError(f"spair/dift-nn takes no options (got {', '.join(options)})")
-            pairs = self.evaluated_pairs(data_root, split, limit_pairs, per_category, pairs_file, settings.seed)
-            features, sizes, canonical = self.extract_images(backbone, selection, settings, pairs, progress,
-                                                             cache=cache)
-            extracted = time.perf_counter()
-            predictions = self.match(pairs, features, sizes, progress, device=backbone.device)
-            metrics, categories = score_predictions(predictions)
-        else:
-            from dfbench.benchmarks.spair_gdf_conv import GdfConvOptions
-
-            gdf_options = GdfConvOptions.from_dict(options or {})
-            if gdf_options.report == "gdf":
-                if limit_pairs or per_category or pairs_file:
-                    raise DfbenchInputError("spair/gdf-conv report=gdf reports GDF's validation list "
-                                            "(val_pairs_file); --limit-pairs, --per-category and --pairs-file "
-                                            "do not apply (use --option train_limit=N / max_steps=N for a short run)")
-                pairs = []
-            else:
-                pairs = self.evaluated_pairs(data_root, split, limit_pairs, per_category, pairs_file, settings.seed)
-            outcome = self._train_gdf_conv(backbone, selection, settings, data_root, pairs, gdf_options, progress,
-                                           cache)
-            predictions, metrics, categories, sizes, canonical, extracted, extra = outcome
-            details.update(extra)
-        matched = time.perf_counter()
-        result = Result(
-            task=self.name, protocol=f"{self.name}/{protocol}", protocol_version=PROTOCOLS[protocol],
-            backbone=backbone.name, selection=canonical, settings=settings.to_dict(),
-            metrics=metrics, per_category=categories, preset=preset, weights=str(backbone.source),
-            timings={"extract_s": extracted - started, "match_s": matched - extracted,
-                     "images": float(len(sizes))},
-            details=details, environment=environment(str(backbone.device)),
-        )
-        return result, predictions
+        if protocol == "gdf-conv":
+            return self._train_gdf_conv(context, backbone, selection, settings, data_root, split, options, started)
+        pairs = self.evaluated_pairs(data_root, split, context.limit, options, context.seed)
+        found = image_features(backbone, pair_images(pairs), selection, settings, context.cache, context.progress,
+                               keep=keep_combined)
+        extracted = time.perf_counter()
+        predictions = self.match(pairs, found.features, found.sizes, context.progress, device=backbone.device)
+        metrics, categories = score_predictions(predictions)
+        return TaskOutput(metrics, categories, predictions, selection=found.selection, split=split,
+                          timings={"extract_s": extracted - started, "match_s": time.perf_counter() - extracted,
+                                   "images": float(len(found.sizes))})
 
     @staticmethod
-    def evaluated_pairs(data_root: str | Path, split: str, limit_pairs: int | None, per_category: int | None,
-                        pairs_file: str | Path | None, seed: int) -> list[SpairPair]:
-        """The pairs a run scores: ``split`` with the filters applied (never empty)."""
-        pairs = load_spair(data_root, split, limit_pairs, per_category, pairs_file=pairs_file, seed=seed)
+    def evaluated_pairs(data_root: str | Path, split: str, limit: int | None, options: Any,
+                        seed: int) -> list[SpairPair]:
+        """The pairs a run scores: ``split`` with the subset options and ``limit`` applied (never empty)."""
+        pairs = load_spair(data_root, split, limit, options.per_category, pairs_file=options.pairs_file, seed=seed)
         if not pairs:
             raise DfbenchInputError(f"SPair {split}: no pairs left after the filters")
         return pairs
 
-    def _train_gdf_conv(self, backbone: DiffusionBackbone, selection: Sequence[str], settings: ExtractSettings,
-                        data_root: str | Path, pairs: list[SpairPair], options: Any, progress: bool,
-                        cache: ConfigStore | None) -> tuple[list[PairPrediction], dict[str, float], dict[str, Any],
-                                                            dict[str, tuple[int, int]], list[str], float,
-                                                            dict[str, Any]]:
-        """``spair/gdf-conv``: extract, train, then report on ``pairs`` (``select``) or GDF's way (``gdf``).
-
-        Returns predictions, metrics, the per-category table, image sizes, the canonical selection,
-        the time extraction ended and the record's extra details."""
+    def _train_gdf_conv(self, context: RunContext, backbone: Any, selection: list[str], settings: Any,
+                        data_root: Path, split: str, options: GdfConvOptions, started: float) -> TaskOutput:
+        """``spair/gdf-conv``: extract, train, then report on ``split`` (``select``) or GDF's way (``gdf``)."""
         from dfbench.benchmarks import spair_gdf_conv as gdf
 
+        if options.report == "gdf":
+            if context.limit or options.per_category or options.pairs_file:
+                raise DfbenchInputError("spair/gdf-conv report=gdf reports GDF's validation list "
+                                        "(val_pairs_file); --limit, per_category and pairs_file do not apply "
+                                        "(use --option train_limit=N / max_steps=N for a short run)")
+            pairs: list[SpairPair] = []
+        else:
+            pairs = self.evaluated_pairs(data_root, split, context.limit, options, context.seed)
         if options.noise_draws > 1 and not settings.add_noise and settings.latent_mode == "mode":
             raise DfbenchInputError(f"spair/gdf-conv noise_draws={options.noise_draws}: these settings draw no "
                                     "noise (no noise, posterior mean), so every realisation is the same; use "
                                     "noise_draws=1, or --latent-mode sample / noise on")
         train = load_spair(data_root, "trn", options.train_limit, seed=settings.seed)
         val, unmatched = self._validation_pairs(data_root, options)
-        draws, sizes, canonical = [], {}, []
+        draws: list[dict[str, Any]] = []
+        found = ImageFeatures()
         for draw in range(options.noise_draws):  # draw 0: every image; further draws: training images only
-            images = [*pairs, *train, *val] if draw == 0 else train
-            draw_settings = gdf.draw_settings(settings, draw)
-            draw_cache = cache.for_settings(backbone, draw_settings) if cache else None
-            features, draw_sizes, canonical = self.extract_images(backbone, selection, draw_settings, images,
-                                                                  progress, combine=False, cache=draw_cache)
-            draws.append(features)
-            sizes.update(draw_sizes)
+            images = pair_images([*pairs, *train, *val] if draw == 0 else train)
+            found_draw = image_features(backbone, images, selection, gdf.draw_settings(settings, draw),
+                                        context.cache, context.progress, keep=keep_half)
+            draws.append(found_draw.features)
+            found.sizes.update(found_draw.sizes)
+            found.selection = found_draw.selection
         extracted = time.perf_counter()
-        best, history = gdf.train(train, val, draws, options, settings.seed, backbone.device, progress)
-        extra: dict[str, Any] = {"options": dataclasses.asdict(options), "training": history,
-                                 "train_pairs": len(train), "train_categories": sorted({p.category for p in train}),
-                                 "val_pairs": len(val), "val_pairs_unmatched": unmatched}
+        best, history = gdf.train(train, val, draws, options, settings.seed, backbone.device, context.progress)
+        details: dict[str, Any] = {"training": history, "train_pairs": len(train),
+                                   "train_categories": sorted({p.category for p in train}),
+                                   "val_pairs": len(val), "val_pairs_unmatched": unmatched}
         if options.report == "gdf":
             predictions = [PairPrediction(pair, points) for pair, points in zip(val, best["predictions"], strict=True)]
             _, categories = score_predictions(predictions)
             metrics = {**gdf.gdf_report(history["validations"]), "pairs": float(len(val)),
                        "keypoints": float(sum(len(pair.trg_kps) for pair in val))}
-            extra.update({"split": "val", "variant": "report=gdf",
-                          "leaderboard_metrics": [PRIMARY, "pck@0.1_img"]})
+            details.update({"variant": "report=gdf", "leaderboard_metrics": [PRIMARY, "pck@0.1_img"]})
+            split = "val"
         else:
             head = gdf.ConvReadout(best["state"]["conv.weight"].shape[0]).to(backbone.device)
             head.load_state_dict(best["state"])
-            predicted = gdf.predict(head, pairs, draws[0], backbone.device, progress)
+            predicted = gdf.predict(head, pairs, draws[0], backbone.device, context.progress)
             predictions = [PairPrediction(pair, points) for pair, points in zip(pairs, predicted, strict=True)]
             metrics, categories = score_predictions(predictions)
             history.update({"best_step": best["step"], "best_val_pck@0.1_bbox": best["pck_bbox"]})
-        return predictions, metrics, categories, sizes, canonical, extracted, extra
+        return TaskOutput(metrics, categories, predictions, details, selection=found.selection, split=split,
+                          timings={"extract_s": extracted - started, "match_s": time.perf_counter() - extracted,
+                                   "images": float(len(found.sizes))})
 
     @staticmethod
-    def _validation_pairs(data_root: str | Path, options: Any) -> tuple[list[SpairPair], list[str]]:
+    def _validation_pairs(data_root: str | Path, options: GdfConvOptions) -> tuple[list[SpairPair], list[str]]:
         """``val``, or the pairs of ``val_pairs_file`` in it (ids or GDF's JSON list) and those not found."""
         if options.val_pairs_file is None:
             if options.report == "gdf":
@@ -250,52 +232,6 @@ class SpairTask:
                                     f"{len(unmatched)} pairs is in SPair val ({data_root})")
         return val, unmatched
 
-    def extract_images(self, backbone: DiffusionBackbone, selection: Sequence[str], settings: ExtractSettings,
-                       pairs: Sequence[SpairPair], progress: bool, combine: bool = True,
-                       cache: ConfigStore | None = None
-                       ) -> tuple[dict[str, Any], dict[str, tuple[int, int]], list[str]]:
-        """Features and original size (H, W) of every distinct image, extracted once each, and the
-        canonical selection. ``combine``: one C×h×w float32 map per image (:func:`combine_activations`);
-        otherwise the activations as they are ({name: C×h×w}, stored as float16 to halve memory)."""
-        images: dict[str, tuple[Path, str]] = {}
-        for pair in pairs:
-            images.setdefault(pair.src_key, (pair.src_image, pair.category))
-            images.setdefault(pair.trg_key, (pair.trg_image, pair.category))
-        keys = sorted(images)
-        if cache is not None:
-            return self._from_cache(backbone, selection, settings, images, keys, combine, cache, progress)
-        features: dict[str, Any] = {}
-        canonical: list[str] = []
-        sizes: dict[str, tuple[int, int]] = {}
-        chunk = max(1, settings.batch_size // settings.ensemble_size)
-        bar = tqdm(total=len(keys), desc=f"extract {backbone.name}", unit="img", disable=not progress)
-        for start in range(0, len(keys), chunk):
-            batch = keys[start : start + chunk]
-            loaded = [load_image(images[key][0]) for key in batch]
-            extracted = backbone.extract(loaded, selection, settings, categories=[images[k][1] for k in batch])
-            canonical = list(extracted)
-            for index, (key, image) in enumerate(zip(batch, loaded, strict=True)):
-                features[key] = _keep({name: value[index] for name, value in extracted.items()}, combine)
-                sizes[key] = (image.height, image.width)
-            bar.update(len(batch))
-        bar.close()
-        return features, sizes, canonical
-
-    def _from_cache(self, backbone: DiffusionBackbone, selection: Sequence[str], settings: ExtractSettings,
-                    images: dict[str, tuple[Path, str]], keys: list[str], combine: bool, cache: ConfigStore,
-                    progress: bool) -> tuple[dict[str, Any], dict[str, tuple[int, int]], list[str]]:
-        items = [CacheItem(image_key(images[key][0]), images[key][0], images[key][1]) for key in keys]
-        loaded = load_features(backbone, items, selection, settings, cache, progress)
-        features: dict[str, Any] = {}
-        sizes: dict[str, tuple[int, int]] = {}
-        canonical: list[str] = []
-        for key, item in zip(keys, items, strict=True):
-            canonical = list(loaded[item.key])
-            features[key] = _keep(loaded[item.key], combine)
-            with Image.open(item.path) as image:
-                sizes[key] = (image.height, image.width)
-        return features, sizes, canonical
-
     def match(self, pairs: Sequence[SpairPair], features: dict[str, torch.Tensor], sizes: dict[str, tuple[int, int]],
               progress: bool, device: torch.device | str = "cpu") -> list[PairPrediction]:
         """Nearest-neighbour predictions for every pair, target norms computed once per target image;
@@ -312,4 +248,63 @@ class SpairTask:
                                      sizes[pair.src_key], sizes[pair.trg_key], trg_norm=norm)
             predictions[index] = PairPrediction(pair, predicted.cpu())
         return [prediction for prediction in predictions if prediction is not None]
+
+    # ------------------------------------------------------------------ figures, saved predictions, scoring
+    def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
+        from dfbench.plots import plot_matches, plot_per_category
+
+        return [plot_per_category(output.per_category, PRIMARY, title, folder / "per-category.png"),
+                plot_matches(output.predictions, folder / "matches.png")]
+
+    def save_predictions(self, output: TaskOutput, folder: Path) -> Path:
+        table = {prediction.pair.pair_id: prediction.predicted.tolist() for prediction in output.predictions}
+        return atomic_write_text(Path(folder) / PREDICTIONS_FILE, json.dumps(table, indent=0) + "\n")
+
+    def score(self, data_root: Path, split: str, protocol: str, options: Any, folder: Path,
+              limit: int | None = None, seed: int = 0) -> TaskOutput:
+        pairs = self.evaluated_pairs(data_root, split, limit, options, seed)
+        table = load_predictions(Path(folder))
+        missing = [pair.pair_id for pair in pairs if pair.pair_id not in table]
+        if missing:
+            raise DfbenchInputError(f"predictions {Path(folder) / PREDICTIONS_FILE}: no prediction for "
+                                    f"{len(missing)} of {len(pairs)} pairs of SPair {split} (first: {missing[0]})")
+        predictions = [PairPrediction(pair, checked_points(table[pair.pair_id], pair, folder)) for pair in pairs]
+        metrics, categories = score_predictions(predictions)
+        return TaskOutput(metrics, categories, predictions, split=split)
+
+
+def load_predictions(folder: Path) -> dict[str, Any]:
+    """``folder/predictions.json`` as {pair id: points}; a missing, unreadable or foreign file is one line."""
+    path = folder / PREDICTIONS_FILE
+    if not folder.is_dir():
+        raise DfbenchInputError(f"predictions {folder}: no such folder")
+    if not path.is_file():
+        others = sorted({entry.suffix for entry in folder.iterdir() if entry.is_file()})
+        hint = f" (it holds {', '.join(others)} files: made for a dense task?)" if others else ""
+        raise DfbenchInputError(f"predictions {folder}: no {PREDICTIONS_FILE}{hint}; SPair predictions are one JSON "
+                                "file mapping pair ids to [[x, y], …]")
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DfbenchInputError(f"predictions {path}: not readable JSON ({error})") from None
+    if not isinstance(table, dict):
+        raise DfbenchInputError(f"predictions {path}: expected an object {{pair id: [[x, y], …]}}")
+    return table
+
+
+def checked_points(value: Any, pair: SpairPair, folder: Path) -> torch.Tensor:
+    """A pair's predicted points as K×2, checked: K = the pair's keypoint count, finite, inside the image."""
+    where = f"predictions {Path(folder) / PREDICTIONS_FILE}: pair {pair.pair_id}"
+    count = len(pair.src_kps)
+    try:
+        points = [(float(x), float(y)) for x, y in value]
+    except (TypeError, ValueError):
+        raise DfbenchInputError(f"{where}: expected {count} points [[x, y], …]") from None
+    if len(points) != count:
+        raise DfbenchInputError(f"{where}: {len(points)} points, expected {count} (one per source keypoint)")
+    width, height = pair.trg_size
+    for x, y in points:
+        if not (math.isfinite(x) and math.isfinite(y) and 0 <= x <= width and 0 <= y <= height):
+            raise DfbenchInputError(f"{where}: point ({x}, {y}) is outside the {width}×{height} target image")
+    return torch.tensor(points, dtype=torch.float64)
 

@@ -28,7 +28,6 @@ GDF sees a new one at each of its 20,000 image visits.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import random
 from collections.abc import Callable, Sequence
@@ -52,14 +51,27 @@ from dfbench.heads.conv_readout import (
 from dfbench.heads.nn_matcher import match_points
 from dfbench.settings import ExtractSettings
 
-OPTION_TYPES: dict[str, type] = {"max_steps": int, "eval_every": int, "steps_per_epoch": int, "train_limit": int,
-                                  "noise_draws": int, "lr": float, "weight_decay": float}
 REPORT_MODES = ("select", "gdf")
 
 
 @dataclass(frozen=True)
-class GdfConvOptions:
-    """Training options of ``spair/gdf-conv`` (``--option key=value``)."""
+class SpairSubsetOptions:
+    """Which pairs of the split are evaluated (``spair/dift-nn``'s options; also ``spair/gdf-conv``'s).
+
+    per_category: N pairs per category, a seeded sample. pairs_file: a list of pairs — ids one per
+    line, or GDF's JSON list. The generic ``--limit N`` draws N pairs spread over the categories."""
+
+    per_category: int | None = None
+    pairs_file: str | None = None
+
+    def validate(self, where: str) -> None:
+        if self.per_category is not None and self.per_category < 1:
+            raise DfbenchInputError(f"{where} option per_category={self.per_category}: must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class GdfConvOptions(SpairSubsetOptions):
+    """Training and reporting options of ``spair/gdf-conv`` (``--option key=value``)."""
 
     max_steps: int = 10000
     eval_every: int = 500
@@ -73,33 +85,23 @@ class GdfConvOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GdfConvOptions:
-        """Typed options from strings or values; unknown keys are a one-line error naming the valid ones."""
-        fields = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise DfbenchInputError(f"spair/gdf-conv: unknown option(s) {', '.join(unknown)}; "
-                                    f"valid: {', '.join(fields)}")
-        typed: dict[str, Any] = {}
-        for key, value in values.items():
-            kind = OPTION_TYPES.get(key, str)
-            try:
-                typed[key] = None if value in (None, "", "none") else kind(value)
-            except ValueError:
-                raise DfbenchInputError(f"spair/gdf-conv option {key}={value!r}: expected {kind.__name__}") from None
-        options = cls(**typed)
+        """Typed, validated options from strings or values (see :func:`~dfbench.benchmarks.base.parse_options`)."""
+        from dfbench.benchmarks.base import parse_options
+
+        return parse_options(cls, values, "spair/gdf-conv")
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
         for key in ("max_steps", "eval_every", "steps_per_epoch", "noise_draws"):
-            if getattr(options, key) < 1:
-                raise DfbenchInputError(f"spair/gdf-conv option {key}={getattr(options, key)}: must be ≥ 1")
-        if options.train_limit is not None and options.train_limit < 1:
-            raise DfbenchInputError(f"spair/gdf-conv option train_limit={options.train_limit}: must be ≥ 1")
-        if options.report not in REPORT_MODES:
-            raise DfbenchInputError(f"spair/gdf-conv option report={options.report!r}: choose one of "
-                                    f"{', '.join(REPORT_MODES)}")
-        if options.report == "gdf" and not validation_steps(options):
-            raise DfbenchInputError(f"spair/gdf-conv report=gdf validates after steps eval_every, 2·eval_every, … "
-                                    f"< max_steps: max_steps={options.max_steps} must exceed "
-                                    f"eval_every={options.eval_every}")
-        return options
+            if getattr(self, key) < 1:
+                raise DfbenchInputError(f"{where} option {key}={getattr(self, key)}: must be ≥ 1")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise DfbenchInputError(f"{where} option train_limit={self.train_limit}: must be ≥ 1")
+        if self.report not in REPORT_MODES:
+            raise DfbenchInputError(f"{where} option report={self.report!r}: choose one of {', '.join(REPORT_MODES)}")
+        if self.report == "gdf" and not validation_steps(self):
+            raise DfbenchInputError(f"{where} report=gdf validates after steps eval_every, 2·eval_every, … "
+                                    f"< max_steps: max_steps={self.max_steps} must exceed eval_every={self.eval_every}")
 
 
 def validation_steps(options: GdfConvOptions) -> list[int]:

@@ -1,0 +1,194 @@
+"""The task contract: what a task adapter declares and does (cf. lm-eval's ``api/task.py``).
+
+A task is one class in one file of ``dfbench/benchmarks/`` plus one registry line. The runner,
+CLI, results and plots know tasks only through this contract:
+
+* ``name``; ``protocols``: named, versioned variants, each with its options dataclass
+  (:class:`ProtocolSpec`; ``--option K=V`` and suite ``options:`` are parsed by
+  :func:`parse_options`); ``default_protocol``;
+* ``metrics``: a :class:`MetricSpec` per metric key (direction, primary, unit), copied into every
+  record so ``compare`` and the leaderboard never guess from a metric's name;
+  ``leaderboard_metrics``: the columns shown;
+* ``mini_root()``: the embedded mini set in the native layout (or ``None``);
+* ``split_images(data_root, split)``: the distinct images of a split with their categories (for
+  ``extract --dataset``, cache filling and sweeps);
+* ``run(context, backbone, selection, settings, data_root, split, protocol, options)`` →
+  :class:`TaskOutput`;
+* ``figures(output, title, folder)``, ``save_predictions(output, folder)`` and
+  ``score(data_root, split, protocol, options, folder, limit, seed)``: re-score saved predictions
+  with no backbone loaded, exactly as ``run`` scores them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfbench.errors import DfbenchInputError
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How to read a metric: which direction is better, whether it is the task's primary one, its unit."""
+
+    higher_is_better: bool = True
+    primary: bool = False
+    unit: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A named, versioned protocol variant and the dataclass of its options (all fields defaulted)."""
+
+    name: str
+    version: int
+    options: type
+    description: str = ""
+
+
+@dataclass
+class RunContext:
+    """What the runner hands a task: the run's folder (made before the run), the feature cache root
+    (or ``None``), the seed, the device, the generic ``limit`` on evaluated items, progress, a logger."""
+
+    folder: Path
+    cache: Any = None
+    seed: int = 0
+    device: str = "cpu"
+    limit: int | None = None
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class TaskOutput:
+    """What a run (or a re-scoring) produced; ``predictions`` are the task's own objects."""
+
+    metrics: dict[str, float]
+    per_category: dict[str, dict[str, float]] = field(default_factory=dict)
+    predictions: Any = None
+    details: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    selection: list[str] = field(default_factory=list)
+    split: str = ""
+
+
+class Task:
+    """Base class of task adapters; see the module docstring for the contract."""
+
+    name: str = ""
+    protocols: dict[str, ProtocolSpec] = {}
+    default_protocol: str = ""
+    metrics: dict[str, MetricSpec] = {}
+    leaderboard_metrics: tuple[str, ...] = ()
+
+    def protocol(self, name: str | None) -> ProtocolSpec:
+        """The protocol ``name`` (default: ``default_protocol``); unknown → one line with the valid ones."""
+        name = name or self.default_protocol
+        if name not in self.protocols:
+            raise DfbenchInputError(f"{self.name} protocol {name!r}: available: {', '.join(self.protocols)}")
+        return self.protocols[name]
+
+    def metric_spec(self, metric: str) -> MetricSpec:
+        """The spec of ``metric`` (metrics not declared are counts or diagnostics: higher is better)."""
+        return self.metrics.get(metric, MetricSpec())
+
+    def mini_root(self) -> Path | None:
+        """The embedded mini set's folder (built on first use), or ``None`` if the task has none."""
+        return None
+
+    def split_images(self, data_root: str | Path, split: str) -> list[tuple[Path, str]]:
+        """The distinct images of ``split`` with their categories, in a fixed order."""
+        raise NotImplementedError
+
+    def run(self, context: RunContext, backbone: Any, selection: list[str], settings: Any, data_root: Path,
+            split: str, protocol: str, options: Any) -> TaskOutput:
+        """Evaluate ``backbone`` + ``selection`` with ``settings`` on ``split`` under ``protocol``."""
+        raise NotImplementedError
+
+    def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
+        """Write the run's figures into ``folder``; returns their paths."""
+        return []
+
+    def save_predictions(self, output: TaskOutput, folder: Path) -> Path:
+        """Write ``output.predictions`` into ``folder`` in the task's documented format."""
+        raise DfbenchInputError(f"task {self.name} cannot save predictions")
+
+    def score(self, data_root: Path, split: str, protocol: str, options: Any, folder: Path,
+              limit: int | None = None, seed: int = 0) -> TaskOutput:
+        """Score predictions saved in ``folder`` against the ground truth of ``split`` (no backbone);
+        ``limit`` and ``seed`` select the same subset as the run did."""
+        raise DfbenchInputError(f"task {self.name} cannot score saved predictions")
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _convert(value: Any, kind: Any) -> Any:
+    """``value`` (a CLI string or a YAML value) as ``kind`` (int, float, str, bool or ``X | None``)."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        (kind,) = [arg for arg in args if arg is not type(None)]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in (*_TRUE, *_FALSE):
+            return value.strip().lower() in _TRUE
+        raise ValueError
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value) if not isinstance(value, str) else int(value.strip())
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if kind is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError
+        return str(value)
+    raise TypeError(f"option type {kind!r} is not supported")
+
+
+def type_name(kind: Any) -> str:
+    args = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    return f"{args[0].__name__} or none" if args else getattr(kind, "__name__", str(kind))
+
+
+def parse_options(options_class: type, values: dict[str, Any] | None, where: str) -> Any:
+    """An instance of the options dataclass from ``values`` (strings from ``--option`` or YAML values).
+
+    An unknown key, a value of the wrong type, or a value its ``validate()`` refuses is one
+    :class:`DfbenchInputError` line naming the key, the expected type and the valid keys."""
+    hints = typing.get_type_hints(options_class)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(options_class)}
+    valid = ", ".join(f"{name} ({type_name(kind)})" for name, kind in fields.items()) or "none"
+    typed: dict[str, Any] = {}
+    for key, value in (values or {}).items():
+        if key not in fields:
+            raise DfbenchInputError(f"{where}: unknown option {key!r}; valid options: {valid}")
+        try:
+            typed[key] = _convert(value, fields[key])
+        except (TypeError, ValueError):
+            raise DfbenchInputError(f"{where} option {key}={value!r}: expected {type_name(fields[key])}; "
+                                    f"valid options: {valid}") from None
+    options = options_class(**typed)
+    validate = getattr(options, "validate", None)
+    if validate is not None:
+        validate(where)
+    return options
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A protocol without options."""

@@ -1,0 +1,17 @@
+"""The built-in registry entries. Adding a backbone or a task is one new file plus one line here.
+
+Entries are lazy ``"module:attribute"`` strings: nothing is imported until a name is first used.
+"""
+
+from dfbench.registry import BACKBONES, TASKS
+
+BACKBONES.register("sd15", "dfbench.backbones.stable_diffusion:sd15")
+BACKBONES.register("sd21", "dfbench.backbones.stable_diffusion:sd21")
+BACKBONES.register("sd21-base", "dfbench.backbones.stable_diffusion:sd21_base")
+BACKBONES.register("sdxl", "dfbench.backbones.sdxl:sdxl")
+BACKBONES.register("cleandift-sd15", "dfbench.backbones.cleandift:cleandift_sd15")
+BACKBONES.register("cleandift-sd21", "dfbench.backbones.cleandift:cleandift_sd21")
+BACKBONES.register("tiny-sd15", "dfbench.backbones.tiny:tiny_sd15")
+BACKBONES.register("tiny-sd21", "dfbench.backbones.tiny:tiny_sd21")
+BACKBONES.register("tiny-sdxl", "dfbench.backbones.tiny:tiny_sdxl")
+TASKS.register("spair", "dfbench.benchmarks.spair:SpairTask")
