@@ -494,7 +494,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:
         print(format_metrics(result))
     if path:
-        print(f"wrote {path}", file=sys.stderr)
+        from dfbench.results import write_leaderboard
+
+        md_path, _, _ = write_leaderboard(args.results)
+        print(f"wrote {path}; leaderboard {md_path}", file=sys.stderr)
     return 0
 
 
