@@ -100,6 +100,11 @@ class Registry:
             self._entries[name] = obj
         return obj
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plugin's or a test's entry); unknown names are ignored."""
+        self._entries.pop(name, None)
+        self._lazy.pop(name, None)
+
     def get(self, name: str) -> Any:
         """The object registered under ``name`` (importing it if it was registered lazily)."""
         load_plugins()

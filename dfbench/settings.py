@@ -16,6 +16,7 @@ DTypeName = Literal["float32", "bfloat16", "float16"]
 RESIZE_MODES = ("squash", "pad")
 LATENT_MODES = ("mode", "sample")
 DTYPES = ("float32", "bfloat16", "float16")
+MAX_RESOLUTION = 8192
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ class ExtractSettings:
     """How features are extracted. Frozen and hashable; serialised into every result.
 
     Attributes:
-        resolution: square input size in pixels (``None``: the backbone's default, e.g. 512 for SD1.5).
+        resolution: square input size in pixels (``None``: the backbone's default, e.g. 512 for SD1.5);
+            the backbone's input size rule applies on top (``check_resolution``: a multiple of 8 for SD).
         resize_mode: ``squash`` (resize to res×res ignoring aspect, like DIFT/GDF) or ``pad``
             (keep aspect, fit the longer side, pad the rest with mid-grey).
         timestep: the diffusion timestep t passed to the UNet (and used for noising), 0…999.
@@ -48,9 +50,10 @@ class ExtractSettings:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+        if self.resolution is not None and not 1 <= self.resolution <= MAX_RESOLUTION:
             raise DfbenchInputError(
-                f"settings.resolution={self.resolution}: must be a positive multiple of 8 (e.g. 512)"
+                f"settings.resolution={self.resolution}: must be an integer in 1…{MAX_RESOLUTION} (each backbone "
+                "adds its own rule, e.g. a multiple of 8 for Stable Diffusion)"
             )
         if self.resize_mode not in RESIZE_MODES:
             raise DfbenchInputError(f"settings.resize_mode={self.resize_mode!r}: choose one of {RESIZE_MODES}")
@@ -98,9 +101,10 @@ def resolve_settings(backbone: Any, preset_settings: dict[str, Any] | None = Non
                      given: dict[str, Any] | None = None) -> ExtractSettings:
     """The settings of a run, by precedence: the backbone's defaults < the preset's < the values given
     (flags or a suite's ``settings:``); the resolution is resolved to the backbone's default, so a
-    record never says "default"."""
+    record never says "default", and checked against the backbone's input size rule."""
     values = {**getattr(backbone, "default_settings", {}), **(preset_settings or {}), **(given or {})}
     settings = ExtractSettings.from_dict(values)
     if settings.resolution is None:
         settings = settings.replace(resolution=backbone.default_resolution)
+    backbone.check_resolution(settings.resolution)
     return settings

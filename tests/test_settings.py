@@ -16,7 +16,8 @@ def test_frozen_and_hashable():
 @pytest.mark.parametrize("field,value,fragment", [
     ("timestep", 1000, "timestep=1000"),
     ("timestep", -1, "timestep=-1"),
-    ("resolution", 500, "multiple of 8"),
+    ("resolution", 0, "integer in 1…8192"),
+    ("resolution", 100000, "integer in 1…8192"),
     ("resize_mode", "crop", "resize_mode"),
     ("ensemble_size", 0, "ensemble_size"),
     ("latent_mode", "median", "latent_mode"),
@@ -33,3 +34,15 @@ def test_round_trip_and_unknown_key():
     assert ExtractSettings.from_dict(settings.to_dict()) == settings
     with pytest.raises(DfbenchInputError, match="unknown settings field.*timesteps"):
         ExtractSettings.from_dict({"timesteps": 5})
+
+
+def test_the_backbone_adds_its_input_size_rule(tiny_sd15):
+    from dfbench.settings import resolve_settings
+
+    assert ExtractSettings(resolution=518).resolution == 518  # DINOv2's size is a valid setting
+    with pytest.raises(DfbenchInputError, match="tiny-sd15 needs a positive multiple of 8"):
+        resolve_settings(tiny_sd15, {}, {"resolution": 500})
+    assert resolve_settings(tiny_sd15, {}, {}).resolution == 64  # resolved, never "default"
+    preset = {"timestep": 50, "prompt": "p"}
+    assert resolve_settings(tiny_sd15, preset, {"timestep": 10}).timestep == 10  # given > preset > defaults
+    assert resolve_settings(tiny_sd15, preset, {}).prompt == "p"

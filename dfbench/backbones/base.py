@@ -292,6 +292,13 @@ class DiffusionBackbone:
         ).input_ids
         return ids.to(self.device)
 
+    def check_resolution(self, resolution: int) -> None:
+        """The input size rule: a multiple of the VAE's downsampling factor (8) of at least 8 pixels."""
+        factor = self.vae_scale_factor
+        if resolution < factor or resolution % factor:
+            raise DfbenchInputError(f"settings.resolution={resolution}: {self.name} needs a positive multiple "
+                                    f"of {factor} (e.g. {self.default_resolution})")
+
     def weight_fingerprint(self) -> str:
         """A fingerprint of the weights actually loaded (UNet, VAE, text encoders; see the cache)."""
         from dfbench.cache import weight_fingerprint
@@ -315,7 +322,7 @@ class DiffusionBackbone:
         from diffusers import UNet2DConditionModel
 
         resolution = resolution or self.default_resolution
-        ExtractSettings(resolution=resolution)  # validates the resolution
+        self.check_resolution(resolution)
         with torch.device("meta"):
             unet = UNet2DConditionModel.from_config(self.unet.config)
             size = resolution // self.vae_scale_factor
@@ -343,6 +350,7 @@ class DiffusionBackbone:
         settings = settings or ExtractSettings.from_dict(self.default_settings)
         names = validate_selection(selection, self.activation_names(), self.name)
         resolution = settings.resolution or self.default_resolution
+        self.check_resolution(resolution)
         if isinstance(images, torch.Tensor):
             pixels = images.float()
             if pixels.dim() != 4 or pixels.shape[1] != 3:

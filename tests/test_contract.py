@@ -1,0 +1,104 @@
+"""The plugin contracts: every registered task end to end, and a task and a non-diffusion backbone
+defined outside dfbench (tests/toy_plugin.py, the backbone through a `dfbench.plugins` entry point)
+going through run, cache, extract --dataset, save, score, leaderboard and compare with no edit of
+dfbench's files."""
+
+import json
+
+import numpy as np
+import pytest
+import toy_plugin
+import torch
+from PIL import Image
+
+from dfbench import registry
+from dfbench.cli import main
+from dfbench.images import to_model_input
+from dfbench.registry import BACKBONES, TASKS
+
+
+@pytest.fixture(autouse=True)
+def mini_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path_factory.getbasetemp() / "dfbench_home"))
+
+
+def _single_record(results):
+    (path,) = (results / "runs").glob("*/record.json")
+    return json.loads(path.read_text()), path.parent
+
+
+@pytest.mark.parametrize("task", TASKS.names())
+def test_every_registered_task_runs_saves_scores_and_compares(task, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["run", "--backbone", "tiny-sd15", "--task", task, "--select", "up_blocks.1", "--data-root",
+                 "mini", "--results", str(results), "--no-progress", "--limit", "2", "--save-predictions"]) == 0
+    record, folder = _single_record(results)
+    assert record["settings"]["resolution"] == 64 and record["metric_specs"]
+    capsys.readouterr()
+    assert main(["score", "--task", record["protocol"], "--data-root", "mini", "--predictions",
+                 str(folder / "predictions"), "--limit", "2", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == record["metrics"]
+    baseline = tmp_path / "baseline.json"
+    assert main(["compare", str(results), "--baseline", str(baseline), "--update"]) == 0
+    assert main(["compare", str(results), "--baseline", str(baseline)]) == 0
+
+
+@pytest.fixture
+def toy_plugins(tmp_path, monkeypatch):
+    """The toy backbone installed as an entry point (a dist-info on sys.path), the toy task registered."""
+    site = tmp_path / "site"
+    dist = site / "toy_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[dfbench.plugins]\ntoy = toy_plugin:register\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(toy_plugin.BrightnessTask, "mini", toy_plugin.build_mini(tmp_path / "mini"))
+    TASKS.register(toy_plugin.TASK, toy_plugin.BrightnessTask, override=True)
+    yield toy_plugin
+    TASKS.unregister(toy_plugin.TASK)
+    BACKBONES.unregister(toy_plugin.BACKBONE)
+
+
+def _expected_accuracy(mini, threshold):
+    """A second implementation of the toy task: the CNN by hand on every image, then the threshold."""
+    cnn = toy_plugin.ToyCNN()
+    labels = json.loads((mini / "test" / "labels.json").read_text())
+    means = []
+    for stem in sorted(labels):
+        pixels = to_model_input([Image.open(mini / "test" / f"{stem}.png").convert("RGB")], 32, "squash")
+        with torch.no_grad():
+            means.append(float(torch.relu(cnn.conv2(torch.relu(cnn.conv1(pixels)))).mean()))
+    means = np.array(means)
+    scaled = (means - means.min()) / (means.max() - means.min())
+    right = sum(int(value > threshold) == labels[stem] for stem, value in zip(sorted(labels), scaled, strict=True))
+    return 100 * right / len(labels)
+
+
+def test_a_plugin_task_and_a_cnn_backbone_go_through_every_path(toy_plugins, tmp_path, capsys):
+    assert toy_plugins.BACKBONE in BACKBONES.names()  # found through the entry point
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    run = ["run", "--backbone", "toy-cnn", "--task", "toy-brightness", "--select", "conv2", "--data-root", "mini",
+           "--results", str(results), "--no-progress", "--save-predictions", "--option", "threshold=0.4",
+           "--cache-dir", str(cache)]
+    assert main(run) == 0
+    record, folder = _single_record(results)
+    expected = _expected_accuracy(toy_plugins.BrightnessTask.mini, 0.4)
+    assert record["metrics"]["accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert record["metric_specs"]["error"]["higher_is_better"] is False
+    assert record["settings"]["resolution"] == 32 and record["details"]["options"] == {"threshold": 0.4}
+    assert (results / "leaderboard.md").read_text().count("toy-cnn / conv2") == 1
+    capsys.readouterr()
+    assert main(["score", "--task", "toy-brightness", "--data-root", "mini", "--predictions",
+                 str(folder / "predictions"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == record["metrics"]
+    baseline = tmp_path / "baseline.json"
+    assert main(["compare", str(results), "--baseline", str(baseline), "--update"]) == 0
+    assert json.loads(baseline.read_text())["entries"][0]["higher_is_better"] == {"accuracy": True, "error": False}
+    assert main(["extract", "toy-cnn", "--dataset", "toy-brightness", "--data-root", "mini", "--select", "conv1",
+                 "--cache-dir", str(cache), "--no-progress"]) == 0
+    assert "12 images extracted" in capsys.readouterr().out
+    assert main([*run[:-2], "--option", "threshold=high"]) == 2
+    assert "toy-brightness/threshold option threshold='high': expected float" in capsys.readouterr().err
+    assert main([*run[:-2], "--option", "threshold=3"]) == 2
+    assert "must be in 0…1" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""A third-party plugin written only against dfbench's public contracts (no edit of dfbench's files):
+a non-diffusion backbone (a seeded 2-layer CNN) and a toy task with its own mini set, options,
+metric specs, saved predictions and scoring. `register()` is what a `dfbench.plugins` entry point names.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dfbench.atomic import atomic_write_text
+from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, Task, TaskOutput
+from dfbench.errors import DfbenchInputError
+from dfbench.features import image_features
+from dfbench.images import to_model_input
+
+BACKBONE, TASK = "toy-cnn", "toy-brightness"
+
+
+class ToyCNN:
+    """Two seeded 3×3 convolutions (stride 2, ReLU): activations ``conv1`` and ``conv2``."""
+
+    default_resolution = 32
+    default_settings: dict = {}
+    recipe_version = 1
+    source = "seeded random 2-layer CNN"
+
+    def __init__(self, torch_dtype: str = "float32", weights: str | None = None, device: str | None = None):
+        generator = torch.Generator().manual_seed(0)
+        self.name = BACKBONE
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        with torch.no_grad():
+            for parameter in [*self.conv1.parameters(), *self.conv2.parameters()]:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def check_resolution(self, resolution: int) -> None:
+        if resolution < 4:
+            raise DfbenchInputError(f"settings.resolution={resolution}: {self.name} needs at least 4 pixels")
+
+    def canonical_selection(self, selection):
+        unknown = [name for name in selection if name not in ("conv1", "conv2")]
+        if unknown:
+            raise DfbenchInputError(f"{self.name} has no activation {unknown[0]!r}; it has conv1, conv2")
+        return list(selection)
+
+    def weight_fingerprint(self) -> str:
+        return str(round(float(self.conv1.weight.detach().sum() + self.conv2.weight.detach().sum()), 6))
+
+    def extract(self, images, selection, settings=None, categories=None, progress=False):
+        names = self.canonical_selection(selection)
+        pixels = to_model_input(images, settings.resolution, settings.resize_mode)
+        with torch.no_grad():
+            first = torch.relu(self.conv1(pixels))
+            outputs = {"conv1": first, "conv2": torch.relu(self.conv2(first))}
+        return {name: outputs[name] for name in names}
+
+
+def toy_cnn(torch_dtype: str = "float32", weights: str | None = None, device: str | None = None) -> ToyCNN:
+    """A seeded 2-layer CNN (a non-diffusion backbone defined outside dfbench)."""
+    return ToyCNN(torch_dtype, weights, device)
+
+
+@dataclass(frozen=True)
+class ThresholdOptions:
+    threshold: float = 0.5
+
+    def validate(self, where: str) -> None:
+        if not 0 <= self.threshold <= 1:
+            raise DfbenchInputError(f"{where} option threshold={self.threshold}: must be in 0…1")
+
+
+def build_mini(root: Path) -> Path:
+    """Twelve flat grey images, label 1 when brighter than mid-grey; labels.json per split."""
+    for split, levels in (("test", range(10, 250, 20)),):
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        labels = {}
+        for level in levels:
+            Image.fromarray(np.full((20, 30, 3), level, dtype=np.uint8)).save(folder / f"grey{level:03d}.png")
+            labels[f"grey{level:03d}"] = int(level > 127)
+        (folder / "labels.json").write_text(json.dumps(labels))
+    return root
+
+
+class BrightnessTask(Task):
+    """Toy task: is the image brighter than mid-grey? A feature's mean, min-max scaled, vs a threshold."""
+
+    name = TASK
+    protocols = {"threshold": ProtocolSpec("threshold", 1, ThresholdOptions, "mean activation vs a threshold")}
+    default_protocol = "threshold"
+    metrics = {"accuracy": MetricSpec(True, True, "%"), "error": MetricSpec(False, False, "%")}
+    leaderboard_metrics = ("accuracy", "error")
+    mini = None
+
+    def mini_root(self) -> Path:
+        return BrightnessTask.mini
+
+    def labels(self, data_root: Path, split: str) -> dict[str, int]:
+        path = Path(data_root) / split / "labels.json"
+        if not path.is_file():
+            raise DfbenchInputError(f"{TASK} {path}: no such file")
+        return json.loads(path.read_text())
+
+    def split_images(self, data_root, split):
+        return [(Path(data_root) / split / f"{stem}.png", "") for stem in sorted(self.labels(data_root, split))]
+
+    def run(self, context, backbone, selection, settings, data_root, split, protocol, options):
+        images = {path.stem: (path, category) for path, category in self.split_images(data_root, split)}
+        found = image_features(backbone, images, selection, settings, context.cache, context.progress,
+                               keep=lambda activations: float(torch.cat([v.flatten() for v in activations.values()])
+                                                              .mean()))
+        values = np.array([found.features[stem] for stem in sorted(images)])
+        scaled = (values - values.min()) / max(values.max() - values.min(), 1e-12)
+        predictions = {stem: int(value > options.threshold) for stem, value in zip(sorted(images), scaled)}
+        output = self._score(data_root, split, predictions)
+        output.selection = found.selection
+        return output
+
+    def _score(self, data_root, split, predictions):
+        labels = self.labels(data_root, split)
+        right = sum(predictions[stem] == label for stem, label in labels.items())
+        accuracy = 100 * right / len(labels)
+        return TaskOutput({"accuracy": accuracy, "error": 100 - accuracy}, predictions=predictions, split=split)
+
+    def save_predictions(self, output, folder):
+        return atomic_write_text(Path(folder) / "brightness.json", json.dumps(output.predictions))
+
+    def score(self, data_root, split, protocol, options, folder, limit=None, seed=0):
+        path = Path(folder) / "brightness.json"
+        if not path.is_file():
+            raise DfbenchInputError(f"predictions {folder}: no brightness.json")
+        return self._score(data_root, split, json.loads(path.read_text()))
+
+
+def register() -> None:
+    """The `dfbench.plugins` entry point: register the toy backbone."""
+    from dfbench.registry import BACKBONES
+
+    BACKBONES.register(BACKBONE, toy_cnn, override=True)
