@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from dfbench.backbones.base import DiffusionBackbone
 from dfbench.capture import ActivationCapture
 from dfbench.images import to_model_input
 from dfbench.settings import ExtractSettings
@@ -53,7 +52,7 @@ def timed(function: Callable[[], Any], repeats: int, device: torch.device, warmu
     return statistics.median(times)
 
 
-def dift_style_features(backbone: DiffusionBackbone, pixels: torch.Tensor, settings: ExtractSettings) -> torch.Tensor:
+def dift_style_features(backbone: Any, pixels: torch.Tensor, settings: ExtractSettings) -> torch.Tensor:
     """DIFT's own algorithm, for comparison: the image repeated N times through the VAE encoder
     (a sample each), N seeded noises at t, the UNet truncated after ``up_blocks.1``, the mean."""
     members = settings.ensemble_size

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-import toy_plugin
 import torch
+import toy_plugin
 from PIL import Image
 
 from dfbench import registry

@@ -119,7 +119,7 @@ class BrightnessTask(Task):
                                                               .mean()))
         values = np.array([found.features[stem] for stem in sorted(images)])
         scaled = (values - values.min()) / max(values.max() - values.min(), 1e-12)
-        predictions = {stem: int(value > options.threshold) for stem, value in zip(sorted(images), scaled)}
+        predictions = {stem: int(value > options.threshold) for stem, value in zip(sorted(images), scaled, strict=True)}
         output = self._score(data_root, split, predictions)
         output.selection = found.selection
         return output

@@ -251,7 +251,8 @@ class SpairTask(Task):
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
-        from dfbench.plots import plot_matches, plot_per_category
+        from dfbench.benchmarks.spair_plots import plot_matches
+        from dfbench.plots import plot_per_category
 
         return [plot_per_category(output.per_category, PRIMARY, title, folder / "per-category.png"),
                 plot_matches(output.predictions, folder / "matches.png")]
