@@ -1,0 +1,58 @@
+"""The ``dfbench`` command line, one module per subcommand (as lm-eval's ``_cli/``).
+
+Exit codes: 0 success, 1 a failed check, 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dfbench.cli import activations, cache, compare, demo, extract, listing, perf, run, score
+from dfbench.errors import DfbenchInputError
+
+DESCRIPTION = """\
+dfbench — benchmark diffusion features (Stable Diffusion activations used as dense descriptors).
+
+Typical session:
+  dfbench list backbones                       # what can be loaded
+  dfbench activations sd15 --grep 'up_blocks.1\\.'   # addressable activations with shapes (no weights needed)
+  dfbench extract tiny-sd15 --images a.png b.png --select up_blocks.1 --out feats.safetensors
+  dfbench extract sd21 --images cat.jpg --preset dift --category cat --out cat.safetensors
+  dfbench run --backbone sd21 --task spair --preset dift --data-root SPair-71k --cache-dir cache/
+  dfbench leaderboard                          # results/leaderboard.md and .csv from every run
+  python run_bench.py                          # the offline demo suite
+
+Activation names are diffusers module paths (up_blocks.1, up_blocks.1.resnets.2.increment,
+up_blocks.1.attentions.1.transformer_blocks.0.attn2.q, …) or aliases: GDF
+(up-level1-repeat1-vit-block0-cross-q), DIFT (up_ft_index=1), CleanDIFT (mid, us1…us10).
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dfbench`` console script (and ``python run_bench.py``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except DfbenchInputError as error:
+        print(f"dfbench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dfbench: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: every subcommand module adds its own subparser."""
+    parser = argparse.ArgumentParser(
+        prog="dfbench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (listing, activations, extract, perf, cache, run, compare, score, demo):
+        module.add_parser(commands)
+    return parser

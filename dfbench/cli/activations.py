@@ -1,0 +1,46 @@
+"""dfbench activations: every addressable activation of a backbone with its shape (no weights)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from dfbench.errors import DfbenchInputError
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    activations = commands.add_parser(
+        "activations", help="list every addressable activation of a backbone with its shape (no weights needed)",
+        description="List every addressable activation name with channels, height and width at a resolution. "
+        "Shapes come from a forward pass on PyTorch's meta device with the real architecture config: no weights "
+        "are downloaded or loaded.",
+    )
+    activations.add_argument("backbone", help="backbone name, e.g. sd15, sd21, sdxl, tiny-sd15")
+    activations.add_argument("--resolution", type=int, help="input size in pixels (default: the backbone's)")
+    activations.add_argument("--grep", metavar="PATTERN", help="keep names matching this regular expression")
+    activations.add_argument("--format", choices=["table", "json"], default="table")
+    activations.set_defaults(handler=cmd_activations)
+
+
+def cmd_activations(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from dfbench.registry import create_backbone
+
+    backbone = create_backbone(args.backbone, init="meta")
+    rows = backbone.catalog(args.resolution)
+    if args.grep:
+        try:
+            pattern = re.compile(args.grep)
+        except re.error as error:
+            raise DfbenchInputError(f"--grep {args.grep!r}: not a regular expression ({error})") from None
+        rows = [row for row in rows if pattern.search(row.name)]
+    if args.format == "json":
+        print(json.dumps([row.to_dict() for row in rows], indent=1))
+    else:
+        resolution = args.resolution or backbone.default_resolution
+        print(f"{backbone.name} at {resolution}px: {len(rows)} activations")
+        print(tabulate([[r.name, r.channels, r.height, r.width] for r in rows],
+                       headers=["name", "channels", "height", "width"]))
+    return 0

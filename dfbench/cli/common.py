@@ -1,0 +1,133 @@
+"""Pieces shared by the subcommands: the settings flags, --option parsing, output paths, reports."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from dfbench.errors import DfbenchInputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ExtractSettings flags; unset flags keep the preset's or the default value."""
+    group = parser.add_argument_group("extraction settings (override the preset)")
+    group.add_argument("--resolution", type=int, help="square input size in pixels (default: backbone's)")
+    group.add_argument("--resize-mode", choices=["squash", "pad"], help="squash (DIFT/GDF) or pad (keep aspect)")
+    group.add_argument("--timestep", type=int, help="diffusion timestep t, 0…999 (default 261)")
+    group.add_argument("--no-noise", dest="add_noise", action="store_const", const=False,
+                       help="feed the clean latent (CleanDIFT)")
+    group.add_argument("--ensemble", dest="ensemble_size", type=int, help="noise draws averaged (default 1)")
+    group.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
+    group.add_argument("--prompt", help="prompt template; {category} is replaced per image (default '')")
+    group.add_argument("--latent-mode", choices=["mode", "sample"], help="posterior mean or a seeded sample")
+    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    group.add_argument("--batch-size", type=int, help="UNet rows per forward (default 8)")
+
+
+SETTINGS_FLAGS = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size", "seed", "prompt",
+                  "latent_mode", "dtype", "batch_size")
+
+
+def given_settings(args: argparse.Namespace) -> dict:
+    """The settings flags that were given on the command line."""
+    return {flag: getattr(args, flag) for flag in SETTINGS_FLAGS if getattr(args, flag, None) is not None}
+
+
+def settings_from_args(args: argparse.Namespace, base: dict | None = None):
+    """ExtractSettings from a preset's settings (``base``) overridden by the flags that were given."""
+    from dfbench.settings import ExtractSettings
+
+    return ExtractSettings.from_dict({**(base or {}), **given_settings(args)})
+
+
+
+def parse_options(items: Sequence[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` → ``{"a": "1", "b": "x"}``; a malformed item is a one-line error."""
+    options = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise DfbenchInputError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def format_metrics(result) -> str:
+    """The headline metrics of a result as a small table."""
+    from tabulate import tabulate
+
+    keys = result.details.get("leaderboard_metrics") or list(result.metrics)
+    rows = [[key, f"{result.metrics[key]:.2f}"] for key in keys if key in result.metrics]
+    return tabulate(rows, headers=[result.protocol, result.row_label])
+
+
+def print_leaderboard(results_dir: str) -> int:
+    from dfbench.results import write_leaderboard
+
+    md_path, csv_path, markdown = write_leaderboard(results_dir)
+    print()
+    print(markdown)
+    print(f"leaderboard written to {md_path} and {csv_path}")
+    return 0
+
+
+
+def image_paths(entries: Sequence[str]) -> list[Path]:
+    """Expand folders into their image files (sorted); every path must exist."""
+    paths: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+                raise DfbenchInputError(f"--images {path}: folder holds no image files ({suffixes})")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DfbenchInputError(f"--images {path}: no such file or folder")
+    return paths
+
+
+def check_output_path(out: str, suffix: str = ".safetensors") -> Path:
+    """The output file path; its folder must exist and be writable."""
+    path = Path(out)
+    if path.suffix != suffix:
+        raise DfbenchInputError(f"--out {path}: the file name must end in {suffix}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise DfbenchInputError(f"--out {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise DfbenchInputError(f"--out {path}: folder {folder} is not writable")
+    return path
+
+
+def write_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file through a temp file in the same folder and an atomic rename."""
+    from safetensors.torch import save_file
+
+    from dfbench.atomic import atomic_write
+
+    contiguous = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
+    atomic_write(path, lambda temp: save_file(contiguous, str(temp), metadata))
+
+
+
+def backbone_for(args: argparse.Namespace, preset_settings: dict, device: str | None = None):
+    """The backbone named on the command line and the settings (backbone defaults < preset < flags)."""
+    from dfbench.registry import create_backbone
+    from dfbench.settings import resolve_settings
+
+    overrides = {"weights": args.weights} if args.weights else {}
+    if device or args.device:
+        overrides["device"] = device or args.device
+    if args.unet_weights:
+        overrides["unet_weights"] = args.unet_weights
+    dtype = args.dtype or preset_settings.get("dtype", "float32")
+    backbone = create_backbone(args.backbone, torch_dtype=dtype, **overrides)
+    return backbone, resolve_settings(backbone, preset_settings, given_settings(args))

@@ -1,0 +1,66 @@
+"""dfbench perf: the extraction recipes, throughput, matching and cache timed side by side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dfbench.cli.common import (
+    check_output_path,
+)
+from dfbench.errors import DfbenchInputError
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    perf = commands.add_parser(
+        "perf", help="time the extraction recipes side by side (full-size random-weight models)",
+        description="recipes: on a full-size random-weight model, time the UNet truncated after up_blocks.1 vs "
+        "the full UNet, the ensemble recipe (one VAE encode) vs DIFT-style (N VAE encodes), and one clean pass; "
+        "report the ratios and the peak RSS. throughput: images/s of one clean pass per backbone, FLOPs per "
+        "image, and the fraction of --peak-tflops (use on a GPU). matching: spair/dift-nn matching and scoring "
+        "alone on synthetic features of SD2.1 up_blocks.1's shape (1280×48×48) for SPair-sized images. "
+        "cache: cache-hit read throughput vs recomputation and bytes per image per activation.",
+    )
+    perf.add_argument("suite", nargs="?", choices=["recipes", "throughput", "matching", "cache"], default="recipes")
+    perf.add_argument("--backbone", nargs="+", default=None, help="recipes: one (default sd15); "
+                      "throughput: several (default sd15 sd21 sdxl)")
+    perf.add_argument("--resolution", type=int, help="recipes: input size (default: the backbone's)")
+    perf.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default float32 (recipes), "
+                      "bfloat16 (throughput)")
+    perf.add_argument("--repeats", type=int, default=1, help="timed runs per step; the median is reported")
+    perf.add_argument("--ensemble", type=int, default=8, help="recipes: ensemble size (default 8, as DIFT)")
+    perf.add_argument("--batch-size", type=int, default=8, help="throughput: images per batch")
+    perf.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    perf.add_argument("--peak-tflops", type=float, help="throughput: the device's dense peak, for the fraction")
+    perf.add_argument("--pairs", type=int, default=12234, help="matching: pairs (default: SPair test, 12,234)")
+    perf.add_argument("--images", type=int, default=1800, help="matching: distinct images (default 1,800)")
+    perf.add_argument("--out", help="also write the results as JSON here")
+    perf.set_defaults(handler=cmd_perf)
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from dfbench import perf
+
+    if args.out:
+        check_output_path(args.out, ".json")
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    if args.suite == "recipes":
+        backbones = args.backbone or ["sd15"]
+        if len(backbones) != 1:
+            raise DfbenchInputError("perf recipes: give one --backbone")
+        results = perf.run_recipes(backbones[0], args.resolution, args.dtype or "float32", args.repeats,
+                                   args.ensemble, args.device or "cpu", log=log)
+    elif args.suite == "cache":
+        results = perf.run_cache(log=log)
+    elif args.suite == "matching":
+        results = perf.run_matching(args.pairs, args.images, log=log)
+    else:
+        results = perf.run_throughput(args.backbone or ["sd15", "sd21", "sdxl"], args.dtype or "bfloat16",
+                                      args.batch_size, max(args.repeats, 3), args.device, args.peak_tflops, log=log)
+    report = perf.format_report(results)
+    print(report)
+    if args.out:
+        from dfbench.atomic import atomic_write_text
+
+        atomic_write_text(args.out, report + "\n")
+    return 0
