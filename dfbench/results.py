@@ -209,11 +209,14 @@ def leaderboard_table(records: list[Result], metrics: tuple[str, ...] | None = N
 
 
 def settings_label(settings: dict[str, Any]) -> str:
-    """Resolution and t, then every value-changing setting that differs from ExtractSettings' defaults."""
+    """Resolution and t (for backbones that use one), then every value-changing setting that differs
+    from ExtractSettings' defaults."""
     from dfbench.settings import ExtractSettings
 
     defaults = ExtractSettings().to_dict()
-    parts = [f"{settings.get('resolution') or 'default'}px", f"t={settings.get('timestep')}"]
+    parts = [f"{settings.get('resolution') or 'default'}px"]
+    if "timestep" in settings:
+        parts.append(f"t={settings['timestep']}")
     for key in ("resize_mode", "latent_mode", "dtype"):
         if settings.get(key, defaults[key]) != defaults[key]:
             parts.append(str(settings[key]))

@@ -102,6 +102,12 @@ def create_spec_backbone(spec: RunSpec) -> Any:
     return create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
 
 
+def used_settings(backbone: Any, settings: Any) -> dict[str, Any]:
+    """The settings a backbone uses (all, for diffusion backbones), as recorded in its runs."""
+    names = getattr(backbone, "setting_names", None)
+    return {key: value for key, value in settings.to_dict().items() if names is None or key in names}
+
+
 def new_run_folder(results_dir: str | Path, protocol: str, backbone: str, digest: str) -> tuple[str, Path]:
     """Make ``<results_dir>/runs/<run id>/`` (a fresh one); returns the id and the folder."""
     runs = Path(results_dir) / "runs"
@@ -165,7 +171,8 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
                "leaderboard_metrics": list(task.leaderboard_metrics), **output.details}
     result = Result(
         task=task.name, protocol=f"{task.name}/{protocol.name}", protocol_version=protocol.version,
-        backbone=backbone.name, selection=output.selection, settings=settings.to_dict(), metrics=output.metrics,
+        backbone=backbone.name, selection=output.selection, settings=used_settings(backbone, settings),
+        metrics=output.metrics,
         per_category=output.per_category, timings=output.timings, details=details, preset=spec.preset,
         weights=str(getattr(backbone, "source", "")), environment=environment(str(backbone.device)),
         created=now(), run_id=identifier,

@@ -101,9 +101,18 @@ def resolve_settings(backbone: Any, preset_settings: dict[str, Any] | None = Non
                      given: dict[str, Any] | None = None) -> ExtractSettings:
     """The settings of a run, by precedence: the backbone's defaults < the preset's < the values given
     (flags or a suite's ``settings:``); the resolution is resolved to the backbone's default, so a
-    record never says "default", and checked against the backbone's input size rule."""
+    record never says "default", and checked against the backbone's input size rule. A backbone that
+    declares ``setting_names`` (e.g. a ViT: no timestep, noise, prompt) refuses values for the others."""
     values = {**getattr(backbone, "default_settings", {}), **(preset_settings or {}), **(given or {})}
     settings = ExtractSettings.from_dict(values)
+    used = getattr(backbone, "setting_names", None)
+    if used is not None:
+        defaults = ExtractSettings().to_dict()
+        foreign = sorted(key for key, value in settings.to_dict().items()
+                         if key not in used and key != "resolution" and value != defaults[key])
+        if foreign:
+            raise DfbenchInputError(f"backbone {backbone.name} does not use the setting(s) {', '.join(foreign)} "
+                                    f"(it uses {', '.join(used)}); leave them out")
     if settings.resolution is None:
         settings = settings.replace(resolution=backbone.default_resolution)
     backbone.check_resolution(settings.resolution)

@@ -86,7 +86,8 @@ def test_a_plugin_task_and_a_cnn_backbone_go_through_every_path(toy_plugins, tmp
     expected = _expected_accuracy(toy_plugins.BrightnessTask.mini, 0.4)
     assert record["metrics"]["accuracy"] == pytest.approx(expected, abs=1e-9)
     assert record["metric_specs"]["error"]["higher_is_better"] is False
-    assert record["settings"]["resolution"] == 32 and record["details"]["options"] == {"threshold": 0.4}
+    assert record["settings"] == {"resolution": 32, "resize_mode": "squash", "dtype": "float32", "batch_size": 8}
+    assert record["details"]["options"] == {"threshold": 0.4}
     assert (results / "leaderboard.md").read_text().count("toy-cnn / conv2") == 1
     capsys.readouterr()
     assert main(["score", "--task", "toy-brightness", "--data-root", "mini", "--predictions",
@@ -102,3 +103,5 @@ def test_a_plugin_task_and_a_cnn_backbone_go_through_every_path(toy_plugins, tmp
     assert "toy-brightness/threshold option threshold='high': expected float" in capsys.readouterr().err
     assert main([*run[:-2], "--option", "threshold=3"]) == 2
     assert "must be in 0…1" in capsys.readouterr().err
+    assert main([*run[:-2], "--timestep", "50", "--prompt", "a cat"]) == 2  # diffusion-only settings
+    assert "toy-cnn does not use the setting(s) prompt, timestep" in capsys.readouterr().err

@@ -207,3 +207,29 @@ def test_directions_come_from_the_records_metric_specs(tmp_path, capsys):
     assert main(["compare", str(tmp_path), "--baseline", str(base)]) == 1
     rows = [line for line in capsys.readouterr().out.splitlines() if "REGRESSION" in line]
     assert len(rows) == 1 and "log10" in rows[0]   # log10 went up: worse; every other change is better
+
+
+def test_version_1_suites_and_records_keep_loading(tmp_path):
+    from dfbench.runner import load_suite
+
+    suite = tmp_path / "old.yaml"
+    suite.write_text("defaults: {task: spair, data_root: mini}\n"
+                     "runs:\n  - {backbone: tiny-sd15, selection: [us6], limit_pairs: 3, per_category: 2,"
+                     " pairs_file: subset.txt}\n")
+    (spec,) = load_suite(suite)
+    assert spec.limit == 3 and spec.options == {"per_category": 2, "pairs_file": "subset.txt"}
+    # a version-1 record: a flat runs/<id>.json, no metric specs, the subset in details
+    old = {"task": "spair", "protocol": "spair/dift-nn", "protocol_version": 1, "backbone": "sd21",
+           "selection": ["up_blocks.1"], "settings": {"resolution": 768, "timestep": 261},
+           "metrics": {"pck@0.1_bbox": 59.0, "pck@0.1_img": 66.0}, "per_category": {}, "timings": {},
+           "details": {"split": "test", "limit_pairs": 20, "per_category": None, "pairs_file": None,
+                       "leaderboard_metrics": ["pck@0.1_bbox"], "config_hash": "abc"},
+           "preset": "dift", "weights": "", "environment": {}, "created": "2026-11-01T00:00:00+00:00",
+           "run_id": "old-run", "record_version": 1}
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "old-run.json").write_text(json.dumps(old))
+    (record,) = load_results(tmp_path)
+    assert record.record_version == 1 and record.data_label == "test limit=20"
+    assert record.higher_is_better("pck@0.1_bbox")  # from the installed task's spec
+    frame = leaderboard_table([record])
+    assert frame["spair/dift-nn pck@0.1_bbox"].tolist() == [59.0]

@@ -25,6 +25,7 @@ class ToyCNN:
 
     default_resolution = 32
     default_settings: dict = {}
+    setting_names = ("resolution", "resize_mode", "dtype", "batch_size")  # no diffusion settings
     recipe_version = 1
     source = "seeded random 2-layer CNN"
 

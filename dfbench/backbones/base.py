@@ -126,6 +126,11 @@ class DiffusionBackbone:
     becomes conditioning (:meth:`encode_prompt`, :meth:`added_cond_kwargs`).
     """
 
+    #: every ExtractSettings field changes a diffusion backbone's features (the diffusion-only ones:
+    #: timestep, add_noise, ensemble_size, prompt, latent_mode); other backbones declare fewer
+    setting_names: ClassVar[tuple[str, ...]] = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size",
+                                                "seed", "prompt", "latent_mode", "dtype", "batch_size")
+
     #: (model folder, tokenizer folder, transformers class name) for each text encoder.
     TEXT_ENCODERS: ClassVar[tuple[tuple[str, str, str], ...]] = (("text_encoder", "tokenizer", "CLIPTextModel"),)
 
