@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dfbench.errors import DfbenchInputError
-from dfbench.results import Result, environment, load_results, now, run_id, save_result
+from dfbench.results import RECORD_FILE, Result, environment, load_results, now, run_id, save_result
 
 #: suite / RunSpec fields of version-1 suites, now SPair protocol options (``limit_pairs`` → ``limit``)
 LEGACY_OPTION_FIELDS = ("per_category", "pairs_file")
@@ -109,10 +109,16 @@ def used_settings(backbone: Any, settings: Any) -> dict[str, Any]:
 
 
 def new_run_folder(results_dir: str | Path, protocol: str, backbone: str, digest: str) -> tuple[str, Path]:
-    """Make ``<results_dir>/runs/<run id>/`` (a fresh one); returns the id and the folder."""
+    """The run's folder ``<results_dir>/runs/<run id>/``: an unfinished one of the same spec (no
+    record, e.g. a killed training: the task resumes from what it left there), else a fresh one."""
     runs = Path(results_dir) / "runs"
     if runs.exists() and not runs.is_dir():
         raise DfbenchInputError(f"results folder {runs} is a file; choose another --results")
+    if runs.is_dir():
+        unfinished = sorted(folder for folder in runs.glob(f"*-{digest}*") if folder.is_dir()
+                            and not (folder / RECORD_FILE).exists() and folder.name.split("-")[-1] == digest)
+        if unfinished:
+            return unfinished[-1].name, unfinished[-1]
     base = run_id(now(), protocol, backbone, digest)
     for attempt in range(100):
         identifier = base if attempt == 0 else f"{base}-{attempt}"

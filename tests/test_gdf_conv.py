@@ -258,3 +258,40 @@ def test_dift_nn_rejects_options(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "spair/dift-nn: unknown option 'max_steps'; valid options: per_category (int or none), " \
                          "pairs_file (str or none)" in err
+
+
+@pytest.mark.slow
+def test_a_killed_training_resumes_from_its_run_folder(tmp_path, monkeypatch):
+    """Interrupted after the step-3 validation (checkpoint saved), the same command again reuses the
+    unfinished run folder and finishes with exactly the uninterrupted run's losses and metrics."""
+    import dfbench.benchmarks.spair_gdf_conv as gdf
+
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
+    args = ["run", "--backbone", "tiny-sd15", "--task", "spair/gdf-conv", "--select", "us6", "--data-root", "mini",
+            "--resolution", "64", "--no-progress", "--no-figures", "--option", "max_steps=9",
+            "--option", "eval_every=3", "--latent-mode", "sample", "--option", "noise_draws=2"]
+    assert main([*args, "--results", str(tmp_path / "whole")]) == 0
+    (whole,) = (tmp_path / "whole" / "runs").glob("*/record.json")
+    whole = json.loads(whole.read_text())
+
+    original, calls = gdf.symmetric_clip_loss, []
+
+    def killed_at_step_5(*arguments):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return original(*arguments)
+
+    monkeypatch.setattr(gdf, "symmetric_clip_loss", killed_at_step_5)
+    results = tmp_path / "killed"
+    assert main([*args, "--results", str(results)]) == 130
+    (folder,) = (results / "runs").iterdir()
+    assert (folder / "checkpoint.pt").is_file() and not (folder / "record.json").exists()
+    monkeypatch.setattr(gdf, "symmetric_clip_loss", original)
+    assert main([*args, "--results", str(results)]) == 0
+    (resumed_path,) = (results / "runs").glob("*/record.json")
+    resumed = json.loads(resumed_path.read_text())
+    assert resumed_path.parent == folder and resumed["details"]["training"]["resumed_at_step"] == 4
+    assert resumed["details"]["training"]["loss"] == whole["details"]["training"]["loss"]
+    assert resumed["details"]["training"]["validations"] == whole["details"]["training"]["validations"]
+    assert resumed["metrics"] == whole["metrics"]

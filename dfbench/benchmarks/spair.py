@@ -191,7 +191,8 @@ class SpairTask(Task):
             found.sizes.update(found_draw.sizes)
             found.selection = found_draw.selection
         extracted = time.perf_counter()
-        best, history = gdf.train(train, val, draws, options, settings.seed, backbone.device, context.progress)
+        best, history = gdf.train(train, val, draws, options, settings.seed, backbone.device, context.progress,
+                                  checkpoint=context.folder / "checkpoint.pt")
         details: dict[str, Any] = {"training": history, "train_pairs": len(train),
                                    "train_categories": sorted({p.category for p in train}),
                                    "val_pairs": len(val), "val_pairs_unmatched": unmatched}

@@ -32,6 +32,7 @@ import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -169,15 +170,34 @@ def gdf_report(history: Sequence[tuple[int, float, float]]) -> dict[str, float]:
             "best_step_img": float(best_img[0]), "best_step_bbox": float(best_bbox[0])}
 
 
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """The training state after a validation, written to a temp file and renamed (torch.save)."""
+    from dfbench.atomic import atomic_write
+
+    atomic_write(path, lambda temp: torch.save(state, temp))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The training state a killed run left in its own folder, or ``None``. The file holds Python random
+    states and the optimizer's state, so it is read with ``weights_only=False`` — scoped to dfbench's
+    own checkpoint in the run's folder, never a downloaded file."""
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def train(train_pairs: Sequence[SpairPair], val: Sequence[SpairPair], draws: Sequence[Features],
           options: GdfConvOptions, seed: int, device: torch.device, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+          log: Callable[[str], None] | None = None, checkpoint: Path | None = None
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the conv head on ``train_pairs`` and validate it on ``val`` at :func:`validation_steps`.
 
     ``draws[k]`` are the features of noise realisation k (``draws[0]`` also holds the validation
     images). Returns the validation of best PCK@0.1 bbox (the first on ties) — ``step``,
     ``pck_img``, ``pck_bbox``, the head's ``state`` and its ``predictions`` on ``val`` — and the
-    history: losses and ``validations`` [(step, pck_img, pck_bbox), …]."""
+    history: losses and ``validations`` [(step, pck_img, pck_bbox), …]. With ``checkpoint``, the
+    whole training state is saved there after every validation, and a run killed after one resumes
+    from it with the same result as an uninterrupted run."""
     if not train_pairs or not val:
         raise DfbenchInputError("spair/gdf-conv needs training pairs (trn) and validation pairs")
     channels = _grid(draws[0], train_pairs[0].src_key, device).shape[1]
@@ -189,7 +209,17 @@ def train(train_pairs: Sequence[SpairPair], val: Sequence[SpairPair], draws: Seq
     best: dict[str, Any] = {}
     history: dict[str, Any] = {"loss": [], "validations": []}
     epoch: list[int] = []
-    for step in tqdm(range(options.max_steps), desc="gdf-conv train", unit="step", disable=not progress):
+    start = 0
+    saved = load_checkpoint(checkpoint) if checkpoint else None
+    if saved is not None:
+        head.load_state_dict(saved["head"])
+        optimizer.load_state_dict(saved["optimizer"])
+        order_rng.setstate(saved["order_rng"])
+        draw_rng.setstate(saved["draw_rng"])
+        best, history, epoch, start = saved["best"], saved["history"], saved["epoch"], saved["step"] + 1
+        history["resumed_at_step"] = start
+    for step in tqdm(range(start, options.max_steps), desc="gdf-conv train", unit="step", disable=not progress,
+                     initial=start, total=options.max_steps):
         if not epoch:  # task-corres.py:153: np.random.permutation(train_anns)[:max_steps_per_epoch]
             epoch = order_rng.sample(range(len(train_pairs)), len(train_pairs))[: options.steps_per_epoch]
             epoch.reverse()
@@ -214,6 +244,11 @@ def train(train_pairs: Sequence[SpairPair], val: Sequence[SpairPair], draws: Seq
             if not best or pck_bbox > best["pck_bbox"]:
                 best = {"step": step, "pck_img": pck_img, "pck_bbox": pck_bbox,
                         "state": copy.deepcopy(head.state_dict()), "predictions": predictions}
+            if checkpoint:
+                save_checkpoint(checkpoint, {"step": step, "head": head.state_dict(),
+                                             "optimizer": optimizer.state_dict(), "order_rng": order_rng.getstate(),
+                                             "draw_rng": draw_rng.getstate(), "epoch": epoch, "best": best,
+                                             "history": history})
             if log:
                 log(f"step {step}: loss {loss.item():.4f}, val PCK@0.1 img {pck_img:.2f} bbox {pck_bbox:.2f}")
     return best, history
