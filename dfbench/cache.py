@@ -92,9 +92,8 @@ class CacheItem:
 class ConfigStore:
     """The features of one (backbone weights, settings, storage dtype) configuration."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], writer: str, cache: FeatureCache | None = None) -> None:
+    def __init__(self, folder: Path, config: dict[str, Any], writer: str) -> None:
         self.folder = folder
-        self.cache = cache
         self.config = config
         self.writer = writer
         self.storage_dtype = STORAGE_DTYPES[config["storage_dtype"]]
@@ -104,12 +103,6 @@ class ConfigStore:
         self.damaged: set[str] = set()
         self._sequence = 0
         self.reload()
-
-    def for_settings(self, backbone: Any, settings: ExtractSettings) -> ConfigStore:
-        """The store of the same cache root and writer for other ``settings`` (e.g. another noise draw)."""
-        if self.cache is None:
-            raise ValueError(f"feature cache {self.folder}: opened read-only, without its cache root")
-        return self.cache.open(backbone, settings, self.writer)
 
     # -------------------------------------------------------------- reading
     def reload(self) -> None:
@@ -278,7 +271,7 @@ class FeatureCache:
             check_format(config_path)
         else:
             _write_json_atomic(config_path, config)
-        return ConfigStore(folder, config, writer or default_writer(), cache=self)
+        return ConfigStore(folder, config, writer or default_writer())
 
     def stores(self) -> list[ConfigStore]:
         """Every configuration under the root (read-only use)."""
