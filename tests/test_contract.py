@@ -105,3 +105,10 @@ def test_a_plugin_task_and_a_cnn_backbone_go_through_every_path(toy_plugins, tmp
     assert "must be in 0…1" in capsys.readouterr().err
     assert main([*run[:-2], "--timestep", "50", "--prompt", "a cat"]) == 2  # diffusion-only settings
     assert "toy-cnn does not use the setting(s) prompt, timestep" in capsys.readouterr().err
+
+
+def test_diffusion_and_plugin_backbones_satisfy_the_backbone_protocol(tiny_sd15):
+    from dfbench.backbones.protocol import Backbone
+
+    assert isinstance(tiny_sd15, Backbone)
+    assert isinstance(toy_plugin.ToyCNN(), Backbone)
