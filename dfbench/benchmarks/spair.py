@@ -119,7 +119,7 @@ def keep_half(activations: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class SpairTask(Task):
-    """SPair-71k correspondence (see the module docstring)."""
+    """SPair-71k semantic correspondence: PCK@α of transferred keypoints (see the module docstring)."""
 
     name = "spair"
     protocols = {
