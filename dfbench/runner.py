@@ -102,6 +102,12 @@ def create_spec_backbone(spec: RunSpec) -> Any:
     return create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
 
 
+def option_details(protocol: Any, options: Any) -> dict[str, dict[str, Any]]:
+    """A record's ``options`` (all, resolved) and ``options_changed`` (those off their defaults)."""
+    resolved, defaults = dataclasses.asdict(options), dataclasses.asdict(protocol.options())
+    return {"options": resolved, "options_changed": {k: v for k, v in resolved.items() if v != defaults[k]}}
+
+
 def used_settings(backbone: Any, settings: Any) -> dict[str, Any]:
     """The settings a backbone uses (all, for diffusion backbones), as recorded in its runs."""
     names = getattr(backbone, "setting_names", None)
@@ -169,12 +175,9 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
         if not any(folder.iterdir()):  # nothing (checkpoints, logs) worth keeping for a resume
             folder.rmdir()
         raise
-    defaults = dataclasses.asdict(protocol.options())
-    resolved = dataclasses.asdict(options)
     details = {"split": output.split or spec.split, "data_root": str(data_root), "limit": spec.limit,
-               "options": resolved, "options_changed": {k: v for k, v in resolved.items() if v != defaults[k]},
-               "recipe_version": getattr(backbone, "recipe_version", None), "config_hash": spec.config_hash(),
-               "leaderboard_metrics": list(task.leaderboard_metrics), **output.details}
+               **option_details(protocol, options), "recipe_version": getattr(backbone, "recipe_version", None),
+               "config_hash": spec.config_hash(), "leaderboard_metrics": list(task.leaderboard_metrics), **output.details}
     result = Result(
         task=task.name, protocol=f"{task.name}/{protocol.name}", protocol_version=protocol.version,
         backbone=backbone.name, selection=output.selection, settings=used_settings(backbone, settings),
@@ -210,14 +213,12 @@ def score_predictions_folder(task_name: str, data_root: str | None, split: str, 
     folder = Path(predictions)
     output = task.score(root, split, protocol.name, parsed, folder, limit, seed)
     label = name or folder.resolve().name
-    resolved = dataclasses.asdict(parsed)
-    defaults = dataclasses.asdict(protocol.options())
     result = Result(
         task=task.name, protocol=f"{task.name}/{protocol.name}", protocol_version=protocol.version,
         backbone=label, selection=[], settings={}, metrics=output.metrics, per_category=output.per_category,
-        details={"split": output.split or split, "data_root": str(root), "limit": limit, "options": resolved,
-                 "options_changed": {k: v for k, v in resolved.items() if v != defaults[k]},
-                 "scored_from": str(folder), "leaderboard_metrics": list(task.leaderboard_metrics)},
+        details={"split": output.split or split, "data_root": str(root), "limit": limit,
+                 **option_details(protocol, parsed), "scored_from": str(folder),
+                 "leaderboard_metrics": list(task.leaderboard_metrics)},
         preset="saved predictions", environment=environment(), created=now(),
         metric_specs={key: task.metric_spec(key).to_dict() for key in output.metrics},
     )
