@@ -177,7 +177,8 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
         raise
     details = {"split": output.split or spec.split, "data_root": str(data_root), "limit": spec.limit,
                **option_details(protocol, options), "recipe_version": getattr(backbone, "recipe_version", None),
-               "config_hash": spec.config_hash(), "leaderboard_metrics": list(task.leaderboard_metrics), **output.details}
+               "config_hash": spec.config_hash(), "leaderboard_metrics": list(task.leaderboard_metrics),
+               **output.details}
     result = Result(
         task=task.name, protocol=f"{task.name}/{protocol.name}", protocol_version=protocol.version,
         backbone=backbone.name, selection=output.selection, settings=used_settings(backbone, settings),
