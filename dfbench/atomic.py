@@ -12,8 +12,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(temp_path)`` and atomically rename the temp file to ``path``.
 
     The temp file lives beside ``path`` (same filesystem, so the rename is atomic) and keeps its
-    suffix (writers such as matplotlib pick the format from it). On any failure it is removed and
-    ``path`` is left as it was.
+    suffix (writers such as matplotlib pick the format from it). The file gets the mode the umask
+    asks for (0644 under 0022). On any failure it is removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,11 +21,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(handle)
     try:
         write(Path(temp))
+        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes 0600; a shared results folder stays readable
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

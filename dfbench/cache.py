@@ -238,11 +238,16 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 class FeatureCache:
     """The cache root: opens one :class:`ConfigStore` per configuration."""
 
-    def __init__(self, root: str | Path | None = None, storage_dtype: str = "float16") -> None:
+    def __init__(self, root: str | Path | None = None, storage_dtype: str = "float16", create: bool = True) -> None:
         if storage_dtype not in STORAGE_DTYPES:
             raise DfbenchInputError(f"cache storage dtype {storage_dtype!r}: choose float16 or float32")
         self.root = Path(root) if root else default_cache_root()
         self.storage_dtype = storage_dtype
+        if not create:  # reading commands (ls, verify, prune) never create folders
+            if not self.root.is_dir():
+                raise DfbenchInputError(f"feature cache {self.root}: no such folder (nothing cached there yet; "
+                                        "--cache-dir names the cache root)")
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:

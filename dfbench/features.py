@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
-from dfbench.images import content_box, load_image
+from dfbench.images import content_box, image_size, load_image
 
 
 @dataclass
@@ -91,9 +90,7 @@ def image_features(backbone: Any, images: dict[str, tuple[Path, str]], selection
         loaded = load_features(backbone, items, selection, settings, store, progress)
         for key, item in zip(keys, items, strict=True):
             result.selection = list(loaded[item.key])
-            with Image.open(item.path) as image:
-                size = (image.height, image.width)
-            result.features[key] = keep_content(key, loaded[item.key], size)
+            result.features[key] = keep_content(key, loaded[item.key], image_size(item.path))
         return result
     chunk = settings.images_per_batch
     bar = tqdm(total=len(keys), desc=f"extract {backbone.name}", unit="img", disable=not progress)

@@ -7,21 +7,60 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dfbench.errors import DfbenchInputError
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# modes PIL converts to RGB faithfully (alpha is dropped, palettes and CMYK are mapped)
+DIRECT_MODES = ("RGB", "RGBA", "RGBX", "L", "LA", "La", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV", "RGBa")
+EXIF_ORIENTATION = 0x0112
+
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB; an unreadable file is a one-line :class:`DfbenchInputError`."""
+    """Open an image file as 8-bit RGB, upright (EXIF orientation applied).
+
+    16-bit images are scaled to 8 bits (value / 257), float images in [0, 1] by 255; palette,
+    grey + alpha, CMYK and RGBA images are converted by PIL. A mode that has no faithful 8-bit
+    reading (32-bit integers, floats outside [0, 1]) or an unreadable file is one-line
+    :class:`DfbenchInputError` naming the file and its mode."""
     path = Path(path)
     if not path.is_file():
         raise DfbenchInputError(f"image {path}: no such file")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DfbenchInputError(f"image {path}: not a readable image ({error.__class__.__name__})") from None
+    return to_rgb8(image, path)
+
+
+def to_rgb8(image: Image.Image, path: str | Path = "<image>") -> Image.Image:
+    """``image`` as 8-bit RGB (see :func:`load_image`)."""
+    mode = image.mode
+    if mode in DIRECT_MODES:
+        if mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if mode in SIXTEEN_BIT_MODES or (mode == "I" and array.size and 0 <= array.min() and array.max() <= 65535
+                                      and image.format == "PNG"):
+        grey = np.round(array.astype(np.float64) / 257.0).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode == "F" and array.size and np.isfinite(array).all() and 0 <= array.min() and array.max() <= 1:
+        return Image.fromarray(np.round(array.astype(np.float64) * 255).astype(np.uint8)).convert("RGB")
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    raise DfbenchInputError(f"image {path}: mode {mode} (values {low:g}…{high:g}) has no faithful 8-bit reading; "
+                            "convert it to 8-bit RGB first")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of the image as :func:`load_image` returns it (EXIF rotations swap the sides), without decoding."""
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 def content_box(width: int, height: int, resolution: int, resize_mode: str) -> tuple[int, int, int, int]:

@@ -147,7 +147,27 @@ def create_backbone(name: str, **overrides: Any) -> Any:
             f"backbone {name} does not take {', '.join(unknown)}; it takes: "
             + ", ".join(key for key, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
         )
+    if overrides.get("device") is not None:
+        check_device(str(overrides["device"]))
     return factory(**overrides)
+
+
+def check_device(device: str) -> None:
+    """A device torch knows and this machine has; otherwise one line saying what there is."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DfbenchInputError(f"--device {device!r}: not a device torch knows (use cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DfbenchInputError(f"--device {device}: this machine has no CUDA GPU visible to torch; use "
+                                    "--device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise DfbenchInputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise DfbenchInputError(f"--device {device}: MPS is not available on this machine; use --device cpu")
 
 
 def get_preset(name: str) -> Any:

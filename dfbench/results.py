@@ -269,6 +269,9 @@ def compare_to_baseline(records: list[Result], baseline_path: str | Path, tolera
     baseline by more than ``tolerance`` (in its own units, e.g. PCK points; the direction is the
     metric spec's), or when no current run of that identity has it."""
     path = Path(baseline_path)
+    if not path.is_file():
+        raise DfbenchInputError(f"baseline {path}: no such file; create it from the current runs with "
+                                f"`dfbench compare RESULTS --baseline {path} --update`")
     try:
         document = json.loads(path.read_text())
         entries = document["entries"]

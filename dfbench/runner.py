@@ -39,12 +39,13 @@ class RunSpec:
     options: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
     save_predictions: bool | str = False
+    device: str | None = None
 
     def config_hash(self) -> str:
-        """A short hash of what decides the result (not the cache folder nor where predictions go):
+        """A short hash of what decides the result (not the cache folder, where predictions go, the device):
         the same hash means the same experiment, used to skip runs already recorded."""
         decisive = {key: value for key, value in dataclasses.asdict(self).items()
-                    if key not in ("cache_dir", "save_predictions")}
+                    if key not in ("cache_dir", "save_predictions", "device")}
         return hashlib.sha1(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @classmethod
@@ -98,7 +99,9 @@ def create_spec_backbone(spec: RunSpec) -> Any:
     """The backbone a spec names, with its weights override and in its compute dtype."""
     from dfbench.registry import create_backbone
 
-    options = {"weights": spec.weights} if spec.weights else {}
+    options: dict[str, Any] = {"weights": spec.weights} if spec.weights else {}
+    if spec.device:
+        options["device"] = spec.device
     return create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
 
 
@@ -273,7 +276,7 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
             continue
         log(label)
         try:
-            key = f"{spec.backbone}|{spec.weights}|{spec_dtype(spec)}"
+            key = f"{spec.backbone}|{spec.weights}|{spec_dtype(spec)}|{spec.device}"
             if key not in backbones:
                 backbones[key] = create_spec_backbone(spec)
             result, record = run_one(spec, results_dir, progress=progress, backbone=backbones[key])

@@ -67,6 +67,7 @@ class ExtractSettings:
             raise DfbenchInputError(f"settings.dtype={self.dtype!r}: choose one of {DTYPES}")
         if self.batch_size < 1:
             raise DfbenchInputError(f"settings.batch_size={self.batch_size}: must be ≥ 1")
+        check_prompt(self.prompt)
 
     @property
     def images_per_batch(self) -> int:
@@ -95,6 +96,25 @@ class ExtractSettings:
                 f"unknown settings field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(fields))}"
             )
         return cls(**values)
+
+
+PROMPT_PLACEHOLDERS = ("category",)
+
+
+def check_prompt(template: str) -> None:
+    """A prompt template may hold ``{category}`` only; any other ``{…}`` (a typo such as
+    ``{categroy}``, or an unmatched brace) is one line, instead of being sent to the model as is."""
+    import string
+
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        raise DfbenchInputError(f"settings.prompt={template!r}: {error}; write a literal brace as {{{{ or }}}}"
+                                ) from None
+    unknown = sorted({field for field in fields if field not in PROMPT_PLACEHOLDERS})
+    if unknown:
+        raise DfbenchInputError(f"settings.prompt={template!r}: unknown placeholder {{{unknown[0]}}}; the only "
+                                "placeholder is {category}")
 
 
 def resolve_settings(backbone: Any, preset_settings: dict[str, Any] | None = None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -392,14 +393,15 @@ class DiffusionBackbone:
 
     # ------------------------------------------------------------------ extraction steps
     def _prompts(self, template: str, categories: Sequence[str] | None, count: int) -> list[str]:
-        if "{category}" not in template:
-            return [template] * count
+        """The prompt of each image: ``template`` with ``{category}`` filled (``{{``/``}}`` are braces)."""
+        if "category" not in {field for _, field, _, _ in string.Formatter().parse(template)}:
+            return [template.format()] * count
         if categories is None or len(categories) != count:
             raise DfbenchInputError(
                 f"prompt {template!r} needs one category per image (got "
                 f"{0 if categories is None else len(categories)} for {count} images); pass --category"
             )
-        return [template.replace("{category}", category) for category in categories]
+        return [template.format(category=category) for category in categories]
 
     def random_draws(
         self, pixels: torch.Tensor, settings: ExtractSettings

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from collections.abc import Sequence
 
 from dfbench.cli import activations, cache, compare, demo, extract, listing, perf, run, score
@@ -47,12 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors are one line (what is wrong, and where the help is), exit 2 — no usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser: every subcommand module adds its own subparser."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="dfbench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
     for module in (listing, activations, extract, perf, cache, run, compare, score, demo):
         module.add_parser(commands)
     return parser

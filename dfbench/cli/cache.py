@@ -30,7 +30,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     from dfbench.cache import FeatureCache
 
-    cache = FeatureCache(args.cache_dir)
+    cache = FeatureCache(args.cache_dir, create=False)
     stores = cache.stores()
     if args.action == "ls":
         rows = []

@@ -43,6 +43,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--save-predictions", nargs="?", const=True, default=False, metavar="DIR",
                      help="save the predictions (into the run folder, or DIR) for `dfbench score`")
     run.add_argument("--results", default="results", help="results folder (default ./results)")
+    run.add_argument("--device", help="cpu, cuda, cuda:1, … (default: cuda if available)")
     run.add_argument("--cache-dir", help="read/write features in this cache (also: $DFBENCH_CACHE)")
     run.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -70,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backbone=args.backbone, task=args.task, selection=args.select or [], preset=args.preset, settings=settings,
         data_root=args.data_root, split=args.split, limit=args.limit, weights=args.weights,
         options=parse_options(args.option), cache_dir=args.cache_dir, save_predictions=args.save_predictions,
+        device=args.device,
     )
     if args.data_root is None:
         raise DfbenchInputError("--data-root DIR is required (or --data-root mini for the embedded mini set)")

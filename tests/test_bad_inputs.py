@@ -1,0 +1,104 @@
+"""Bad input, as a new user gives it: one stderr line, exit 2, no traceback, nothing written.
+
+The table grows with every task and command."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dfbench.cli import main
+from dfbench.errors import DfbenchInputError
+from dfbench.images import image_size, load_image
+from dfbench.results import Result, save_result
+
+RUN = ["run", "--backbone", "tiny-sd15", "--task", "spair", "--select", "us6", "--data-root", "mini",
+       "--resolution", "64", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def mini_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path_factory.getbasetemp() / "dfbench_home"))
+
+
+def _files(root):
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+CASES = [
+    (RUN + ["--limit", "-3"], "--limit -3: must be ≥ 1"),
+    (RUN + ["--prompt", "a photo of a {categroy}"], "unknown placeholder {categroy}; the only placeholder is"),
+    (RUN + ["--prompt", "a photo of a {"], "Single '{' encountered"),
+    (RUN + ["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
+    (RUN + ["--device", "banana"], "--device 'banana': not a device torch knows"),
+    (RUN + ["--option", "per_category=-1"], "option per_category=-1: must be ≥ 1"),
+    (RUN + ["--option", "per_category=three"], "option per_category='three': expected int or none"),
+    (RUN + ["--option", "colour=red"], "unknown option 'colour'; valid options: per_category (int or none)"),
+    (RUN[:4] + ["spair/nearest"] + RUN[5:], "spair protocol 'nearest': available: dift-nn, gdf-conv"),
+    (RUN + ["--resolution", "500"], "tiny-sd15 needs a positive multiple of 8"),
+    (RUN + ["--timestep", "1000"], "settings.timestep=1000"),
+    (["run", "--backbone"],
+     "dfbench run: error: argument --backbone: expected one argument (see `dfbench run --help`)"),
+    (["cache", "verify", "--cache-dir", "{tmp}/nope"], "no such folder"),
+    (["compare", "{tmp}/results", "--baseline", "{tmp}/missing.json"], "no such file; create it from the current"),
+    (["extract", "tiny-sd15", "--images", "{tmp}/deep.tif", "--select", "us6", "--out", "{tmp}/f.safetensors"],
+     "mode I (values 0…100033) has no faithful 8-bit reading"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", CASES, ids=[" ".join(argv[:6]) + f" #{i}" for i, (argv, _) in
+                                                     enumerate(CASES)])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    save_result(Result(task="spair", protocol="spair/dift-nn", protocol_version=1, backbone="b", selection=["x"],
+                       settings={}, metrics={"pck@0.1_bbox": 1.0}, details={"split": "test"},
+                       created="2026-01-01T00:00:00"), tmp_path / "results")
+    Image.fromarray(np.arange(20 * 30, dtype=np.int32).reshape(20, 30) * 167).save(tmp_path / "deep.tif")
+    before = _files(tmp_path)
+    argv = [part.replace("{tmp}", str(tmp_path)) for part in argv]
+    if argv[0] == "run" and len(argv) > 2:
+        argv += ["--results", str(tmp_path / "results")]
+    try:
+        code = main(argv)
+    except SystemExit as exited:  # argparse's usage errors exit from inside the parser
+        code = exited.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert _files(tmp_path) == before  # nothing written, no folder created
+
+
+def test_sixteen_bit_float_palette_grey_alpha_cmyk_and_exif_images(tmp_path):
+    ramp16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)          # 0 … 63,000
+    Image.fromarray(ramp16).save(tmp_path / "sixteen.png")
+    sixteen = np.asarray(load_image(tmp_path / "sixteen.png"))
+    assert sixteen.shape == (8, 8, 3) and sixteen.dtype == np.uint8
+    assert np.array_equal(sixteen[..., 0], np.round(ramp16 / 257).astype(np.uint8))  # not almost white
+    assert sixteen.mean() < 130
+
+    unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    assert np.array_equal(np.asarray(load_image(tmp_path / "unit.tif"))[..., 1], np.round(unit * 255).astype(np.uint8))
+    Image.fromarray(unit * 1000, mode="F").save(tmp_path / "metres.tif")
+    with pytest.raises(DfbenchInputError, match=r"metres.tif: mode F \(values 0…1000\)"):
+        load_image(tmp_path / "metres.tif")
+
+    rgb = np.zeros((4, 6, 3), dtype=np.uint8)
+    rgb[:, :3] = (200, 10, 10)
+    rgb[:, 3:] = (10, 10, 200)
+    Image.fromarray(rgb).quantize(2).save(tmp_path / "palette.png")
+    assert np.array_equal(np.asarray(load_image(tmp_path / "palette.png")), rgb)
+    Image.fromarray(np.full((4, 4, 2), (90, 0), dtype=np.uint8), mode="LA").save(tmp_path / "grey_alpha.png")
+    assert np.array_equal(np.asarray(load_image(tmp_path / "grey_alpha.png")), np.full((4, 4, 3), 90, np.uint8))
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=100)
+    red = np.asarray(load_image(tmp_path / "cmyk.jpg")).reshape(-1, 3).mean(0)
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+    # EXIF orientation 6: stored 30 wide × 20 high, shown rotated 90° clockwise (20 wide × 30 high)
+    stored = np.zeros((20, 30, 3), dtype=np.uint8)
+    stored[:, :5] = 255                                     # a white band on the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    upright = np.asarray(load_image(tmp_path / "rotated.jpg"))
+    assert upright.shape == (30, 20, 3) and image_size(tmp_path / "rotated.jpg") == (30, 20)
+    assert upright[:5].mean() > 200 and upright[-5:].mean() < 50   # the band is now along the top
