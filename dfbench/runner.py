@@ -53,7 +53,10 @@ class RunSpec:
         """A spec from a suite entry; version-1 fields (``limit_pairs``, ``per_category``,
         ``pairs_file``) are read as ``limit`` and protocol options."""
         values = dict(values)
-        options = dict(values.pop("options", None) or {})
+        options = values.pop("options", None) or {}
+        if not isinstance(options, dict):
+            raise DfbenchInputError(f"{where}: options={options!r} must be a mapping (options: {{key: value}})")
+        options = dict(options)
         if "limit_pairs" in values:
             values["limit"] = values.pop("limit_pairs")
         for key in LEGACY_OPTION_FIELDS:
@@ -68,7 +71,23 @@ class RunSpec:
                                     f"valid: {', '.join(sorted(known))}")
         if "backbone" not in values or "task" not in values:
             raise DfbenchInputError(f"{where} needs 'backbone' and 'task'")
+        for key, kinds in SPEC_TYPES.items():
+            value = values.get(key)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+                expected = " or ".join(kind.__name__ for kind in kinds)
+                raise DfbenchInputError(f"{where}: {key}={value!r} must be of type {expected}"
+                                        + (" (a YAML list: [up_blocks.1])" if key == "selection" else ""))
+        if not all(isinstance(name, str) for name in values.get("selection") or []):
+            raise DfbenchInputError(f"{where}: selection must be a list of activation names")
         return cls(**values, options=options)
+
+
+#: types of the RunSpec fields a suite may give
+SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "backbone": (str,), "task": (str,), "selection": (list,), "preset": (str,), "settings": (dict,),
+    "data_root": (str,), "split": (str,), "limit": (int,), "weights": (str,), "options": (dict,),
+    "cache_dir": (str,), "save_predictions": (bool, str), "device": (str,),
+}
 
 
 def split_task(name: str) -> tuple[str, str | None]:
@@ -254,6 +273,47 @@ def load_suite(path: str | Path) -> list[RunSpec]:
     return specs
 
 
+def spec_problems(spec: RunSpec) -> list[str]:
+    """Everything wrong with a spec that can be found without loading weights: backbone, task,
+    protocol, options, preset, settings, activation names (from the weightless catalog), data root."""
+    from dfbench.benchmarks.base import parse_options
+    from dfbench.registry import BACKBONES, TASKS, create_backbone, get_preset
+    from dfbench.settings import ExtractSettings
+
+    problems: list[str] = []
+
+    def check(step: Any) -> Any:
+        try:
+            return step()
+        except DfbenchInputError as error:
+            problems.append(str(error))
+            return None
+
+    task_name, protocol_name = split_task(spec.task)
+    task = check(lambda: TASKS.get(task_name)())
+    protocol = check(lambda: task.protocol(protocol_name)) if task else None
+    if protocol:
+        check(lambda: parse_options(protocol.options, spec.options, f"{task.name}/{protocol.name}"))
+    preset = check(lambda: get_preset(spec.preset)) if spec.preset else None
+    check(lambda: ExtractSettings.from_dict({**(preset.settings if preset else {}), **spec.settings}))
+    if spec.limit is not None and spec.limit < 1:
+        problems.append(f"limit {spec.limit}: must be ≥ 1")
+    if check(lambda: BACKBONES.get(spec.backbone)) is not None:
+        selection = spec.selection or (list(preset.selection) if preset else [])
+        if not selection:
+            problems.append("no activations selected: give selection or preset")
+        else:
+            try:
+                shapes = create_backbone(spec.backbone, init="meta")
+            except (DfbenchInputError, TypeError):
+                shapes = None  # a backbone without a weightless form: its names are checked when it loads
+            if shapes is not None:
+                check(lambda: shapes.canonical_selection(selection))
+    if task and spec.data_root not in (None, "", "mini") and not Path(spec.data_root).is_dir():
+        problems.append(f"data_root {spec.data_root}: no such folder")
+    return problems
+
+
 def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool = False, strict: bool = False,
               progress: bool = True, log=print) -> tuple[list[Result], list[str]]:
     """Run every pairing of a suite, skipping those already recorded unless ``force``.
@@ -262,6 +322,11 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
     on; with ``strict`` the first failure stops it. Returns the results and the failure messages.
     """
     specs = load_suite(path)
+    problems = [f"run {number}: {problem}" for number, spec in enumerate(specs, start=1)
+                for problem in spec_problems(spec)]
+    if problems:
+        raise DfbenchInputError(f"suite {path}: {len(problems)} problem(s), nothing was run:\n  "
+                                + "\n  ".join(problems))
     try:
         done = {record.details.get("config_hash") for record in load_results(results_dir)}
     except DfbenchInputError:

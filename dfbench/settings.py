@@ -17,6 +17,12 @@ RESIZE_MODES = ("squash", "pad")
 LATENT_MODES = ("mode", "sample")
 DTYPES = ("float32", "bfloat16", "float16")
 MAX_RESOLUTION = 8192
+#: the type each field must have (bool is accepted only where listed: it is an int subclass)
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "resolution": (int, type(None)), "resize_mode": (str,), "timestep": (int,), "add_noise": (bool,),
+    "ensemble_size": (int,), "seed": (int,), "prompt": (str,), "latent_mode": (str,), "dtype": (str,),
+    "batch_size": (int,),
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,12 @@ class ExtractSettings:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
+        for name, kinds in FIELD_TYPES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+                expected = " or ".join("none" if kind is type(None) else kind.__name__ for kind in kinds)
+                raise DfbenchInputError(f"settings.{name}={value!r}: expected {expected}, got {type(value).__name__}"
+                                        " (in YAML write numbers and true/false without quotes)")
         if self.resolution is not None and not 1 <= self.resolution <= MAX_RESOLUTION:
             raise DfbenchInputError(
                 f"settings.resolution={self.resolution}: must be an integer in 1…{MAX_RESOLUTION} (each backbone "

@@ -40,6 +40,7 @@ CASES = [
      "dfbench run: error: argument --backbone: expected one argument (see `dfbench run --help`)"),
     (["cache", "verify", "--cache-dir", "{tmp}/nope"], "no such folder"),
     (["compare", "{tmp}/results", "--baseline", "{tmp}/missing.json"], "no such file; create it from the current"),
+    (["perf", "matching", "--pairs", "0"], "--pairs 0: must be ≥ 1"),
     (["extract", "tiny-sd15", "--images", "{tmp}/deep.tif", "--select", "us6", "--out", "{tmp}/f.safetensors"],
      "mode I (values 0…100033) has no faithful 8-bit reading"),
 ]
@@ -102,3 +103,24 @@ def test_sixteen_bit_float_palette_grey_alpha_cmyk_and_exif_images(tmp_path):
     upright = np.asarray(load_image(tmp_path / "rotated.jpg"))
     assert upright.shape == (30, 20, 3) and image_size(tmp_path / "rotated.jpg") == (30, 20)
     assert upright[:5].mean() > 200 and upright[-5:].mean() < 50   # the band is now along the top
+
+
+def test_a_suite_is_checked_whole_before_anything_runs(tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "defaults: {task: spair, data_root: mini}\n"
+        "runs:\n"
+        "  - {backbone: tiny-sd15, selection: [us6]}\n"                       # fine, but must not run
+        "  - {backbone: tiny-sd15, selection: [up_blocks.9]}\n"
+        "  - {backbone: tiny-sdx, selection: [us6]}\n"
+        "  - {backbone: tiny-sd15, selection: [us6], options: {colour: red}, settings: {timestep: \"50\"}}\n"
+        "  - {backbone: tiny-sd15, task: spair/nope, selection: [us6], data_root: /no/where}\n")
+    assert main(["suite", str(suite), "--results", str(tmp_path / "results")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "6 problem(s), nothing was run" in lines[0] and len(lines) == 7
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["run 2", "run 3", "run 4", "run 4", "run 5", "run 5"]
+    assert "'up_blocks.9'" in lines[1] and "'tiny-sdx'" in lines[2] and "settings.timestep='50'" in lines[4]
+    assert not (tmp_path / "results").exists()
+    suite.write_text("runs:\n  - {backbone: tiny-sd15, task: spair, selection: up_blocks.1}\n")
+    assert main(["suite", str(suite), "--results", str(tmp_path / "results")]) == 2
+    assert "selection='up_blocks.1' must be of type list (a YAML list: [up_blocks.1])" in capsys.readouterr().err

@@ -41,6 +41,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def cmd_perf(args: argparse.Namespace) -> int:
     from dfbench import perf
 
+    for flag in ("repeats", "ensemble", "batch_size", "pairs", "images"):
+        if getattr(args, flag) < 1:
+            raise DfbenchInputError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be ≥ 1")
     if args.out:
         check_output_path(args.out, ".json")
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
