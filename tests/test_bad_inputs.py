@@ -124,3 +124,29 @@ def test_a_suite_is_checked_whole_before_anything_runs(tmp_path, capsys):
     suite.write_text("runs:\n  - {backbone: tiny-sd15, task: spair, selection: up_blocks.1}\n")
     assert main(["suite", str(suite), "--results", str(tmp_path / "results")]) == 2
     assert "selection='up_blocks.1' must be of type list (a YAML list: [up_blocks.1])" in capsys.readouterr().err
+
+
+def test_messages_say_what_is_wrong_with_local_files(tmp_path, capsys, tiny_sd15):
+    empty = tmp_path / "model"
+    (empty / "unet").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    code = main(["extract", "sd15", "--images", str(tmp_path), "--select", "us6", "--out",
+                 str(tmp_path / "f.safetensors"), "--weights", str(empty)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a diffusers model folder for sd15 (missing vae/, scheduler/, text_encoder/, " \
+                         "tokenizer/)" in err and "hf download" not in err
+    code = main(["extract", "cleandift-sd15", "--images", str(tmp_path), "--select", "us6", "--out",
+                 str(tmp_path / "f.safetensors"), "--unet-weights", str(tmp_path / "nope.safetensors")])
+    assert code == 2 and "--unet-weights" in capsys.readouterr().err
+
+
+def test_out_of_memory_is_one_line_with_what_to_lower(tiny_sd15, photos, monkeypatch):
+    from dfbench import ExtractSettings
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(tiny_sd15.vae, "encode", exhausted)
+    with pytest.raises(DfbenchInputError, match="out of memory extracting at 64px with 8 UNet rows per forward; "
+                                                "lower --batch-size or --resolution"):
+        tiny_sd15.extract(photos[:1], ["us6"], ExtractSettings(resolution=64))

@@ -28,8 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -115,6 +115,18 @@ def image_generator_seed(seed: int, pixels: torch.Tensor) -> int:
     return int.from_bytes(digest.digest()[:8], "big") & (2**63 - 1)
 
 
+@contextmanager
+def out_of_memory_as_input_error(name: str, resolution: int, batch_size: int) -> Iterator[None]:
+    """An allocation failure (GPU or CPU) becomes one line with the size tried and what to lower."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not isinstance(error, torch.OutOfMemoryError) and "allocate" not in str(error).lower():
+            raise
+        raise DfbenchInputError(f"{name}: out of memory extracting at {resolution}px with {batch_size} UNet rows "
+                                "per forward; lower --batch-size or --resolution, or use --dtype bfloat16") from None
+
+
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -193,6 +205,14 @@ class DiffusionBackbone:
                 tokenizers.append(CLIPTokenizer.from_pretrained(model_id, subfolder=tokenizer_folder, **common))
         except (OSError, ValueError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if Path(model_id).is_dir():  # a local folder: say what is missing there, not how to download it
+                wanted = ("unet", "vae", "scheduler", *(folder for pair in cls.TEXT_ENCODERS for folder in pair[:2]))
+                missing = [folder for folder in wanted if not (Path(model_id) / folder).is_dir()]
+                raise DfbenchInputError(
+                    f"--weights {model_id}: not a diffusers model folder for {name}"
+                    + (f" (missing {', '.join(f'{m}/' for m in missing)})" if missing else f" ({first_line[:200]})")
+                    + "; it needs unet/ vae/ scheduler/ and the text encoder and tokenizer folders"
+                ) from None
             raise DfbenchInputError(
                 f"cannot load backbone {name} from {model_id!r} ({first_line[:200]}); download it with "
                 f"`hf download {model_id}` on a machine with internet, or pass --weights DIR with a local "
@@ -380,7 +400,7 @@ class DiffusionBackbone:
         images_per_step = settings.images_per_batch
         steps = range(0, len(pixels), images_per_step)
         collected: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-        with torch.inference_mode():
+        with torch.inference_mode(), out_of_memory_as_input_error(self.name, resolution, settings.batch_size):
             for start in tqdm(steps, desc=f"extract {self.name}", disable=not progress, unit="batch"):
                 chunk = pixels[start : start + images_per_step]
                 posterior_eps, noise = self.random_draws(chunk, settings)

@@ -37,6 +37,13 @@ def cleandift_unet_file(family: str, local_files_only: bool | None = None) -> Pa
         ) from None
 
 
+def check_unet_file(unet_weights: str | None) -> None:
+    """A given ``--unet-weights`` file must exist: one line naming it, before anything is loaded."""
+    if unet_weights is not None and not Path(unet_weights).is_file():
+        raise DfbenchInputError(f"--unet-weights {unet_weights}: no such file (the fine-tuned UNet state dict, "
+                                f"e.g. cleandift_sd15_unet.safetensors from {CLEANDIFT_REPO})")
+
+
 def load_unet_weights(unet: torch.nn.Module, path: str | Path) -> None:
     """Load a full diffusers-key UNet state dict from a safetensors file, strictly.
 
@@ -91,6 +98,7 @@ def cleandift_sd15(weights: str | None = None, *, unet_weights: str | None = Non
                    torch_dtype: str = "float32", device: str | None = None, local_files_only: bool | None = None,
                    seed: int = 0) -> DiffusionBackbone:
     """CleanDIFT SD1.5: sd15 + CompVis/cleandift cleandift_sd15_unet.safetensors; clean pass, t=261."""
+    check_unet_file(unet_weights)  # before the (long) base model load
     base = sd15(weights, init=init, torch_dtype=torch_dtype, device=device, local_files_only=local_files_only,
                 seed=seed)
     return _create("sd15", base, unet_weights, init, local_files_only)
@@ -100,6 +108,7 @@ def cleandift_sd21(weights: str | None = None, *, unet_weights: str | None = Non
                    torch_dtype: str = "float32", device: str | None = None, local_files_only: bool | None = None,
                    seed: int = 0) -> DiffusionBackbone:
     """CleanDIFT SD2.1: sd21 + CompVis/cleandift cleandift_sd21_unet.safetensors; clean pass, t=261."""
+    check_unet_file(unet_weights)  # before the (long) base model load
     base = sd21(weights, init=init, torch_dtype=torch_dtype, device=device, local_files_only=local_files_only,
                 seed=seed)
     return _create("sd21", base, unet_weights, init, local_files_only)
