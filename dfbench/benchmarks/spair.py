@@ -255,7 +255,8 @@ class SpairTask(Task):
         from dfbench.benchmarks.spair_plots import plot_matches
         from dfbench.plots import plot_per_category
 
-        return [plot_per_category(output.per_category, PRIMARY, title, folder / "per-category.png"),
+        return [plot_per_category(output.per_category, PRIMARY, title, folder / "per-category.png",
+                                  pooled=output.metrics.get(PRIMARY)),
                 plot_matches(output.predictions, folder / "matches.png")]
 
     def save_predictions(self, output: TaskOutput, folder: Path) -> Path:
