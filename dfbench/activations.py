@@ -133,6 +133,40 @@ def resolve_name(name: str) -> str:
     return canonical
 
 
+_CANONICAL_PARTS = re.compile(
+    r"(?:(?P<side>down|up)_blocks\.(?P<level>\d+)|(?P<mid>mid_block))"
+    r"(?:\.(?P<kind>resnets|attentions)\.(?P<repeat>\d+)|\.(?P<sampler>upsamplers|downsamplers)\.0)?"
+    r"(?:\.transformer_blocks\.(?P<block>\d+))?(?:\.(?P<suffix>increment|attn[12]\.(?:q|k|v|out)|ff\.inner))?$")
+_GDF_SIGNAL_OF = {suffix: signal for signal, suffix in GDF_BLOCK_SIGNALS.items() if suffix}
+_CLEANDIFT_OF = {canonical: alias for alias, canonical in CLEANDIFT_ALIASES.items()}
+
+
+def aliases_of(canonical: str) -> list[str]:
+    """The other names of a canonical activation: CleanDIFT's, DIFT's and GDF's (the inverse of
+    :func:`resolve_name`; GDF has no name for a whole block, nor for attn outputs)."""
+    found = [_CLEANDIFT_OF[canonical]] if canonical in _CLEANDIFT_OF else []
+    if re.fullmatch(r"up_blocks\.\d+", canonical):
+        found.append(f"up_ft_index={canonical.split('.')[1]}")
+    gdf = {value: key for key, value in _GDF_WHOLE.items()}.get(canonical)
+    match = _CANONICAL_PARTS.match(canonical) if gdf is None else None
+    if match:
+        parts = match.groupdict()
+        place = f"{parts['side']}-level{parts['level']}" if parts["side"] else "mid"
+        repeat = f"-repeat{parts['repeat']}" if parts["repeat"] is not None and parts["side"] else ""
+        if parts["sampler"] and not parts["suffix"]:
+            gdf = f"{place}-{parts['sampler'][:-1]}-out"
+        elif parts["kind"] == "resnets" and parts["suffix"] in (None, "increment"):
+            mid_repeat = f"-repeat{parts['repeat']}" if parts["mid"] else ""
+            gdf = f"{place}{repeat}{mid_repeat}-res-{parts['suffix'] or 'out'}"
+        elif parts["kind"] == "attentions" and parts["block"] is None and not parts["suffix"]:
+            gdf = f"{place}{repeat}-vit-out" if parts["side"] or parts["repeat"] == "0" else None
+        elif parts["kind"] == "attentions" and parts["block"] is not None:
+            signal = "out" if not parts["suffix"] else _GDF_SIGNAL_OF.get(parts["suffix"])
+            if signal and (parts["side"] or parts["repeat"] == "0"):
+                gdf = f"{place}{repeat}-vit-block{parts['block']}-{signal}"
+    return found + ([gdf] if gdf else [])
+
+
 def resolve_selection(names: Iterable[str]) -> list[str]:
     """Resolve every name (aliases allowed) and drop duplicates, keeping the first occurrence's order."""
     resolved: list[str] = []

@@ -121,3 +121,30 @@ def test_validate_selection_suggests_close_names():
         validate_selection(["up-level5-repeat0-res-out"], valid, "sd15")
     # aliases and duplicates collapse to one canonical name each, in order
     assert validate_selection(["us6", "up_blocks.1", "mid"], valid, "sd15") == ["up_blocks.1", "mid_block"]
+
+
+@pytest.mark.parametrize("backbone", ["tiny-sd15", "tiny-sdxl"])
+def test_every_alias_shown_resolves_back_to_its_name(backbone):
+    from dfbench import create_backbone
+    from dfbench.activations import aliases_of, resolve_name
+
+    names = create_backbone(backbone, init="meta").activation_names()
+    for name in names:
+        for alias in aliases_of(name):
+            assert resolve_name(alias) == name, (name, alias)
+    # the names DESIGN §4 spells out, by hand
+    assert aliases_of("up_blocks.1") == ["us6", "up_ft_index=1"]
+    assert aliases_of("up_blocks.1.attentions.1.transformer_blocks.0.attn2.q") == [
+        "up-level1-repeat1-vit-block0-cross-q"]
+    assert aliases_of("up_blocks.1.resnets.2.increment") == ["up-level1-repeat2-res-increment"]
+    assert aliases_of("up_blocks.0.upsamplers.0") == ["up-level0-upsampler-out"]
+    assert aliases_of("mid_block") == ["mid"]
+    assert aliases_of("up_blocks.1.attentions.1.transformer_blocks.0.attn1.out") == []  # GDF has no name
+
+
+def test_activations_table_shows_aliases(capsys):
+    from dfbench.cli import main
+
+    assert main(["activations", "tiny-sd15", "--grep", r"^up_blocks\.1$"]) == 0
+    out = capsys.readouterr().out
+    assert "aliases (CleanDIFT, DIFT, GDF)" in out and "us6, up_ft_index=1" in out

@@ -36,11 +36,13 @@ def cmd_activations(args: argparse.Namespace) -> int:
         except re.error as error:
             raise DfbenchInputError(f"--grep {args.grep!r}: not a regular expression ({error})") from None
         rows = [row for row in rows if pattern.search(row.name)]
+    from dfbench.activations import aliases_of
+
     if args.format == "json":
-        print(json.dumps([row.to_dict() for row in rows], indent=1))
+        print(json.dumps([{**row.to_dict(), "aliases": aliases_of(row.name)} for row in rows], indent=1))
     else:
         resolution = args.resolution or backbone.default_resolution
         print(f"{backbone.name} at {resolution}px: {len(rows)} activations")
-        print(tabulate([[r.name, r.channels, r.height, r.width] for r in rows],
-                       headers=["name", "channels", "height", "width"]))
+        print(tabulate([[r.name, r.channels, r.height, r.width, ", ".join(aliases_of(r.name))] for r in rows],
+                       headers=["name", "channels", "height", "width", "aliases (CleanDIFT, DIFT, GDF)"]))
     return 0
