@@ -27,10 +27,11 @@ def test_activations_json_lists_real_sd15_shapes(capsys):
     assert main(["activations", "sd15", "--resolution", "512", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) >= 190
-    assert set(rows[0]) == {"name", "channels", "height", "width"}
+    assert set(rows[0]) == {"name", "channels", "height", "width", "aliases"}
     by_name = {row["name"]: row for row in rows}
     assert by_name["up_blocks.1.attentions.1.transformer_blocks.0.attn2.q"] == {
-        "name": "up_blocks.1.attentions.1.transformer_blocks.0.attn2.q", "channels": 1280, "height": 16, "width": 16}
+        "name": "up_blocks.1.attentions.1.transformer_blocks.0.attn2.q", "channels": 1280, "height": 16, "width": 16,
+        "aliases": ["up-level1-repeat1-vit-block0-cross-q"]}
 
 
 def test_activations_table_with_grep(capsys):
