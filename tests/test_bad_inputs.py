@@ -41,6 +41,8 @@ CASES = [
     (["cache", "verify", "--cache-dir", "{tmp}/nope"], "no such folder"),
     (["compare", "{tmp}/results", "--baseline", "{tmp}/missing.json"], "no such file; create it from the current"),
     (["perf", "matching", "--pairs", "0"], "--pairs 0: must be ≥ 1"),
+    (["extract", "tiny-sd15", "--images", "{tmp}/deep.tif", "--select", "us6", "--out",
+      "{tmp}/" + "x" * 300 + ".safetensors"], "more than this file system allows"),
     (["extract", "tiny-sd15", "--images", "{tmp}/deep.tif", "--select", "us6", "--out", "{tmp}/f.safetensors"],
      "mode I (values 0…100033) has no faithful 8-bit reading"),
 ]

@@ -104,6 +104,10 @@ def check_output_path(out: str, suffix: str = ".safetensors") -> Path:
         raise DfbenchInputError(f"--out {path}: folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK):
         raise DfbenchInputError(f"--out {path}: folder {folder} is not writable")
+    limit = os.pathconf(folder, "PC_NAME_MAX")
+    if len(path.name.encode()) > limit:
+        raise DfbenchInputError(f"--out {path.name[:40]}…: the file name has {len(path.name.encode())} bytes, more "
+                                f"than this file system allows ({limit}); choose a shorter name")
     return path
 
 
