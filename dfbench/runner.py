@@ -136,6 +136,20 @@ def used_settings(backbone: Any, settings: Any) -> dict[str, Any]:
     return {key: value for key, value in settings.to_dict().items() if names is None or key in names}
 
 
+def check_results_folder(results_dir: str | Path) -> None:
+    """``results_dir/runs`` can be made and written: every existing part of the path is a folder, and
+    the nearest existing one is writable. Nothing is created."""
+    path = Path(results_dir) / "runs"
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise DfbenchInputError(f"--results {results_dir}: {part} is a file, not a folder; choose another "
+                                        "--results")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise DfbenchInputError(f"--results {results_dir}: {part} is not writable; choose another --results")
+            return
+
+
 def new_run_folder(results_dir: str | Path, protocol: str, backbone: str, digest: str) -> tuple[str, Path]:
     """The run's folder ``<results_dir>/runs/<run id>/``: an unfinished one of the same spec (no
     record, e.g. a killed training: the task resumes from what it left there), else a fresh one."""
@@ -179,6 +193,7 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     if not selection:
         raise DfbenchInputError("no activations selected: pass --select NAME… or --preset P")
     data_root = resolve_data_root(task, spec.data_root)
+    check_results_folder(results_dir)  # before the weights load and the extraction, not after
     if backbone is None:
         backbone = create_spec_backbone(spec)
     settings = resolve_settings(backbone, preset.settings if preset else {}, spec.settings)

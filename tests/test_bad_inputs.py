@@ -26,6 +26,7 @@ def _files(root):
 
 CASES = [
     (RUN + ["--limit", "-3"], "--limit -3: must be ≥ 1"),
+    (RUN + ["--results", "{tmp}/deep.tif"], "deep.tif is a file, not a folder"),
     (RUN + ["--prompt", "a photo of a {categroy}"], "unknown placeholder {categroy}; the only placeholder is"),
     (RUN + ["--prompt", "a photo of a {"], "Single '{' encountered"),
     (RUN + ["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
@@ -58,7 +59,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, tmp_pat
     Image.fromarray(np.arange(20 * 30, dtype=np.int32).reshape(20, 30) * 167).save(tmp_path / "deep.tif")
     before = _files(tmp_path)
     argv = [part.replace("{tmp}", str(tmp_path)) for part in argv]
-    if argv[0] == "run" and len(argv) > 2:
+    if argv[0] == "run" and len(argv) > 2 and "--results" not in argv:
         argv += ["--results", str(tmp_path / "results")]
     try:
         code = main(argv)
