@@ -74,12 +74,13 @@ def image_features(backbone: Any, images: dict[str, tuple[Path, str]], selection
     activations {name: C×h×w}, cropped to its content, to what is stored (default: themselves)."""
     keys = sorted(images)
     result = ImageFeatures()
+    resolution = settings.resolution or backbone.default_resolution
 
     def keep_content(key: str, activations: dict[str, torch.Tensor], size: tuple[int, int]) -> Any:
         result.sizes[key] = size
-        box = content_box(size[1], size[0], settings.resolution, settings.resize_mode)
+        box = content_box(size[1], size[0], resolution, settings.resize_mode)
         result.boxes[key] = box
-        cropped = {name: crop_to_content(value, box, settings.resolution) for name, value in activations.items()}
+        cropped = {name: crop_to_content(value, box, resolution) for name, value in activations.items()}
         return keep(cropped) if keep else cropped
 
     if cache is not None:

@@ -288,9 +288,10 @@ def load_suite(path: str | Path) -> list[RunSpec]:
     return specs
 
 
-def spec_problems(spec: RunSpec) -> list[str]:
+def spec_problems(spec: RunSpec, shapes_of: dict[str, Any] | None = None) -> list[str]:
     """Everything wrong with a spec that can be found without loading weights: backbone, task,
-    protocol, options, preset, settings, activation names (from the weightless catalog), data root."""
+    protocol, options, preset, settings, activation names (from the weightless catalog), data root.
+    ``shapes_of`` caches the weightless backbones by name across the specs of a suite."""
     from dfbench.benchmarks.base import parse_options
     from dfbench.registry import BACKBONES, TASKS, create_backbone, get_preset
     from dfbench.settings import ExtractSettings
@@ -318,10 +319,13 @@ def spec_problems(spec: RunSpec) -> list[str]:
         if not selection:
             problems.append("no activations selected: give selection or preset")
         else:
-            try:
-                shapes = create_backbone(spec.backbone, init="meta")
-            except (DfbenchInputError, TypeError):
-                shapes = None  # a backbone without a weightless form: its names are checked when it loads
+            shapes_of = {} if shapes_of is None else shapes_of
+            if spec.backbone not in shapes_of:
+                try:
+                    shapes_of[spec.backbone] = create_backbone(spec.backbone, init="meta")
+                except (DfbenchInputError, TypeError):
+                    shapes_of[spec.backbone] = None  # no weightless form: names are checked when it loads
+            shapes = shapes_of[spec.backbone]
             if shapes is not None:
                 check(lambda: shapes.canonical_selection(selection))
     if task and spec.data_root not in (None, "", "mini") and not Path(spec.data_root).is_dir():
@@ -337,8 +341,9 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
     on; with ``strict`` the first failure stops it. Returns the results and the failure messages.
     """
     specs = load_suite(path)
+    shapes_of: dict[str, Any] = {}
     problems = [f"run {number}: {problem}" for number, spec in enumerate(specs, start=1)
-                for problem in spec_problems(spec)]
+                for problem in spec_problems(spec, shapes_of)]
     if problems:
         raise DfbenchInputError(f"suite {path}: {len(problems)} problem(s), nothing was run:\n  "
                                 + "\n  ".join(problems))
