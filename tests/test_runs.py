@@ -104,6 +104,7 @@ def test_an_omitted_resolution_is_recorded_resolved(tmp_path):
     assert len(frame) == 1 and "defaultpx" not in frame["settings"].iloc[0]
 
 
+@pytest.mark.slow
 def test_suite_runs_once_then_skips(tmp_path, capsys):
     suite = tmp_path / "suite.yaml"
     suite.write_text(
