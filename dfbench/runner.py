@@ -33,7 +33,7 @@ class RunSpec:
     preset: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
-    split: str = "test"
+    split: str | None = None
     limit: int | None = None
     weights: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -207,12 +207,14 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     context = RunContext(folder=folder, cache=cache, seed=settings.seed, device=str(backbone.device),
                          limit=spec.limit, progress=progress)
     try:
-        output = task.run(context, backbone, selection, settings, data_root, spec.split, protocol.name, options)
+        output = task.run(context, backbone, selection, settings, data_root, spec.split or task.default_split,
+                          protocol.name, options)
     except BaseException:
         if not any(folder.iterdir()):  # nothing (checkpoints, logs) worth keeping for a resume
             folder.rmdir()
         raise
-    details = {"split": output.split or spec.split, "data_root": str(data_root), "limit": spec.limit,
+    details = {"split": output.split or spec.split or task.default_split, "data_root": str(data_root),
+               "limit": spec.limit,
                **option_details(protocol, options), "recipe_version": getattr(backbone, "recipe_version", None),
                "config_hash": spec.config_hash(), "leaderboard_metrics": list(task.leaderboard_metrics),
                **output.details}
@@ -227,14 +229,15 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     )
     if spec.save_predictions:
         target = folder / "predictions" if spec.save_predictions is True else Path(spec.save_predictions)
-        result.details["predictions"] = str(task.save_predictions(output, target).parent)
+        task.save_predictions(output, target)
+        result.details["predictions"] = str(target)
     if figures:
         title = f"{result.row_label} — {result.protocol}"
         result.details["figures"] = [str(path) for path in task.figures(output, title, folder / "figures")]
     return result, save_result(result, results_dir)
 
 
-def score_predictions_folder(task_name: str, data_root: str | None, split: str, predictions: str | Path,
+def score_predictions_folder(task_name: str, data_root: str | None, split: str | None, predictions: str | Path,
                              options: dict[str, Any], limit: int | None = None, seed: int = 0,
                              results_dir: str | Path | None = None, name: str | None = None
                              ) -> tuple[Result, Path | None]:
@@ -249,6 +252,7 @@ def score_predictions_folder(task_name: str, data_root: str | None, split: str, 
     parsed = parse_options(protocol.options, options, f"{task.name}/{protocol.name}")
     root = resolve_data_root(task, data_root)
     folder = Path(predictions)
+    split = split or task.default_split
     output = task.score(root, split, protocol.name, parsed, folder, limit, seed)
     label = name or folder.resolve().name
     result = Result(

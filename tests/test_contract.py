@@ -27,6 +27,7 @@ def _single_record(results):
     return json.loads(path.read_text()), path.parent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS.names())
 def test_every_registered_task_runs_saves_scores_and_compares(task, tmp_path, capsys):
     results = tmp_path / "results"

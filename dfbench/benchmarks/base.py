@@ -3,7 +3,8 @@
 A task is one class in one file of ``dfbench/benchmarks/`` plus one registry line. The runner,
 CLI, results and plots know tasks only through this contract:
 
-* ``name``; ``protocols``: named, versioned variants, each with its options dataclass
+* ``name``; ``default_split`` (evaluated when ``--split`` is not given); ``protocols``: named,
+  versioned variants, each with its options dataclass
   (:class:`ProtocolSpec`; ``--option K=V`` and suite ``options:`` are parsed by
   :func:`parse_options`); ``default_protocol``;
 * ``metrics``: a :class:`MetricSpec` per metric key (direction, primary, unit), copied into every
@@ -87,6 +88,8 @@ class Task:
     name: str = ""
     protocols: dict[str, ProtocolSpec] = {}
     default_protocol: str = ""
+    #: the split ``run`` and ``score`` evaluate when none is given
+    default_split: str = "test"
     metrics: dict[str, MetricSpec] = {}
     leaderboard_metrics: tuple[str, ...] = ()
 
@@ -119,7 +122,7 @@ class Task:
         return []
 
     def save_predictions(self, output: TaskOutput, folder: Path) -> Path:
-        """Write ``output.predictions`` into ``folder`` in the task's documented format."""
+        """Write ``output.predictions`` into ``folder`` in the task's documented format; returns what it wrote."""
         raise DfbenchInputError(f"task {self.name} cannot save predictions")
 
     def score(self, data_root: Path, split: str, protocol: str, options: Any, folder: Path,

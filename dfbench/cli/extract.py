@@ -34,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     choice.add_argument("--preset", help="a named recipe (see `dfbench list presets`): selection + settings")
     extract.add_argument("--out", help="with --images: output .safetensors file (written atomically)")
     extract.add_argument("--data-root", help="with --dataset: the dataset folder ('mini': the embedded mini set)")
-    extract.add_argument("--split", default="test", help="with --dataset: the split (default test)")
+    extract.add_argument("--split", help="with --dataset: the split (default: the task's evaluation split)")
     extract.add_argument("--cache-dir", help="with --dataset: feature cache root (default $DFBENCH_CACHE or "
                          "~/.cache/dfbench/features)")
     extract.add_argument("--storage-dtype", choices=["float16", "float32"], default="float16",
@@ -100,7 +100,7 @@ def extract_dataset(args: argparse.Namespace, selection: list[str], preset_setti
     with process_group() as ranks:
         cache = FeatureCache(args.cache_dir, args.storage_dtype)
         task = TASKS.get(args.dataset)()
-        images = task.split_images(resolve_data_root(task, args.data_root), args.split)
+        images = task.split_images(resolve_data_root(task, args.data_root), args.split or task.default_split)
         backbone, settings = backbone_for(args, preset_settings, ranks.device)
         store = cache.open(backbone, settings)
         items = [CacheItem(image_key(path), path, category) for path, category in images]

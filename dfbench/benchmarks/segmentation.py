@@ -1,0 +1,256 @@
+"""ADE20K and Cityscapes semantic segmentation: protocol ``linear`` (v1).
+
+``linear``: a 1×1 convolution (a per-pixel linear classifier) on the frozen features. The
+selected activations of each image are resized (bilinear) to the largest selected map and
+concatenated; each channel is standardised with the training set's mean and std. The probe is
+trained with AdamW on cross-entropy against the labels at their own resolution — at seeded samples
+of labelled pixels, whose features are read off the bilinearly upsampled maps (ignored pixels left
+out) — on the ``train`` split, with no augmentation —
+features come from the feature cache when one is given, so a probe trains in minutes. Evaluation:
+argmax of the upsampled logits on ``val``, scored exactly as mmseg's ``IoUMetric``
+(:mod:`dfbench.benchmarks.segmentation_metrics`): mIoU (primary), mAcc, aAcc and per-class IoU.
+
+Saved predictions (``run --save-predictions``, ``dfbench score``): one single-channel PNG per image,
+``<image stem>.png``, in the dataset's annotation encoding — ADE20K 1…150 as in its annotation
+files, Cityscapes trainIds 0…18 — at the image's size.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dfbench.atomic import atomic_write
+from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput
+from dfbench.benchmarks.segmentation_metrics import SegmentationAreas, segmentation_metrics
+from dfbench.datasets.segmentation import (
+    ADE20K,
+    CITYSCAPES,
+    IGNORE_INDEX,
+    SegmentationLayout,
+    SegmentationSample,
+    class_names,
+    load_label,
+    load_samples,
+)
+from dfbench.errors import DfbenchInputError
+from dfbench.features import image_features
+
+PRIMARY = "mIoU"
+
+
+@dataclass(frozen=True)
+class LinearProbeOptions:
+    """Options of the ``linear`` protocol (``--option key=value``)."""
+
+    steps: int = 1000
+    lr: float = 1e-2  # standardised features: 1e-3 needs several thousand steps to converge on the mini sets
+    weight_decay: float = 1e-4
+    batch_size: int = 8
+    pixels_per_image: int = 512
+    train_limit: int | None = None
+
+    def validate(self, where: str) -> None:
+        for key in ("steps", "batch_size", "pixels_per_image"):
+            if getattr(self, key) < 1:
+                raise DfbenchInputError(f"{where} option {key}={getattr(self, key)}: must be ≥ 1")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise DfbenchInputError(f"{where} option train_limit={self.train_limit}: must be ≥ 1")
+        if self.lr <= 0:
+            raise DfbenchInputError(f"{where} option lr={self.lr}: must be > 0")
+
+
+def combine_to_grid(activations: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One C×h×w float32 map: every activation resized (bilinear) to the largest map, concatenated."""
+    height = max(value.shape[1] for value in activations.values())
+    width = max(value.shape[2] for value in activations.values())
+    maps = [F.interpolate(value[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
+            if value.shape[1:] != (height, width) else value.float() for value in activations.values()]
+    return torch.cat(maps).cpu()
+
+
+def seeded_subset(samples: list[SegmentationSample], limit: int | None, seed: int) -> list[SegmentationSample]:
+    """``limit`` samples drawn with ``random.Random(seed)``, in their listed order (all when ``limit`` is None)."""
+    if limit is None or limit >= len(samples):
+        return samples
+    chosen = sorted(random.Random(seed).sample(range(len(samples)), limit))
+    return [samples[index] for index in chosen]
+
+
+class SegmentationTask(Task):
+    """Semantic segmentation on one dataset layout (see the module docstring)."""
+
+    layout: SegmentationLayout = ADE20K
+    protocols = {"linear": ProtocolSpec("linear", 1, LinearProbeOptions,
+                                        "a 1×1-conv linear probe on frozen features, mIoU as mmseg's IoUMetric")}
+    default_protocol = "linear"
+    default_split = "val"
+    metrics = {"mIoU": MetricSpec(True, True, "%"), "mAcc": MetricSpec(True, False, "%"),
+               "aAcc": MetricSpec(True, False, "%"), "images": MetricSpec(unit="images")}
+    leaderboard_metrics = ("mIoU", "mAcc", "aAcc")
+
+    def mini_root(self) -> Path:
+        from dfbench.datasets.mini_segmentation import mini_segmentation_root
+
+        return mini_segmentation_root(self.layout)
+
+    def split_images(self, data_root: str | Path, split: str) -> list[tuple[Path, str]]:
+        return [(sample.image, "") for sample in load_samples(self.layout, data_root, split)]
+
+    def run(self, context: RunContext, backbone: Any, selection: list[str], settings: Any, data_root: Path,
+            split: str, protocol: str, options: LinearProbeOptions) -> TaskOutput:
+        started = time.perf_counter()
+        train = seeded_subset(load_samples(self.layout, data_root, "train"), options.train_limit, context.seed)
+        evaluated = seeded_subset(load_samples(self.layout, data_root, split), context.limit, context.seed)
+        images = {f"{name}/{sample.stem}": (sample.image, "") for name, samples in (("train", train),
+                  ("eval", evaluated)) for sample in samples}
+        found = image_features(backbone, images, selection, settings, context.cache, context.progress,
+                               keep=combine_to_grid)
+        extracted = time.perf_counter()
+        train_maps = [found.features[f"train/{sample.stem}"] for sample in train]
+        train_labels = [torch.from_numpy(load_label(self.layout, sample.label, _size(sample))) for sample in train]
+        probe, mean, std = train_probe(train_maps, train_labels, self.layout.num_classes, options, context.seed,
+                                       backbone.device, context.progress)
+        predictions = {}
+        for sample in evaluated:
+            label_shape = (_size(sample)[1], _size(sample)[0])
+            predictions[sample.stem] = predict(probe, mean, std, found.features[f"eval/{sample.stem}"],
+                                               label_shape, backbone.device)
+        output = self._score(data_root, evaluated, predictions)
+        output.selection, output.split = found.selection, split
+        output.details = {"train_images": len(train)}
+        output.timings = {"extract_s": extracted - started, "train_eval_s": time.perf_counter() - extracted,
+                          "images": float(len(found.sizes))}
+        return output
+
+    def _score(self, data_root: Path, samples: list[SegmentationSample],
+               predictions: dict[str, np.ndarray]) -> TaskOutput:
+        areas = SegmentationAreas.empty(self.layout.num_classes)
+        for sample in samples:
+            areas.add(predictions[sample.stem], load_label(self.layout, sample.label, _size(sample)), IGNORE_INDEX)
+        summary, per_class = segmentation_metrics(areas, class_names(self.layout))
+        table = {name: {"IoU": values["IoU"]} for name, values in per_class.items() if not np.isnan(values["IoU"])}
+        return TaskOutput({**summary, "images": float(len(samples))}, table, predictions)
+
+    # ------------------------------------------------------------------ figures, saved predictions, scoring
+    def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
+        from dfbench.plots import plot_per_category
+
+        return [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png",
+                                  pooled=output.metrics.get(PRIMARY))]
+
+    def save_predictions(self, output: TaskOutput, folder: Path) -> Path:
+        folder = Path(folder)
+        for stem, prediction in output.predictions.items():
+            encoded = prediction + 1 if self.layout.reduce_zero_label else prediction
+            atomic_write(folder / f"{stem}.png", lambda temp, e=encoded: Image.fromarray(e.astype(np.uint8)).save(
+                temp, format="PNG"))
+        return folder
+
+    def score(self, data_root: Path, split: str, protocol: str, options: Any, folder: Path,
+              limit: int | None = None, seed: int = 0) -> TaskOutput:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DfbenchInputError(f"predictions {folder}: no such folder")
+        samples = seeded_subset(load_samples(self.layout, data_root, split), limit, seed)
+        missing = [sample.stem for sample in samples if not (folder / f"{sample.stem}.png").is_file()]
+        if missing:
+            hint = " (it holds predictions.json: made for spair?)" if (folder / "predictions.json").exists() else ""
+            raise DfbenchInputError(f"predictions {folder}: no <stem>.png for {len(missing)} of {len(samples)} "
+                                    f"{self.layout.name} {split} images (first: {missing[0]}.png){hint}")
+        predictions = {}
+        for sample in samples:
+            path = folder / f"{sample.stem}.png"
+            decoded = load_label(self.layout, path, _size(sample))  # same checks: readable, 1 channel, in range
+            if self.layout.reduce_zero_label and (decoded == IGNORE_INDEX).any():
+                raise DfbenchInputError(f"predictions {path}: value 0 is not a class; predictions are 1…150")
+            predictions[sample.stem] = decoded
+        output = self._score(data_root, samples, predictions)
+        output.split = split
+        return output
+
+
+def _size(sample: SegmentationSample) -> tuple[int, int]:
+    """The image's (W, H)."""
+    with Image.open(sample.image) as image:
+        return image.size
+
+
+def sample_at_pixels(maps: torch.Tensor, points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Vectors K×C at integer pixels ``points`` (K×2, x y) of the map C×h×w bilinearly upsampled to
+    ``size`` = (H, W) — exactly ``F.interpolate(…, mode="bilinear", align_corners=False)`` there."""
+    height, width = size
+    grid = torch.stack([(points[:, 0] + 0.5) / width * 2 - 1, (points[:, 1] + 0.5) / height * 2 - 1], dim=1)
+    sampled = F.grid_sample(maps[None].float(), grid[None, None].to(maps.device, torch.float32), mode="bilinear",
+                            padding_mode="border", align_corners=False)
+    return sampled[0, :, 0].T
+
+
+def train_probe(maps: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int, options: LinearProbeOptions,
+                seed: int, device: Any, progress: bool = False) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A 1×1 conv trained on standardised ``maps`` (C×h×w each) against ``labels`` (H×W each, 255 ignored).
+
+    Each step takes ``batch_size`` images and ``pixels_per_image`` of their labelled pixels (seeded
+    draws). Bilinear upsampling is linear with weights summing to 1, so the upsampled logits at a
+    pixel are the probe applied to the upsampled features there: the features are read off at those
+    pixels (:func:`sample_at_pixels`, no gradient) and the loss is the mean cross-entropy over them."""
+    stacked = torch.cat([value.flatten(1) for value in maps], dim=1)
+    mean, std = stacked.mean(1), stacked.std(1).clamp(min=1e-6)
+    labelled = [torch.nonzero(label != IGNORE_INDEX).flip(1) for label in labels]   # (x, y) of labelled pixels
+    torch.manual_seed(seed)
+    probe = torch.nn.Conv2d(maps[0].shape[0], num_classes, kernel_size=1).to(device)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    order_rng, order = random.Random(seed), []
+    pixel_rng = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(options.steps), desc="linear probe", unit="step", disable=not progress):
+        vectors, targets = [], []
+        for _ in range(min(options.batch_size, len(maps))):
+            if not order:
+                order = order_rng.sample(range(len(maps)), len(maps))
+            index = order.pop()
+            if not len(labelled[index]):
+                continue
+            chosen = labelled[index][torch.randint(len(labelled[index]), (options.pixels_per_image,),
+                                                   generator=pixel_rng)]
+            vectors.append((sample_at_pixels(maps[index], chosen, tuple(labels[index].shape)) - mean) / std)
+            targets.append(labels[index][chosen[:, 1], chosen[:, 0]])
+        if not vectors:
+            continue
+        logits = F.linear(torch.cat(vectors).to(device), probe.weight[:, :, 0, 0], probe.bias)
+        loss = F.cross_entropy(logits, torch.cat(targets).to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return probe.eval(), mean[:, None, None], std[:, None, None]
+
+
+def predict(probe: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, features: torch.Tensor,
+            shape: tuple[int, int], device: Any) -> np.ndarray:
+    """Class ids H×W (0…C−1, the metric's encoding) of one image."""
+    with torch.no_grad():
+        logits = probe(((features - mean) / std)[None].to(device))
+        logits = F.interpolate(logits, size=shape, mode="bilinear", align_corners=False)
+    return logits[0].argmax(0).cpu().numpy().astype(np.int64)
+
+
+class Ade20kTask(SegmentationTask):
+    """ADE20K (150 classes, mmseg's ADEChallengeData2016 layout): semantic segmentation, mIoU."""
+
+    name = "ade20k"
+    layout = ADE20K
+
+
+class CityscapesTask(SegmentationTask):
+    """Cityscapes (19 trainId classes, leftImg8bit + gtFine): semantic segmentation, mIoU."""
+
+    name = "cityscapes"
+    layout = CITYSCAPES

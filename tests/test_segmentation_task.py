@@ -1,0 +1,118 @@
+"""ade20k / cityscapes, protocol `linear`: the probe, the pixel sampling, mIoU from saved PNGs by hand."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dfbench.benchmarks.segmentation import sample_at_pixels
+from dfbench.cli import main
+from dfbench.datasets.segmentation import ADE20K, CITYSCAPES, load_label, load_samples
+from dfbench.images import to_model_input
+from dfbench.runner import RunSpec, run_one
+
+
+@pytest.fixture(autouse=True)
+def mini_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path_factory.getbasetemp() / "dfbench_home"))
+
+
+def test_pixel_sampling_equals_full_bilinear_upsampling():
+    maps = torch.randn(5, 6, 7, generator=torch.Generator().manual_seed(0))
+    full = F.interpolate(maps[None], size=(30, 41), mode="bilinear", align_corners=False)[0]   # 5×30×41
+    points = torch.tensor([[0, 0], [40, 29], [13, 7], [20, 15], [39, 1]])
+    torch.testing.assert_close(sample_at_pixels(maps, points, (30, 41)), full[:, points[:, 1], points[:, 0]].T)
+    # a linear probe commutes with bilinear upsampling (weights sum to 1): probe(sampled) = sampled(probe)
+    probe = torch.nn.Conv2d(5, 3, 1)
+    with torch.no_grad():
+        logits = F.interpolate(probe(maps[None]), size=(30, 41), mode="bilinear", align_corners=False)[0]
+        direct = F.linear(sample_at_pixels(maps, points, (30, 41)), probe.weight[:, :, 0, 0], probe.bias)
+    torch.testing.assert_close(direct, logits[:, points[:, 1], points[:, 0]].T)
+
+
+class TextureBackbone:
+    """Per 4×4 cell: mean colour and colour spread — enough for a linear probe to tell sky, brick,
+    grass and gravel apart (the mini sets' labels are meaningful)."""
+
+    name, default_resolution, default_settings, source = "texture", 64, {}, "none"
+    setting_names = ("resolution", "resize_mode", "dtype", "batch_size")
+    device = torch.device("cpu")
+
+    def check_resolution(self, resolution):
+        pass
+
+    def canonical_selection(self, selection):
+        return list(selection)
+
+    def weight_fingerprint(self):
+        return "texture-v1"
+
+    def extract(self, images, selection, settings=None, categories=None, progress=False):
+        pixels = to_model_input(images, settings.resolution, settings.resize_mode)
+        mean = F.avg_pool2d(pixels, 4)
+        spread = (F.avg_pool2d(pixels**2, 4) - mean**2).clamp(min=0).sqrt()
+        return {"texture": torch.cat([mean, spread], dim=1)}
+
+
+def _hand_miou(layout, root, folder):
+    """mIoU from a confusion matrix over the saved PNGs and the label files, classes with a union only."""
+    classes = layout.num_classes
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    for sample in load_samples(layout, root, "val"):
+        label = load_label(layout, sample.label)
+        predicted = np.asarray(Image.open(folder / f"{sample.stem}.png")).astype(np.int64)
+        predicted = predicted - 1 if layout is ADE20K else predicted
+        keep = label != 255
+        confusion += np.bincount(label[keep] * classes + predicted[keep], minlength=classes**2).reshape(classes,
+                                                                                                         classes)
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    return 100 * np.mean(intersection[union > 0] / union[union > 0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [ADE20K, CITYSCAPES], ids=["ade20k", "cityscapes"])
+def test_linear_probe_learns_the_mini_set_and_miou_equals_a_hand_confusion_matrix(layout, tmp_path):
+    spec = RunSpec(backbone="texture", task=layout.name, selection=["texture"], data_root="mini",
+                   options={"steps": 300}, save_predictions=True, settings={"resolution": 64})
+    result, record_path = run_one(spec, tmp_path, progress=False, figures=False, backbone=TextureBackbone())
+    folder = record_path.parent / "predictions"
+    from dfbench.registry import TASKS
+
+    mini = TASKS.get(layout.name)().mini_root()
+    assert result.metrics["mIoU"] == pytest.approx(_hand_miou(layout, mini, folder), abs=1e-9)
+    assert result.metrics["mIoU"] > 60 and result.metrics["images"] == 3   # meaningful labels, learnt
+    values = np.unique(np.concatenate([np.unique(np.asarray(Image.open(p))) for p in folder.glob("*.png")]))
+    if layout is ADE20K:
+        assert values.min() >= 1 and values.max() <= 150                     # ADE annotation encoding
+    else:
+        assert values.max() <= 18                                            # Cityscapes trainIds
+    assert set(result.per_category) <= {"sky", "wall", "grass", "road", "building", "terrain"}
+
+
+def test_bad_segmentation_predictions_are_one_line(tmp_path, capsys):
+    from dfbench.registry import TASKS
+
+    root = TASKS.get("ade20k")().mini_root()
+    samples = load_samples(ADE20K, root, "val")
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    for sample in samples[1:]:
+        Image.fromarray(np.ones((96, 128), np.uint8)).save(folder / f"{sample.stem}.png")
+    base = ["score", "--task", "ade20k", "--data-root", "mini", "--predictions", str(folder)]
+    assert main(base) == 2
+    assert f"no <stem>.png for 1 of 3 ade20k val images (first: {samples[0].stem}.png)" in capsys.readouterr().err
+    Image.fromarray(np.zeros((96, 128), np.uint8)).save(folder / f"{samples[0].stem}.png")
+    assert main(base) == 2
+    assert "value 0 is not a class; predictions are 1…150" in capsys.readouterr().err
+    Image.fromarray(np.ones((10, 10), np.uint8)).save(folder / f"{samples[0].stem}.png")
+    assert main(base) == 2
+    assert "10×10, but its image is 128×96" in capsys.readouterr().err
+    Image.fromarray(np.ones((96, 128), np.uint8)).save(folder / f"{samples[0].stem}.png")
+    capsys.readouterr()
+    assert main([*base, "--format", "json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["images"] == 3 and 0 <= metrics["mIoU"] <= 100   # all "wall": IoU of wall only
