@@ -60,12 +60,15 @@ GDF_PROMPT = ("a highly realistic photo that may contain an aeroplane, a bicycle
 # the UNet at timesteps[0]: SD1.5's PNDMScheduler (steps_offset=1, skip_prk_steps) lists 1000, 999, 999,
 # 998, …, so index 950 is t=51; SDXL's EulerDiscreteScheduler ("leading", steps_offset=1) gives t=50.
 GDF_TIMESTEPS = {"sd15": 51, "sdxl": 50}
-GDF_SOURCE = ("Meng et al., NeurIPS 2024 (Darkbblue/generic-diffusion-feature): prompt from "
-              "correspondence/correspondence/aggregation_network.py:28; posterior sample from the img2img "
-              "pipeline's prepare_latents (feature/diffusion_feature.py:373, sample_mode='sample'); t from "
-              "config_{sd15,sdxl}.json t=50 through set_timesteps(1000) + get_timesteps "
-              "(feature/diffusion_feature.py:290-295): SD1.5 PNDM → 51, SDXL Euler → 50; GDF runs float16 "
-              "(use --dtype float16 on a GPU to match)")
+def gdf_source(prompt_file: str) -> str:
+    """Where a GDF preset's values come from (``prompt_file``: the file and line of its prompt)."""
+    return ("Meng et al., NeurIPS 2024 (Darkbblue/generic-diffusion-feature): prompt from " + prompt_file
+            + "; posterior sample from the img2img pipeline's prepare_latents (feature/diffusion_feature.py:373, "
+            "sample_mode='sample'); t from the configs' t=50 through set_timesteps(1000) + get_timesteps "
+            "(feature/diffusion_feature.py:290-295): SD1.5 PNDM → 51, SDXL Euler → 50; GDF runs float16 "
+            "(use --dtype float16 on a GPU to match)")
+
+
 GDF_PRESETS = {
     "gdf-ours-sd15": ("sd15", 512, (
         "up-level1-repeat1-vit-block0-cross-q", "up-level1-repeat2-res-out",
@@ -85,10 +88,32 @@ for _name, (_backbone, _resolution, _selection) in GDF_PRESETS.items():
     _register(Preset(
         _name, _selection,
         {"resolution": _resolution, "timestep": _timestep, "prompt": GDF_PROMPT, "latent_mode": "sample"},
-        _backbone, GDF_SOURCE,
+        _backbone, gdf_source("correspondence/correspondence/aggregation_network.py:28"),
         f"Meng et al. {_kind} on {_backbone}, {_resolution} px, t={_timestep} (GDF's t=50 through its scheduler), "
         "GDF's fixed 18-class prompt, one posterior sample + one noise",
     ))
+
+# GDF's segmentation configs use the same four selections per model (segmentation/configs/{ade,city}_
+# {sd15,sdxl,legacy_sd15,legacy_sdxl}.py, `layer=`, lines 50-51) with one prompt per dataset.
+GDF_SEGMENTATION_PROMPTS = {
+    # segmentation/configs/ade_sd15.py line 65
+    "ade20k": "a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a "
+              "photo of nature. high quality.",
+    # segmentation/configs/city_sd15.py line 64
+    "cityscapes": "An urban street scene with multiple lanes, various buildings, traffic lights, cars in the lanes, "
+                  "and pedestrians, highly realistic.",
+}
+GDF_SEGMENTATION_PROMPT_FILES = {"ade20k": "segmentation/configs/ade_sd15.py:65",
+                                 "cityscapes": "segmentation/configs/city_sd15.py:64"}
+for _name, (_backbone, _resolution, _selection) in GDF_PRESETS.items():
+    for _dataset, _prompt in GDF_SEGMENTATION_PROMPTS.items():
+        _timestep = GDF_TIMESTEPS[_backbone]
+        _register(Preset(
+            f"{_name}-{_dataset}", _selection,
+            {"resolution": _resolution, "timestep": _timestep, "prompt": _prompt, "latent_mode": "sample"},
+            _backbone, gdf_source(GDF_SEGMENTATION_PROMPT_FILES[_dataset]),
+            f"{_name} for {_dataset}: GDF's {_dataset} prompt, {_resolution} px crops, t={_timestep}",
+        ))
 
 # CleanDIFT's SPair evaluation (branch geoaware-sc-eval, model_utils/extractor_sd.py, line 235) prompts
 # "A photo of a {category}" (capital A) and passes t=261 with the clean latent.

@@ -69,3 +69,34 @@ def test_dift_preset_prompts_like_dift():
     assert settings.prompt == "a photo of a {category}"
     assert (settings.timestep, settings.ensemble_size, settings.resolution) == (261, 8, 768)
     assert settings.latent_mode == "sample"  # dift_sd.py:178 latent_dist.sample()
+
+
+# segmentation/configs/{ade,city}_{sd15,sdxl,legacy_sd15,legacy_sdxl}.py, `layer=` (lines 50-51)
+GDF_SEGMENTATION_LAYERS = {
+    "gdf-ours-sd15": {"up-level1-repeat1-vit-block0-cross-q", "up-level1-repeat2-res-out",
+                      "up-level2-repeat1-vit-block0-cross-q", "up-level3-repeat0-vit-block0-self-k"},
+    "gdf-legacy-sd15": {"up-level0-upsampler-out", "up-level1-upsampler-out", "up-level2-upsampler-out",
+                        "up-level3-repeat2-vit-out"},
+    "gdf-ours-sdxl": {"up-level0-repeat0-vit-block7-out", "up-level0-repeat0-vit-block5-out",
+                      "up-level1-repeat0-vit-block0-cross-q", "up-level1-repeat0-vit-block0-out"},
+    "gdf-legacy-sdxl": {"up-level0-upsampler-out", "up-level1-upsampler-out", "up-level2-repeat2-res-out"},
+}
+SEGMENTATION_PROMPTS = {
+    # segmentation/configs/ade_sd15.py line 65
+    "ade20k": "a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo "
+              "of nature. high quality.",
+    # segmentation/configs/city_sd15.py line 64
+    "cityscapes": "An urban street scene with multiple lanes, various buildings, traffic lights, cars in the "
+                  "lanes, and pedestrians, highly realistic.",
+}
+
+
+@pytest.mark.parametrize("base", sorted(GDF_SEGMENTATION_LAYERS))
+@pytest.mark.parametrize("dataset", ["ade20k", "cityscapes"])
+def test_gdf_segmentation_presets(base, dataset):
+    preset = get_preset(f"{base}-{dataset}")
+    settings = preset.extract_settings()
+    assert set(preset.selection) == GDF_SEGMENTATION_LAYERS[base]
+    assert settings.prompt == SEGMENTATION_PROMPTS[dataset]
+    assert settings.timestep == (51 if base.endswith("sd15") else 50) and settings.latent_mode == "sample"
+    assert settings.resolution == (512 if base.endswith("sd15") else 1024)   # img_size, line 55
