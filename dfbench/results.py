@@ -236,7 +236,8 @@ def write_leaderboard(results_dir: str | Path = "results") -> tuple[Path, Path, 
     """Render ``leaderboard.md`` and ``leaderboard.csv`` in ``results_dir``; returns paths and markdown."""
     results_dir = Path(results_dir)
     frame = leaderboard_table(load_results(results_dir))
-    table = frame.round(2).to_markdown(index=False) if not frame.empty else "(no runs)"
+    shown = frame.round(2).astype(object).where(frame.notna(), None)   # a task's cells blank in other tasks' rows
+    table = shown.to_markdown(index=False, missingval="") if not frame.empty else "(no runs)"
     markdown = "# dfbench leaderboard\n\n" + table + "\n"
     md_path, csv_path = results_dir / "leaderboard.md", results_dir / "leaderboard.csv"
     atomic_write_text(md_path, markdown)
