@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,3 +40,22 @@ def current_umask() -> int:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write` of a text file."""
     return atomic_write(path, lambda temp: temp.write_text(text))
+
+
+def atomic_build_dir(target: str | Path, build: Callable[[Path], None]) -> Path:
+    """Build a folder once: ``build(staging)`` in a temp folder beside ``target``, then rename it to
+    ``target``. A reader never sees a half-built folder; if another process finished first, its
+    folder is kept and this one discarded; on any failure nothing is left behind."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process finished first
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -20,13 +20,12 @@ gravel   7 road              0 road
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from dfbench.atomic import atomic_build_dir
 from dfbench.datasets.segmentation import ADE20K, CITYSCAPES, SegmentationLayout
 
 VERSION = 1
@@ -139,15 +138,5 @@ def mini_segmentation_root(layout: SegmentationLayout = ADE20K, home: str | Path
     target = home / f"mini-{layout.name}-v{VERSION}"
     if (target / layout.folder).is_dir():
         return target / layout.folder
-    home.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=home))
-    try:
-        build_mini_segmentation(layout, staging)
-        try:
-            os.replace(staging, target)
-        except OSError:  # another process finished first
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    atomic_build_dir(target, lambda staging: build_mini_segmentation(layout, staging))
     return target / layout.folder

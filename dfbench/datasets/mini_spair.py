@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from dfbench.atomic import atomic_build_dir
 
 VERSION = 1
 PHOTOS = {"chelsea": "cat", "astronaut": "person", "coffee": "cup", "rocket": "rocket"}
@@ -48,18 +48,7 @@ def mini_spair_root(root: str | Path | None = None) -> Path:
     root = Path(root) if root else default_root()
     if (root / "Layout" / "large" / "test.txt").is_file():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        build_mini_spair(staging)
-        try:
-            os.replace(staging, root)
-        except OSError:  # another process finished first
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
+    return atomic_build_dir(root, build_mini_spair)
 
 
 def _corners(image: np.ndarray, margin: float, count: int) -> np.ndarray:
