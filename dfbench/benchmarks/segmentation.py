@@ -44,6 +44,7 @@ from dfbench.datasets.segmentation import (
 )
 from dfbench.errors import DfbenchInputError
 from dfbench.features import image_features
+from dfbench.images import image_size
 
 PRIMARY = "mIoU"
 
@@ -117,29 +118,31 @@ class SegmentationTask(Task):
                                keep=combine_to_grid)
         extracted = time.perf_counter()
         train_maps = [found.features[f"train/{sample.stem}"] for sample in train]
-        train_labels = [torch.from_numpy(load_label(self.layout, sample.label, _size(sample))) for sample in train]
+        train_labels = [torch.from_numpy(label) for label in self.labels(train).values()]
         probe, mean, std = train_probe(train_maps, train_labels, self.layout.num_classes, options, context.seed,
                                        backbone.device, context.progress)
-        predictions = {}
-        for sample in evaluated:
-            label_shape = (_size(sample)[1], _size(sample)[0])
-            predictions[sample.stem] = predict(probe, mean, std, found.features[f"eval/{sample.stem}"],
-                                               label_shape, backbone.device)
-        output = self._score(data_root, evaluated, predictions)
+        labels = self.labels(evaluated)
+        predictions = {stem: predict(probe, mean, std, found.features[f"eval/{stem}"], label.shape, backbone.device)
+                       for stem, label in labels.items()}
+        output = self._score(labels, predictions)
         output.selection, output.split = found.selection, split
         output.details = {"train_images": len(train)}
         output.timings = {"extract_s": extracted - started, "train_eval_s": time.perf_counter() - extracted,
                           "images": float(len(found.sizes))}
         return output
 
-    def _score(self, data_root: Path, samples: list[SegmentationSample],
-               predictions: dict[str, np.ndarray]) -> TaskOutput:
+    def labels(self, samples: list[SegmentationSample]) -> dict[str, np.ndarray]:
+        """Each sample's label map as the metric sees it, checked against its image's size; by stem."""
+        return {sample.stem: load_label(self.layout, sample.label, image_size(sample.image)[::-1])
+                for sample in samples}
+
+    def _score(self, labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray]) -> TaskOutput:
         areas = SegmentationAreas.empty(self.layout.num_classes)
-        for sample in samples:
-            areas.add(predictions[sample.stem], load_label(self.layout, sample.label, _size(sample)), IGNORE_INDEX)
+        for stem, label in labels.items():
+            areas.add(predictions[stem], label, IGNORE_INDEX)
         summary, per_class = segmentation_metrics(areas, class_names(self.layout))
         table = {name: {"IoU": values["IoU"]} for name, values in per_class.items() if not np.isnan(values["IoU"])}
-        return TaskOutput({**summary, "images": float(len(samples))}, table, predictions)
+        return TaskOutput({**summary, "images": float(len(labels))}, table, predictions)
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
@@ -167,22 +170,19 @@ class SegmentationTask(Task):
             hint = " (it holds predictions.json: made for spair?)" if (folder / "predictions.json").exists() else ""
             raise DfbenchInputError(f"predictions {folder}: no <stem>.png for {len(missing)} of {len(samples)} "
                                     f"{self.layout.name} {split} images (first: {missing[0]}.png){hint}")
+        labels = self.labels(samples)
         predictions = {}
-        for sample in samples:
-            path = folder / f"{sample.stem}.png"
-            decoded = load_label(self.layout, path, _size(sample))  # same checks: readable, 1 channel, in range
+        for stem, label in labels.items():
+            path = folder / f"{stem}.png"
+            # the label checks: readable, one channel, in range, at the image's size
+            decoded = load_label(self.layout, path, label.shape[::-1])
             if self.layout.reduce_zero_label and (decoded == IGNORE_INDEX).any():
                 raise DfbenchInputError(f"predictions {path}: value 0 is not a class; predictions are 1…150")
-            predictions[sample.stem] = decoded
-        output = self._score(data_root, samples, predictions)
+            predictions[stem] = decoded
+        output = self._score(labels, predictions)
         output.split = split
         return output
 
-
-def _size(sample: SegmentationSample) -> tuple[int, int]:
-    """The image's (W, H)."""
-    with Image.open(sample.image) as image:
-        return image.size
 
 
 def sample_at_pixels(maps: torch.Tensor, points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

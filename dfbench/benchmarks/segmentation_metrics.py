@@ -12,7 +12,7 @@ the unrounded values, which round to its numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,8 +25,6 @@ class SegmentationAreas:
     union: np.ndarray
     pred: np.ndarray
     label: np.ndarray
-    images: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def empty(cls, num_classes: int) -> SegmentationAreas:
@@ -40,7 +38,6 @@ class SegmentationAreas:
         counts = image_areas(pred, label, len(self.intersect), ignore_index)
         for total, value in zip((self.intersect, self.union, self.pred, self.label), counts, strict=True):
             total += value
-        self.images += 1
 
 
 def _class_counts(values: np.ndarray, num_classes: int) -> np.ndarray:
