@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from dfbench import ExtractSettings
 from dfbench.backbones.base import DiffusionBackbone
+from dfbench.benchmarks.base import parse_options
 from dfbench.benchmarks.spair_gdf_conv import (
     GdfConvOptions,
     draw_settings,
@@ -47,21 +48,22 @@ def test_symmetric_loss_equals_literal_full_matrix_version():
 
 
 def test_options_are_typed_and_checked():
-    options = GdfConvOptions.from_dict({"max_steps": "20", "eval_every": "5", "lr": "1e-3",
-                                        "val_pairs_file": "val360.txt", "noise_draws": "3", "report": "gdf"})
+    given = {"max_steps": "20", "eval_every": "5", "lr": "1e-3", "val_pairs_file": "val360.txt", "noise_draws": "3",
+             "report": "gdf"}
+    options = parse_options(GdfConvOptions, given, "spair/gdf-conv")
     assert options.max_steps == 20 and options.eval_every == 5 and options.lr == 1e-3
     assert options.val_pairs_file == "val360.txt"
     assert options.noise_draws == 3 and options.report == "gdf"
     with pytest.raises(DfbenchInputError, match="unknown option.*max_step"):
-        GdfConvOptions.from_dict({"max_step": 3})
+        parse_options(GdfConvOptions, {"max_step": 3}, "spair/gdf-conv")
     with pytest.raises(DfbenchInputError, match="max_steps='many': expected int"):
-        GdfConvOptions.from_dict({"max_steps": "many"})
+        parse_options(GdfConvOptions, {"max_steps": "many"}, "spair/gdf-conv")
     with pytest.raises(DfbenchInputError, match="report='best': choose one of select, gdf"):
-        GdfConvOptions.from_dict({"report": "best"})
+        parse_options(GdfConvOptions, {"report": "best"}, "spair/gdf-conv")
     with pytest.raises(DfbenchInputError, match="noise_draws=0: must be ≥ 1"):
-        GdfConvOptions.from_dict({"noise_draws": 0})
+        parse_options(GdfConvOptions, {"noise_draws": 0}, "spair/gdf-conv")
     with pytest.raises(DfbenchInputError, match="max_steps=500 must exceed eval_every=500"):
-        GdfConvOptions.from_dict({"report": "gdf", "max_steps": 500})
+        parse_options(GdfConvOptions, {"report": "gdf", "max_steps": 500}, "spair/gdf-conv")
 
 
 def test_validation_steps_are_gdfs():

@@ -84,13 +84,6 @@ class GdfConvOptions(SpairSubsetOptions):
     report: str = "select"
     noise_draws: int = 1
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GdfConvOptions:
-        """Typed, validated options from strings or values (see :func:`~dfbench.benchmarks.base.parse_options`)."""
-        from dfbench.benchmarks.base import parse_options
-
-        return parse_options(cls, values, "spair/gdf-conv")
-
     def validate(self, where: str) -> None:
         super().validate(where)
         for key in ("max_steps", "eval_every", "steps_per_epoch", "noise_draws"):
