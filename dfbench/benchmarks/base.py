@@ -23,6 +23,7 @@ CLI, results and plots know tasks only through this contract:
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -58,7 +59,8 @@ class ProtocolSpec:
 @dataclass
 class RunContext:
     """What the runner hands a task: the run's folder (made before the run), the feature cache root
-    (or ``None``), the seed, the device, the generic ``limit`` on evaluated items, progress, a logger."""
+    (or ``None``), the seed, the device, the generic ``limit`` on evaluated items, progress, and a
+    logger for messages a user should see (stderr, so ``--format json`` output stays clean)."""
 
     folder: Path
     cache: Any = None
@@ -66,7 +68,7 @@ class RunContext:
     device: str = "cpu"
     limit: int | None = None
     progress: bool = True
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr))
 
 
 @dataclass

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +179,7 @@ class SpairTask(Task):
                                     "noise (no noise, posterior mean), so every realisation is the same; use "
                                     "noise_draws=1, or --latent-mode sample / noise on")
         train = load_spair(data_root, "trn", options.train_limit, seed=settings.seed)
-        val, unmatched = self._validation_pairs(data_root, options)
+        val, unmatched = self._validation_pairs(data_root, options, context.log)
         draws: list[dict[str, Any]] = []
         found = ImageFeatures()
         for draw in range(options.noise_draws):  # draw 0: every image; further draws: training images only
@@ -215,7 +214,8 @@ class SpairTask(Task):
                                    "images": float(len(found.sizes))})
 
     @staticmethod
-    def _validation_pairs(data_root: str | Path, options: GdfConvOptions) -> tuple[list[SpairPair], list[str]]:
+    def _validation_pairs(data_root: str | Path, options: GdfConvOptions,
+                          log: Callable[[str], None]) -> tuple[list[SpairPair], list[str]]:
         """``val``, or the pairs of ``val_pairs_file`` in it (ids or GDF's JSON list) and those not found."""
         if options.val_pairs_file is None:
             if options.report == "gdf":
@@ -226,8 +226,8 @@ class SpairTask(Task):
             return load_spair(data_root, "val"), []
         val, unmatched = read_pair_list(data_root, "val", options.val_pairs_file)
         if unmatched:
-            print(f"spair/gdf-conv: {len(unmatched)} pairs of {options.val_pairs_file} not found in SPair val, "
-                  f"left out: {'; '.join(unmatched[:5])}{' …' if len(unmatched) > 5 else ''}", file=sys.stderr)
+            log(f"spair/gdf-conv: {len(unmatched)} pairs of {options.val_pairs_file} not found in SPair val, "
+                f"left out: {'; '.join(unmatched[:5])}{' …' if len(unmatched) > 5 else ''}")
         if not val:
             raise DfbenchInputError(f"spair/gdf-conv val_pairs_file {options.val_pairs_file}: none of its "
                                     f"{len(unmatched)} pairs is in SPair val ({data_root})")
