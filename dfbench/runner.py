@@ -153,12 +153,10 @@ def check_results_folder(results_dir: str | Path) -> None:
 def new_run_folder(results_dir: str | Path, protocol: str, backbone: str, digest: str) -> tuple[str, Path]:
     """The run's folder ``<results_dir>/runs/<run id>/``: an unfinished one of the same spec (no
     record, e.g. a killed training: the task resumes from what it left there), else a fresh one."""
-    runs = Path(results_dir) / "runs"
-    if runs.exists() and not runs.is_dir():
-        raise DfbenchInputError(f"results folder {runs} is a file; choose another --results")
+    runs = Path(results_dir) / "runs"   # checked beforehand by check_results_folder
     if runs.is_dir():
-        unfinished = sorted(folder for folder in runs.glob(f"*-{digest}*") if folder.is_dir()
-                            and not (folder / RECORD_FILE).exists() and folder.name.split("-")[-1] == digest)
+        unfinished = sorted(folder for folder in runs.glob(f"*-{digest}")
+                            if folder.is_dir() and not (folder / RECORD_FILE).exists())
         if unfinished:
             return unfinished[-1].name, unfinished[-1]
     base = run_id(now(), protocol, backbone, digest)
