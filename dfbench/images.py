@@ -76,8 +76,11 @@ def content_box(width: int, height: int, resolution: int, resize_mode: str) -> t
     return (resolution - new_width) // 2, (resolution - new_height) // 2, new_width, new_height
 
 
-def to_model_input(images: Sequence[Image.Image], resolution: int, resize_mode: str) -> torch.Tensor:
-    """PIL images → float32 tensor N×3×res×res in [-1, 1] (bicubic resize; ``pad`` fills with 0 = grey)."""
+def to_model_input(images: Sequence[Image.Image] | torch.Tensor, resolution: int, resize_mode: str) -> torch.Tensor:
+    """PIL images → float32 tensor N×3×res×res in [-1, 1] (bicubic resize; ``pad`` fills with 0 = grey).
+    A tensor is taken as already prepared (N×3×H×W in [-1, 1]) and returned as float32."""
+    if isinstance(images, torch.Tensor):
+        return images.float()
     batch = torch.zeros(len(images), 3, resolution, resolution)
     for index, image in enumerate(images):
         image = image.convert("RGB")

@@ -125,9 +125,16 @@ def create_spec_backbone(spec: RunSpec) -> Any:
 
 
 def option_details(protocol: Any, options: Any) -> dict[str, dict[str, Any]]:
-    """A record's ``options`` (all, resolved) and ``options_changed`` (those off their defaults)."""
+    """A record's ``options`` (all, resolved) and ``options_changed`` (those off their defaults); the
+    options a protocol lists in ``RUNTIME_OPTIONS`` (logging, checkpoint intervals: they cannot change the
+    numbers) go to ``runtime_options`` instead, out of the run's identity."""
     resolved, defaults = dataclasses.asdict(options), dataclasses.asdict(protocol.options())
-    return {"options": resolved, "options_changed": {k: v for k, v in resolved.items() if v != defaults[k]}}
+    runtime = set(getattr(protocol.options, "RUNTIME_OPTIONS", ()))
+    decisive = {key: value for key, value in resolved.items() if key not in runtime}
+    details = {"options": decisive, "options_changed": {k: v for k, v in decisive.items() if v != defaults[k]}}
+    if runtime:
+        details["runtime_options"] = {key: resolved[key] for key in sorted(runtime)}
+    return details
 
 
 def used_settings(backbone: Any, settings: Any) -> dict[str, Any]:

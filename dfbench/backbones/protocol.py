@@ -39,10 +39,12 @@ class Backbone(Protocol):
     def canonical_selection(self, selection: Sequence[str]) -> list[str]:
         """Activation names (or aliases) → canonical names; an unknown name is one clear error."""
 
-    def extract(self, images: Sequence[Any], selection: Sequence[str], settings: Any = None,
+    def extract(self, images: Sequence[Any] | torch.Tensor, selection: Sequence[str], settings: Any = None,
                 categories: Sequence[str] | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
         """Features of PIL ``images``, resized to ``settings.resolution`` by ``settings.resize_mode``
-        (:func:`dfbench.images.to_model_input`): {canonical name: float32 N×C×h×w}."""
+        (:func:`dfbench.images.to_model_input`), or of a float tensor N×3×R×R already in [-1, 1] and
+        at the resolution (segmentation crops; ``to_model_input`` passes it through):
+        {canonical name: float32 N×C×h×w}."""
 
     def weight_fingerprint(self) -> str:
         """A short fingerprint of the weights actually loaded (part of every feature-cache key)."""

@@ -54,6 +54,8 @@ class ProtocolSpec:
     version: int
     options: type
     description: str = ""
+    #: runs under torchrun / ``accelerate launch`` with one process per GPU (the others refuse a world size > 1)
+    distributed: bool = False
 
 
 @dataclass

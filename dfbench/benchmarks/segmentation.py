@@ -1,4 +1,7 @@
-"""ADE20K and Cityscapes semantic segmentation: protocol ``linear`` (v1).
+"""ADE20K and Cityscapes semantic segmentation: protocols ``linear`` (v1) and ``gdf-uper`` (v1).
+
+``gdf-uper``: GDF's UPerNet on mmsegmentation + mmengine; see
+:mod:`dfbench.benchmarks.segmentation_uper`.
 
 ``linear``: a 1×1 convolution (a per-pixel linear classifier) on the frozen features. The
 selected activations of each image are resized (bilinear) to the largest selected map and
@@ -32,6 +35,7 @@ from tqdm.auto import tqdm
 from dfbench.atomic import atomic_write
 from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput
 from dfbench.benchmarks.segmentation_metrics import SegmentationAreas, segmentation_metrics
+from dfbench.benchmarks.segmentation_uper import GdfUperOptions, train_and_predict
 from dfbench.datasets.segmentation import (
     ADE20K,
     CITYSCAPES,
@@ -92,7 +96,10 @@ class SegmentationTask(Task):
 
     layout: SegmentationLayout = ADE20K
     protocols = {"linear": ProtocolSpec("linear", 1, LinearProbeOptions,
-                                        "a 1×1-conv linear probe on frozen features, mIoU as mmseg's IoUMetric")}
+                                        "a 1×1-conv linear probe on frozen features, mIoU as mmseg's IoUMetric"),
+                 "gdf-uper": ProtocolSpec("gdf-uper", 1, GdfUperOptions,
+                                          "GDF's UPerNet on frozen features (mmseg + mmengine Runner, 80k iters)",
+                                          distributed=True)}
     default_protocol = "linear"
     default_split = "val"
     metrics = {"mIoU": MetricSpec(True, True, "%"), "mAcc": MetricSpec(True, False, "%"),
@@ -108,10 +115,23 @@ class SegmentationTask(Task):
         return [(sample.image, "") for sample in load_samples(self.layout, data_root, split)]
 
     def run(self, context: RunContext, backbone: Any, selection: list[str], settings: Any, data_root: Path,
-            split: str, protocol: str, options: LinearProbeOptions) -> TaskOutput:
-        started = time.perf_counter()
+            split: str, protocol: str, options: LinearProbeOptions | GdfUperOptions) -> TaskOutput:
         train = seeded_subset(load_samples(self.layout, data_root, "train"), options.train_limit, context.seed)
         evaluated = seeded_subset(load_samples(self.layout, data_root, split), context.limit, context.seed)
+        if protocol == "gdf-uper":
+            selection = backbone.canonical_selection(selection)
+            predictions, details, timings = train_and_predict(self.layout, context, backbone, selection, settings,
+                                                              data_root, split, train, evaluated, options)
+            output = self._score(self.labels(evaluated), predictions)
+            output.selection, output.split, output.details = selection, split, details
+            output.timings = {**timings, "images": float(len(evaluated))}
+            return output
+        return self._run_linear(context, backbone, selection, settings, split, train, evaluated, options)
+
+    def _run_linear(self, context: RunContext, backbone: Any, selection: list[str], settings: Any, split: str,
+                    train: list[SegmentationSample], evaluated: list[SegmentationSample],
+                    options: LinearProbeOptions) -> TaskOutput:
+        started = time.perf_counter()
         images = {f"{name}/{sample.stem}": (sample.image, "") for name, samples in (("train", train),
                   ("eval", evaluated)) for sample in samples}
         found = image_features(backbone, images, selection, settings, context.cache, context.progress,

@@ -1,0 +1,104 @@
+"""dfbench's two pieces in mmsegmentation's ``MODELS`` registry, for the ``gdf-uper`` protocol.
+
+- ``FrozenFeatureBackbone``: any registered dfbench backbone + activation selection + settings as an
+  mmseg backbone. Each input crop (N×3×H×W in [-1, 1], from ``SegDataPreProcessor``) is resized
+  bilinearly to the backbone's resolution, the selected activations are extracted under
+  ``torch.no_grad`` (nothing is stored for backward; the backbone's weights are not a submodule, so
+  they are neither trained nor written into checkpoints) and concatenated per *level*: the
+  activations that share a spatial size, levels ordered from the smallest map to the largest, as
+  GDF's ``feature_layers`` are (``segmentation/configs/ade_sd15.py:59-63``: SD1.5 "Ours" gives
+  [2560, 640, 320] channels at 16², 32², 64²).
+- ``GdfResidualAdapter``: GDF's trainable adapter (``segmentation/models/diffusion_segmentor.py``
+  ``ResBlock`` 23-41, used at 128-133 and 233-246): a residual block on each activation's channels,
+  then one on each level's concatenation. Every conv and BatchNorm weight and bias starts at zero, as
+  GDF initialises them, so each block starts as the identity.
+
+mmseg's own ``EncoderDecoder``, decode heads, losses and slide inference do everything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfbench.mmseg_compat import ensure_mmcv_ops
+
+ensure_mmcv_ops()
+
+from mmengine.model import BaseModule  # noqa: E402  (after the mmcv.ops stand-in)
+from mmseg.registry import MODELS  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
+
+register_all_modules(init_default_scope=False)   # mmseg's models, datasets, transforms, metrics, hooks
+
+
+def feature_levels(shapes: dict[str, tuple[int, int, int]]) -> list[list[str]]:
+    """Activation names grouped by spatial size (``shapes``: name → (C, h, w)), levels from the
+    smallest map to the largest; within a level, in the order given."""
+    sizes = sorted({shape[1:] for shape in shapes.values()}, key=lambda size: (size[0] * size[1], size))
+    return [[name for name, shape in shapes.items() if shape[1:] == size] for size in sizes]
+
+
+@MODELS.register_module()
+class FrozenFeatureBackbone(BaseModule):
+    """A frozen dfbench backbone returning one tensor per level (see the module docstring)."""
+
+    def __init__(self, backbone: Any, selection: Sequence[str], settings: Any, levels: Sequence[Sequence[str]],
+                 init_cfg: dict | None = None) -> None:
+        super().__init__(init_cfg)
+        # not a submodule (a backbone may be an nn.Module): frozen, outside state_dict and the optimizer
+        object.__setattr__(self, "feature_backbone", backbone)
+        self.selection = list(selection)
+        self.settings = settings
+        self.levels = [list(level) for level in levels]
+        self.resolution = settings.resolution or backbone.default_resolution
+
+    def forward(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            pixels = inputs.float()
+            if pixels.shape[-2:] != (self.resolution, self.resolution):
+                pixels = F.interpolate(pixels, size=(self.resolution, self.resolution), mode="bilinear",
+                                       align_corners=False)
+            features = self.feature_backbone.extract(pixels, self.selection, self.settings)
+        # clone(): extraction may run under inference_mode, whose tensors cannot enter autograd
+        return [torch.cat([features[name] for name in level], dim=1).to(inputs.device, torch.float32).clone()
+                for level in self.levels]
+
+
+class ZeroInitResidualBlock(nn.Module):
+    """``x + BN(conv3×3(relu(BN(conv3×3(x)))))`` with every weight and bias zero: GDF's ``ResBlock``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), nn.BatchNorm2d(channels))
+        self.conv2 = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), nn.BatchNorm2d(channels))
+        for layer in (*self.conv1, *self.conv2):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+@MODELS.register_module()
+class GdfResidualAdapter(BaseModule):
+    """GDF's adapter neck: ``channels[level]`` lists the channel count of each activation in that level."""
+
+    def __init__(self, channels: Sequence[Sequence[int]], init_cfg: dict | None = None) -> None:
+        super().__init__(init_cfg)
+        self.channels = [list(level) for level in channels]
+        self.per_activation = nn.ModuleList(
+            nn.ModuleList(ZeroInitResidualBlock(count) for count in level) for level in self.channels)
+        self.per_level = nn.ModuleList(ZeroInitResidualBlock(sum(level)) for level in self.channels)
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        outputs = []
+        levels = zip(inputs, self.channels, self.per_activation, self.per_level, strict=True)
+        for level, counts, blocks, block in levels:
+            parts = torch.split(level, counts, dim=1)
+            outputs.append(block(torch.cat([each(part) for each, part in zip(blocks, parts, strict=True)], dim=1)))
+        return outputs
