@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,16 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     device: str | None = None
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (the value itself with one process)."""
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def barrier(self) -> None:
         """Wait for every rank (a no-op with one process)."""
@@ -38,7 +49,10 @@ def process_group() -> Iterator[Ranks]:
     import torch.distributed as dist
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else None
+    device = None
+    if torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)   # what mmengine's Runner and NCCL collectives take as this rank's GPU
     try:
         yield Ranks(rank, world_size, device)
     finally:

@@ -181,9 +181,14 @@ def new_run_folder(results_dir: str | Path, protocol: str, backbone: str, digest
 
 
 def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool = True, figures: bool = True,
-            backbone: Any = None) -> tuple[Result, Path]:
-    """Run ``spec``, save its record, figures and (if asked) predictions; returns (result, record path)."""
+            backbone: Any = None, ranks: Any = None) -> tuple[Result, Path]:
+    """Run ``spec``, save its record, figures and (if asked) predictions; returns (result, record path).
+
+    Under torchrun (``ranks``: :class:`dfbench.distributed.Ranks` with world size > 1; only protocols
+    declared ``distributed``) every rank runs the task in the run folder rank 0 made; rank 0 alone
+    writes the record, figures and predictions."""
     from dfbench.benchmarks.base import RunContext, parse_options
+    from dfbench.distributed import Ranks
     from dfbench.registry import TASKS, get_preset
     from dfbench.settings import resolve_settings
 
@@ -191,6 +196,10 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     task = TASKS.get(task_name)()
     protocol = task.protocol(protocol_name)
     options = parse_options(protocol.options, spec.options, f"{task.name}/{protocol.name}")
+    ranks = ranks or Ranks()
+    if ranks.world_size > 1 and not protocol.distributed:
+        raise DfbenchInputError(f"{task.name}/{protocol.name} runs in one process; launch it without torchrun "
+                                "(protocols that train across GPUs: ade20k/gdf-uper, cityscapes/gdf-uper)")
     if spec.limit is not None and spec.limit < 1:
         raise DfbenchInputError(f"--limit {spec.limit}: must be ≥ 1")
     preset = get_preset(spec.preset) if spec.preset else None
@@ -200,22 +209,24 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     data_root = resolve_data_root(task, spec.data_root)
     check_results_folder(results_dir)  # before the weights load and the extraction, not after
     if backbone is None:
-        backbone = create_spec_backbone(spec)
+        backbone = create_spec_backbone(dataclasses.replace(spec, device=spec.device or ranks.device))
     settings = resolve_settings(backbone, preset.settings if preset else {}, spec.settings)
     cache = None
     if spec.cache_dir or os.environ.get("DFBENCH_CACHE"):
         from dfbench.cache import FeatureCache
 
         cache = FeatureCache(spec.cache_dir)
-    identifier, folder = new_run_folder(results_dir, f"{task.name}/{protocol.name}", backbone.name,
-                                        spec.config_hash()[:8])
+    made = None
+    if ranks.rank == 0:
+        made = new_run_folder(results_dir, f"{task.name}/{protocol.name}", backbone.name, spec.config_hash()[:8])
+    identifier, folder = ranks.broadcast(made)
     context = RunContext(folder=folder, cache=cache, seed=settings.seed, device=str(backbone.device),
                          limit=spec.limit, progress=progress)
     try:
         output = task.run(context, backbone, selection, settings, data_root, spec.split or task.default_split,
                           protocol.name, options)
     except BaseException:
-        if not any(folder.iterdir()):  # nothing (checkpoints, logs) worth keeping for a resume
+        if ranks.rank == 0 and not any(folder.iterdir()):  # nothing (checkpoints, logs) worth keeping for a resume
             folder.rmdir()
         raise
     details = {"split": output.split or spec.split or task.default_split, "data_root": str(data_root),
@@ -232,6 +243,8 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
         created=now(), run_id=identifier,
         metric_specs={key: task.metric_spec(key).to_dict() for key in output.metrics},
     )
+    if ranks.rank != 0:
+        return result, folder / RECORD_FILE
     if spec.save_predictions:
         target = folder / "predictions" if spec.save_predictions is True else Path(spec.save_predictions)
         task.save_predictions(output, target)

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from references import TextureBackbone, hand_miou
 
 from dfbench.benchmarks.segmentation import sample_at_pixels
 from dfbench.cli import main
-from dfbench.datasets.segmentation import ADE20K, CITYSCAPES, load_label, load_samples
-from dfbench.images import to_model_input
+from dfbench.datasets.segmentation import ADE20K, CITYSCAPES, load_samples
 from dfbench.runner import RunSpec, run_one
 
 
@@ -33,46 +33,6 @@ def test_pixel_sampling_equals_full_bilinear_upsampling():
     torch.testing.assert_close(direct, logits[:, points[:, 1], points[:, 0]].T)
 
 
-class TextureBackbone:
-    """Per 4×4 cell: mean colour and colour spread — enough for a linear probe to tell sky, brick,
-    grass and gravel apart (the mini sets' labels are meaningful)."""
-
-    name, default_resolution, default_settings, source = "texture", 64, {}, "none"
-    setting_names = ("resolution", "resize_mode", "dtype", "batch_size")
-    device = torch.device("cpu")
-
-    def check_resolution(self, resolution):
-        pass
-
-    def canonical_selection(self, selection):
-        return list(selection)
-
-    def weight_fingerprint(self):
-        return "texture-v1"
-
-    def extract(self, images, selection, settings=None, categories=None, progress=False):
-        pixels = to_model_input(images, settings.resolution, settings.resize_mode)
-        mean = F.avg_pool2d(pixels, 4)
-        spread = (F.avg_pool2d(pixels**2, 4) - mean**2).clamp(min=0).sqrt()
-        return {"texture": torch.cat([mean, spread], dim=1)}
-
-
-def _hand_miou(layout, root, folder):
-    """mIoU from a confusion matrix over the saved PNGs and the label files, classes with a union only."""
-    classes = layout.num_classes
-    confusion = np.zeros((classes, classes), dtype=np.int64)
-    for sample in load_samples(layout, root, "val"):
-        label = load_label(layout, sample.label)
-        predicted = np.asarray(Image.open(folder / f"{sample.stem}.png")).astype(np.int64)
-        predicted = predicted - 1 if layout is ADE20K else predicted
-        keep = label != 255
-        confusion += np.bincount(label[keep] * classes + predicted[keep], minlength=classes**2).reshape(classes,
-                                                                                                         classes)
-    intersection = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - intersection
-    return 100 * np.mean(intersection[union > 0] / union[union > 0])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", [ADE20K, CITYSCAPES], ids=["ade20k", "cityscapes"])
 def test_linear_probe_learns_the_mini_set_and_miou_equals_a_hand_confusion_matrix(layout, tmp_path):
@@ -83,7 +43,7 @@ def test_linear_probe_learns_the_mini_set_and_miou_equals_a_hand_confusion_matri
     from dfbench.registry import TASKS
 
     mini = TASKS.get(layout.name)().mini_root()
-    assert result.metrics["mIoU"] == pytest.approx(_hand_miou(layout, mini, folder), abs=1e-9)
+    assert result.metrics["mIoU"] == pytest.approx(hand_miou(layout, mini, folder), abs=1e-9)
     assert result.metrics["mIoU"] > 60 and result.metrics["images"] == 3   # meaningful labels, learnt
     values = np.unique(np.concatenate([np.unique(np.asarray(Image.open(p))) for p in folder.glob("*.png")]))
     if layout is ADE20K:

@@ -101,7 +101,7 @@ GDF_RECIPES = {
 }
 
 
-def train_pipeline(layout: SegmentationLayout, recipe: GdfRecipe) -> list[dict]:
+def training_pipeline(layout: SegmentationLayout, recipe: GdfRecipe) -> list[dict]:
     """mmseg transforms of GDF's training pipeline."""
     resize = (dict(type="RandomResize", scale=recipe.scale, ratio_range=recipe.ratio_range, keep_ratio=True)
               if recipe.ratio_range else dict(type="Resize", scale=recipe.scale, keep_ratio=True))
@@ -110,7 +110,7 @@ def train_pipeline(layout: SegmentationLayout, recipe: GdfRecipe) -> list[dict]:
             dict(type="RandomFlip", prob=0.5), dict(type="PhotoMetricDistortion"), dict(type="PackSegInputs")]
 
 
-def test_pipeline(layout: SegmentationLayout, recipe: GdfRecipe) -> list[dict]:
+def evaluation_pipeline(layout: SegmentationLayout, recipe: GdfRecipe) -> list[dict]:
     """mmseg transforms of GDF's test pipeline (labels loaded after the resize: scored at full size)."""
     return [dict(type="LoadImageFromFile"), dict(type="Resize", scale=recipe.scale, keep_ratio=True),
             dict(type="LoadAnnotations", reduce_zero_label=layout.reduce_zero_label), dict(type="PackSegInputs")]
@@ -140,6 +140,7 @@ def build_segmentor(backbone: Any, selection: list[str], settings: Any, shapes: 
                     num_classes: int, options: GdfUperOptions, recipe: GdfRecipe, sync_bn: bool) -> Any:
     """mmseg's ``EncoderDecoder`` with the frozen backbone, GDF's adapter and GDF's heads."""
     from mmengine.config import ConfigDict
+    from mmengine.registry import DefaultScope
 
     from dfbench.mmseg_models import MODELS, feature_levels
 
@@ -170,7 +171,8 @@ def build_segmentor(backbone: Any, selection: list[str], settings: Any, shapes: 
         train_cfg=dict(),
         test_cfg=dict(mode="slide", crop_size=crop, stride=(recipe.stride, recipe.stride)),
     )
-    return MODELS.build(config)
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        return MODELS.build(config)
 
 
 def activation_shapes(backbone: Any, selection: list[str], settings: Any) -> dict[str, tuple[int, int, int]]:
@@ -230,6 +232,9 @@ def runner_config(context: RunContext, options: GdfUperOptions, train_set: Any, 
             sampler_seed=dict(type="DistSamplerSeedHook")),
         log_processor=dict(by_epoch=False),
         launcher="pytorch" if distributed else "none",
+        # on CPU (gloo) DDP takes no device_ids; mmengine's default passes [LOCAL_RANK], meant for GPUs
+        cfg=dict(model_wrapper_cfg=dict(type="MMDistributedDataParallel", device_ids=None)
+                 if distributed and not torch.cuda.is_available() else None),
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
         randomness=dict(seed=context.seed),
         resume=True,
@@ -257,6 +262,7 @@ def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone
                        settings: Any, data_root: Path, split: str, train: list[SegmentationSample],
                        evaluated: list[SegmentationSample], options: GdfUperOptions,
                        ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+    import torch.distributed as dist
     from mmengine.dataset import pseudo_collate
     from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner
@@ -268,8 +274,8 @@ def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone
     shapes = activation_shapes(backbone, selection, settings)
     model = build_segmentor(backbone, selection, settings, shapes, layout.num_classes, options, recipe,
                             sync_bn=distributed and torch.cuda.is_available())
-    train_set = mmseg_dataset(layout, data_root, "train", train, train_pipeline(layout, recipe))
-    val_set = mmseg_dataset(layout, data_root, split, evaluated, test_pipeline(layout, recipe))
+    train_set = mmseg_dataset(layout, data_root, "train", train, training_pipeline(layout, recipe))
+    val_set = mmseg_dataset(layout, data_root, split, evaluated, evaluation_pipeline(layout, recipe))
     config = runner_config(context, options, train_set, val_set, distributed)
     runner = Runner(model=model, **config)
     runner.train()
@@ -279,11 +285,18 @@ def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone
     network.eval()
     predictions: dict[str, np.ndarray] = {}
     stems = {sample.image.resolve(): sample.stem for sample in evaluated}
-    for index in tqdm(range(len(val_set)), desc="predict", unit="image", disable=not context.progress):
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    for index in tqdm(range(rank, len(val_set), world_size), desc="predict", unit="image",
+                      disable=not context.progress):
         with torch.no_grad():
             (output,) = network.test_step(pseudo_collate([val_set[index]]))
         predictions[stems[Path(output.img_path).resolve()]] = output.pred_sem_seg.data[0].cpu().numpy().astype(
-            np.int64)
+            np.uint8)   # class ids < 255 (at most 150 classes): a quarter of the bytes to gather
+    if distributed:
+        shards: list[Any] = [None] * world_size
+        dist.all_gather_object(shards, predictions)
+        predictions = {stem: prediction for shard in shards for stem, prediction in shard.items()}
+    predictions = {stem: prediction.astype(np.int64) for stem, prediction in predictions.items()}
     finished = time.perf_counter()
     iterations = runner.iter
     levels = [[name for name in level] for level in model.backbone.levels]

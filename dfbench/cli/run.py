@@ -65,6 +65,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dfbench.distributed import process_group
     from dfbench.runner import RunSpec, run_one
 
     settings = given_settings(args)
@@ -76,7 +77,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.data_root is None:
         raise DfbenchInputError("--data-root DIR is required (or --data-root mini for the embedded mini set)")
-    result, path = run_one(spec, args.results, progress=not args.no_progress, figures=not args.no_figures)
+    with process_group() as ranks:   # under torchrun: one process per GPU (protocols that train: gdf-uper)
+        result, path = run_one(spec, args.results, progress=not args.no_progress and ranks.rank == 0,
+                               figures=not args.no_figures, ranks=ranks)
+        ranks.barrier()
+    if ranks.rank != 0:
+        return 0
     print(f"wrote {path}")
     print(format_metrics(result))
     return print_leaderboard(args.results)
