@@ -97,13 +97,14 @@ def split_task(name: str) -> tuple[str, str | None]:
 
 
 def resolve_data_root(task: Any, data_root: str | None) -> Path:
-    """``mini`` (or nothing, for the demo) → the task's embedded mini set; else the given folder."""
+    """``mini`` (or nothing, for the demo) → the task's embedded mini set; else the task's
+    :meth:`~dfbench.benchmarks.base.Task.data_folder` for it."""
     if data_root in (None, "", "mini"):
         root = task.mini_root()
         if root is None:
             raise DfbenchInputError(f"task {task.name}: pass --data-root DIR (it has no embedded mini set)")
         return root
-    return Path(data_root)
+    return task.data_folder(data_root)
 
 
 def spec_dtype(spec: RunSpec) -> str:

@@ -112,6 +112,11 @@ class Task:
         """The embedded mini set's folder (built on first use), or ``None`` if the task has none."""
         return None
 
+    def data_folder(self, data_root: str) -> Path:
+        """The dataset folder that ``--data-root`` names (``mini`` is handled before): by default the
+        path itself; a task may accept other sources (ADE20K: Hugging Face ``datasets``)."""
+        return Path(data_root)
+
     def split_images(self, data_root: str | Path, split: str) -> list[tuple[Path, str]]:
         """The distinct images of ``split`` with their categories, in a fixed order."""
         raise NotImplementedError

@@ -268,6 +268,13 @@ class Ade20kTask(SegmentationTask):
     name = "ade20k"
     layout = ADE20K
 
+    def data_folder(self, data_root: str) -> Path:
+        """The folder layout, or a Hugging Face source (``hf:<id>``, a ``save_to_disk`` folder) written
+        into it once (:mod:`dfbench.datasets.hf_ade20k`)."""
+        from dfbench.datasets.hf_ade20k import hf_ade20k_root, is_hf_source
+
+        return hf_ade20k_root(data_root) if is_hf_source(data_root) else Path(data_root)
+
 
 class CityscapesTask(SegmentationTask):
     """Cityscapes (19 trainId classes, leftImg8bit + gtFine): semantic segmentation, mIoU."""
