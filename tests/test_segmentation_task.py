@@ -76,3 +76,28 @@ def test_bad_segmentation_predictions_are_one_line(tmp_path, capsys):
     assert main([*base, "--format", "json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["images"] == 3 and 0 <= metrics["mIoU"] <= 100   # all "wall": IoU of wall only
+
+
+def test_overlay_blends_the_palette_and_keeps_ignored_pixels():
+    from dfbench.benchmarks.segmentation_plots import overlay
+
+    image = np.array([[[100, 50, 0], [10, 20, 30]]], dtype=np.uint8)
+    palette = np.array([[200, 0, 100], [0, 0, 0]], dtype=np.uint8)
+    blended = overlay(image, np.array([[0, 255]]), palette)
+    assert blended[0, 0].tolist() == [160, 20, 60]          # 0.4 · photo + 0.6 · colour
+    assert blended[0, 1].tolist() == [10, 20, 30]           # ignored: the photo
+
+
+def test_figures_are_the_per_class_chart_and_image_truth_prediction_overlays(tmp_path):
+    from dfbench.benchmarks.base import TaskOutput
+    from dfbench.registry import TASKS
+
+    task = TASKS.get("cityscapes")()
+    samples = load_samples(CITYSCAPES, task.mini_root(), "val")
+    output = TaskOutput({"mIoU": 50.0}, {"road": {"IoU": 40.0}, "sky": {"IoU": 60.0}},
+                        {s.stem: np.zeros((96, 192), np.int64) for s in samples})
+    output.details["overlay_images"] = [[s.stem, str(s.image), str(s.label)] for s in samples[:2]]
+    paths = task.figures(output, "title", tmp_path)
+    assert [path.name for path in paths] == ["per-class-iou.png", "overlays.png"]
+    with Image.open(paths[1]) as figure:
+        assert figure.size[1] > figure.size[0] / 3 * 0.5 * 2 * 0.9   # two rows of three 2:1 panels

@@ -45,12 +45,14 @@ from dfbench.datasets.segmentation import (
     class_names,
     load_label,
     load_samples,
+    mmseg_metainfo,
 )
 from dfbench.errors import DfbenchInputError
 from dfbench.features import image_features
 from dfbench.images import image_size
 
-PRIMARY = "mIoU"
+#: validation images shown in the overlay figure
+OVERLAY_IMAGES = 4
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,12 @@ class SegmentationTask(Task):
             output = self._score(self.labels(evaluated), predictions)
             output.selection, output.split, output.details = selection, split, details
             output.timings = {**timings, "images": float(len(evaluated))}
-            return output
-        return self._run_linear(context, backbone, selection, settings, split, train, evaluated, options)
+        else:
+            output = self._run_linear(context, backbone, selection, settings, split, train, evaluated, options)
+        # the figure's images: the first few evaluated ones
+        output.details["overlay_images"] = [[sample.stem, str(sample.image), str(sample.label)]
+                                            for sample in evaluated[:OVERLAY_IMAGES]]
+        return output
 
     def _run_linear(self, context: RunContext, backbone: Any, selection: list[str], settings: Any, split: str,
                     train: list[SegmentationSample], evaluated: list[SegmentationSample],
@@ -166,10 +172,16 @@ class SegmentationTask(Task):
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
+        from dfbench.benchmarks.segmentation_plots import plot_overlays
         from dfbench.plots import plot_per_category
 
-        return [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png",
-                                  pooled=output.metrics.get(PRIMARY))]
+        figures = [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png")]
+        rows = [(stem, Path(image), load_label(self.layout, label), output.predictions[stem])
+                for stem, image, label in output.details.get("overlay_images", [])]
+        if rows:
+            palette = mmseg_metainfo(self.layout)["palette"]
+            figures.append(plot_overlays(rows, palette, title, folder / "overlays.png"))
+        return figures
 
     def save_predictions(self, output: TaskOutput, folder: Path) -> Path:
         folder = Path(folder)

@@ -128,12 +128,16 @@ def load_label(layout: SegmentationLayout, path: str | Path, size: tuple[int, in
     return labels
 
 
-def class_names(layout: SegmentationLayout) -> list[str]:
-    """The class names, from mmseg's own dataset definitions."""
+def mmseg_metainfo(layout: SegmentationLayout) -> dict:
+    """mmseg's own ``METAINFO`` of the dataset: ``classes`` and ``palette``."""
     from dfbench.mmseg_compat import ensure_mmcv_ops
 
     ensure_mmcv_ops()
     from mmseg.datasets import ADE20KDataset, CityscapesDataset
 
-    dataset = ADE20KDataset if layout is ADE20K else CityscapesDataset
-    return list(dataset.METAINFO["classes"])
+    return (ADE20KDataset if layout is ADE20K else CityscapesDataset).METAINFO
+
+
+def class_names(layout: SegmentationLayout) -> list[str]:
+    """The class names, from mmseg's own dataset definitions."""
+    return list(mmseg_metainfo(layout)["classes"])
