@@ -40,7 +40,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      "steps_per_epoch, lr, weight_decay, train_limit (seeded sample across categories), "
                      "val_pairs_file (pair ids, or GDF's spair_71k_val-360.json), report=select|gdf (gdf: GDF's "
                      "max over validations on its list, never test), noise_draws=K (noise realisations per "
-                     "training image)")
+                     "training image); ade20k / cityscapes linear: steps, lr, batch_size, pixels_per_image, "
+                     "train_limit; gdf-uper: iters, crop_size, batch_size, lr, val_interval, checkpoint_interval, "
+                     "workers, adapter, seg_pad_val, …")
     run.add_argument("--save-predictions", nargs="?", const=True, default=False, metavar="DIR",
                      help="save the predictions (into the run folder, or DIR) for `dfbench score`")
     run.add_argument("--results", default="results", help="results folder (default ./results)")
