@@ -241,3 +241,26 @@ def test_two_rank_torchrun_trains_and_rank_zero_records(tmp_path):
     assert len(list(tmp_path.glob("runs/*"))) == 1          # one folder, made by rank 0
     log = next(tmp_path.glob("runs/*/mmseg/*/*.log")).read_text()
     assert "Distributed training: True" in log and "GPU number: 2" in log   # mmengine's words for 2 processes
+
+
+def test_adapter_size_is_gdfs_two_conv_bn_pairs_per_activation_and_per_level(tiny_sd15):
+    settings = ExtractSettings(resolution=64)
+    shapes = {"up_blocks.1": (64, 4, 4), "up_blocks.2": (64, 8, 8), "up_blocks.3": (32, 8, 8)}
+
+    def trainable(adapter):
+        model = build_segmentor(tiny_sd15, list(shapes), settings, shapes, 19, GdfUperOptions(adapter=adapter),
+                                GDF_RECIPES["cityscapes"], sync_bn=False)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def block(c):   # two 3×3 convs c→c with bias (9c² + c each) and two BatchNorms (2c each)
+        return 2 * (9 * c * c + c) + 2 * (2 * c)
+
+    expected = block(64) + block(64) + block(64 + 32) + block(64) + block(32)   # per level, per activation
+    assert trainable(True) - trainable(False) == expected
+
+
+def test_perf_segmentation_times_a_gdf_uper_training_step(tiny_sd15):
+    from dfbench.perf import _gdf_uper_iteration_s
+
+    row = _gdf_uper_iteration_s(tiny_sd15, "cityscapes", "gdf-ours-sd15-cityscapes", 64, 1, lambda message: None)
+    assert row["crop"] == 64 and row["batch"] == 2 and row["s_per_iter"] > 0 and row["peak_rss_gib"] > 0

@@ -19,9 +19,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "report the ratios and the peak RSS. throughput: images/s of one clean pass per backbone, FLOPs per "
         "image, and the fraction of --peak-tflops (use on a GPU). matching: spair/dift-nn matching and scoring "
         "alone on synthetic features of SD2.1 up_blocks.1's shape (1280×48×48) for SPair-sized images. "
-        "cache: cache-hit read throughput vs recomputation and bytes per image per activation.",
+        "cache: cache-hit read throughput vs recomputation and bytes per image per activation. "
+        "segmentation: seconds per training iteration of gdf-uper (ADE20K crop 512, Cityscapes crop 1024) and of "
+        "the linear probe for tiny and full-size SD1.5 (random weights), peak RSS, and the linear protocol's "
+        "speed-up from cached features (add --quick for tiny only).",
     )
-    perf.add_argument("suite", nargs="?", choices=["recipes", "throughput", "matching", "cache"], default="recipes")
+    perf.add_argument("suite", nargs="?", choices=["recipes", "throughput", "matching", "cache",
+                                                               "segmentation"], default="recipes")
     perf.add_argument("--backbone", nargs="+", default=None, help="recipes: one (default sd15); "
                       "throughput: several (default sd15 sd21 sdxl)")
     perf.add_argument("--resolution", type=int, help="recipes: input size (default: the backbone's)")
@@ -34,6 +38,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--peak-tflops", type=float, help="throughput: the device's dense peak, for the fraction")
     perf.add_argument("--pairs", type=int, default=12234, help="matching: pairs (default: SPair test, 12,234)")
     perf.add_argument("--images", type=int, default=1800, help="matching: distinct images (default 1,800)")
+    perf.add_argument("--quick", action="store_true", help="segmentation: tiny-sd15 only")
     perf.add_argument("--out", help="also write the results as JSON here")
     perf.set_defaults(handler=cmd_perf)
 
@@ -53,6 +58,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
             raise DfbenchInputError("perf recipes: give one --backbone")
         results = perf.run_recipes(backbones[0], args.resolution, args.dtype or "float32", args.repeats,
                                    args.ensemble, args.device or "cpu", log=log)
+    elif args.suite == "segmentation":
+        results = perf.run_segmentation(not args.quick, max(args.repeats, 2), log=log)
     elif args.suite == "cache":
         results = perf.run_cache(log=log)
     elif args.suite == "matching":
