@@ -321,7 +321,7 @@ def _gdf_uper_iteration_s(backbone: Any, dataset: str, preset: str, crop: int | 
     recipe = GDF_RECIPES[dataset].scaled_to(crop)
     options = GdfUperOptions()
     model = build_segmentor(backbone, selection, settings, activation_shapes(backbone, selection, settings),
-                            150 if dataset == "ade20k" else 19, options, recipe, sync_bn=False)
+                            150 if dataset == "ade20k" else 19, options, recipe, sync_bn=False).to(backbone.device)
     from mmengine.optim import OptimWrapper
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
@@ -344,7 +344,7 @@ def _gdf_uper_iteration_s(backbone: Any, dataset: str, preset: str, crop: int | 
 
     model.train()
     log(f"gdf-uper {dataset} crop {size}: {backbone.name} …")
-    step_s = timed(lambda: model.train_step(batch(), wrapper), repeats, torch.device("cpu"), warmup=1)
+    step_s = timed(lambda: model.train_step(batch(), wrapper), repeats, backbone.device, warmup=1)
     return {"s_per_iter": step_s, "crop": size, "batch": options.batch_size,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
