@@ -30,6 +30,16 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order (``[value]`` with one process)."""
+        if self.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def barrier(self) -> None:
         """Wait for every rank (a no-op with one process)."""
         if self.world_size > 1:

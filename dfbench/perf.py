@@ -313,6 +313,7 @@ def _gdf_uper_iteration_s(backbone: Any, dataset: str, preset: str, crop: int | 
     """Seconds per ``gdf-uper`` training iteration (batch 2 at the crop size: preprocessing, extraction,
     adapter, UPerHead + aux losses, backward, AdamW step), median of ``repeats`` after one warm-up."""
     from dfbench.benchmarks.segmentation_uper import GDF_RECIPES, GdfUperOptions, activation_shapes, build_segmentor
+    from dfbench.datasets.segmentation import ADE20K, CITYSCAPES
     from dfbench.registry import get_preset
 
     preset_settings = get_preset(preset)
@@ -320,8 +321,10 @@ def _gdf_uper_iteration_s(backbone: Any, dataset: str, preset: str, crop: int | 
     selection = backbone.canonical_selection(preset_settings.selection)
     recipe = GDF_RECIPES[dataset].scaled_to(crop)
     options = GdfUperOptions()
+    classes = (ADE20K if dataset == "ade20k" else CITYSCAPES).num_classes
     model = build_segmentor(backbone, selection, settings, activation_shapes(backbone, selection, settings),
-                            150 if dataset == "ade20k" else 19, options, recipe, sync_bn=False).to(backbone.device)
+                            classes, options, recipe, sync_bn=False).to(backbone.device)
+    # mmengine / mmseg imports after build_segmentor, which installs the mmcv.ops stand-in they need
     from mmengine.optim import OptimWrapper
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
@@ -329,7 +332,6 @@ def _gdf_uper_iteration_s(backbone: Any, dataset: str, preset: str, crop: int | 
     wrapper = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay))
     generator = torch.Generator().manual_seed(0)
     size = recipe.crop
-    classes = 150 if dataset == "ade20k" else 19
 
     def batch() -> dict[str, Any]:
         samples = []

@@ -222,7 +222,7 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
         made = new_run_folder(results_dir, f"{task.name}/{protocol.name}", backbone.name, spec.config_hash()[:8])
     identifier, folder = ranks.broadcast(made)
     context = RunContext(folder=folder, cache=cache, seed=settings.seed, device=str(backbone.device),
-                         limit=spec.limit, progress=progress)
+                         limit=spec.limit, progress=progress, ranks=ranks)
     try:
         output = task.run(context, backbone, selection, settings, data_root, spec.split or task.default_split,
                           protocol.name, options)

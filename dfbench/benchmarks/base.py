@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfbench.distributed import Ranks
 from dfbench.errors import DfbenchInputError
 
 
@@ -61,8 +62,9 @@ class ProtocolSpec:
 @dataclass
 class RunContext:
     """What the runner hands a task: the run's folder (made before the run), the feature cache root
-    (or ``None``), the seed, the device, the generic ``limit`` on evaluated items, progress, and a
-    logger for messages a user should see (stderr, so ``--format json`` output stays clean)."""
+    (or ``None``), the seed, the device, the generic ``limit`` on evaluated items, progress, a
+    logger for messages a user should see (stderr, so ``--format json`` output stays clean), and
+    the ranks of a torchrun launch."""
 
     folder: Path
     cache: Any = None
@@ -71,6 +73,8 @@ class RunContext:
     limit: int | None = None
     progress: bool = True
     log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr))
+    #: this process's rank and the world size under torchrun (protocols declared ``distributed`` only)
+    ranks: Ranks = field(default_factory=Ranks)
 
 
 @dataclass

@@ -25,7 +25,6 @@ exactly as ``IoUMetric`` computes them.
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -262,7 +261,6 @@ def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone
                        settings: Any, data_root: Path, split: str, train: list[SegmentationSample],
                        evaluated: list[SegmentationSample], options: GdfUperOptions,
                        ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
-    import torch.distributed as dist
     from mmengine.dataset import pseudo_collate
     from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner
@@ -270,7 +268,8 @@ def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone
 
     started = time.perf_counter()
     recipe = GDF_RECIPES[layout.name].scaled_to(options.crop_size)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ranks = context.ranks
+    distributed = ranks.world_size > 1
     shapes = activation_shapes(backbone, selection, settings)
     model = build_segmentor(backbone, selection, settings, shapes, layout.num_classes, options, recipe,
                             sync_bn=distributed and torch.cuda.is_available())
@@ -285,22 +284,17 @@ def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone
     network.eval()
     predictions: dict[str, np.ndarray] = {}
     stems = {sample.image.resolve(): sample.stem for sample in evaluated}
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    for index in tqdm(range(rank, len(val_set), world_size), desc="predict", unit="image",
+    for index in tqdm(range(ranks.rank, len(val_set), ranks.world_size), desc="predict", unit="image",
                       disable=not context.progress):
         with torch.no_grad():
             (output,) = network.test_step(pseudo_collate([val_set[index]]))
         predictions[stems[Path(output.img_path).resolve()]] = output.pred_sem_seg.data[0].cpu().numpy().astype(
             np.uint8)   # class ids < 255 (at most 150 classes): a quarter of the bytes to gather
-    if distributed:
-        shards: list[Any] = [None] * world_size
-        dist.all_gather_object(shards, predictions)
-        predictions = {stem: prediction for shard in shards for stem, prediction in shard.items()}
-    predictions = {stem: prediction.astype(np.int64) for stem, prediction in predictions.items()}
+    predictions = {stem: prediction.astype(np.int64) for shard in ranks.all_gather(predictions)
+                   for stem, prediction in shard.items()}
     finished = time.perf_counter()
-    iterations = runner.iter
-    levels = [[name for name in level] for level in model.backbone.levels]
-    details = {"train_images": len(train), "iterations": iterations, "levels": levels,
+    levels = model.backbone.levels
+    details = {"train_images": len(train), "iterations": runner.iter, "levels": levels,
                "level_channels": [sum(shapes[name][0] for name in level) for level in levels],
                "crop_size": recipe.crop, "slide_stride": recipe.stride, "resize_scale": list(recipe.scale),
                "work_dir": str(context.folder / "mmseg"),
