@@ -115,6 +115,18 @@ for _name, (_backbone, _resolution, _selection) in GDF_PRESETS.items():
             f"{_name} for {_dataset}: GDF's {_dataset} prompt, {_resolution} px crops, t={_timestep}",
         ))
 
+# GDF's label-scarce runs (scarce_segmentation/README.md): prompt "a photo of a horse", SD1.5 at 512 and
+# SDXL at 1024 (--img_size), t=50 through the same scheduler rule, the same four selections.
+GDF_HORSE_PROMPT = "a photo of a horse"
+for _name, (_backbone, _resolution, _selection) in GDF_PRESETS.items():
+    _timestep = GDF_TIMESTEPS[_backbone]
+    _register(Preset(
+        f"{_name}-horse21", _selection,
+        {"resolution": _resolution, "timestep": _timestep, "prompt": GDF_HORSE_PROMPT, "latent_mode": "sample"},
+        _backbone, gdf_source("scarce_segmentation/README.md (\"The prompt used is `a photo of a horse`\")"),
+        f"{_name} for horse21: prompt 'a photo of a horse', {_resolution} px, t={_timestep}",
+    ))
+
 # CleanDIFT's SPair evaluation (branch geoaware-sc-eval, model_utils/extractor_sd.py, line 235) prompts
 # "A photo of a {category}" (capital A) and passes t=261 with the clean latent.
 CLEANDIFT_PROMPT = "A photo of a {category}"
