@@ -153,7 +153,8 @@ def test_run_bench_without_arguments_runs_the_offline_demo(tmp_path):
                           timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny-sdxl / gdf-ours-sdxl" in done.stdout and "demo finished" in done.stdout
-    assert len(list((tmp_path / "results" / "runs").glob("*/record.json"))) == 5
+    assert len(list((tmp_path / "results" / "runs").glob("*/record.json"))) == 6
+    assert "horse21/ddpm" in done.stdout                                 # the short Horse-21 run is in it
     assert (tmp_path / "results" / "leaderboard.md").is_file()
 
 
