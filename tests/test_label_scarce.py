@@ -342,7 +342,7 @@ def test_bad_release_layouts_are_one_line(tmp_path, capsys, problem, message):
     predictions.mkdir()
     assert main(["score", "--task", "horse21", "--data-root", str(root), "--predictions", str(predictions)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and message.split(";")[0] in err
 
 
 def test_mini_set_is_the_release_layout_with_real_masks():

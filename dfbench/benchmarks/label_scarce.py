@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write
 from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput
@@ -219,7 +220,8 @@ class LabelScarceTask(Task):
                 bank, pixels, self.dataset.num_classes, seed, context.folder / "pixel-classifiers" / f"seed-{seed}",
                 ensemble_options, device, context.progress)
             predicted = {self.key(sample, protocol): predict_image(ensemble, bank, index[feature_key(sample)])
-                         for sample in test}
+                         for sample in tqdm(test, desc=f"predict seed {seed}", unit="img",
+                                            disable=not context.progress)}
             ious = release_iou(list(predicted.values()), [self.test_label(sample, options.resolution)
                                                           for sample in test],
                                self.dataset.num_classes, self.dataset.ignore_label)
@@ -328,6 +330,7 @@ class LabelScarceTask(Task):
         if split != "test":
             raise DfbenchInputError(f"{self.name}/{protocol} scores the test split; drop --split {split}")
         _, test = self.splits(data_root, protocol, seed, None, limit)
+        labels = [self.test_label(sample, options.resolution) for sample in test]   # checked before predictions
         keys = [self.key(sample, protocol) for sample in test]
         missing = [key for key in keys if not (folder / f"{key}.png").is_file()
                    and not (folder / f"{key}.npy").is_file()]
@@ -337,8 +340,7 @@ class LabelScarceTask(Task):
                                     + (f"; gdf-resplit's test set is the --seed {seed} re-split"
                                        if protocol == "gdf-resplit" else ""))
         predictions = [self.read_prediction(folder, key, options.resolution) for key in keys]
-        ious = release_iou(predictions, [self.test_label(sample, options.resolution) for sample in test],
-                           self.dataset.num_classes, self.dataset.ignore_label)
+        ious = release_iou(predictions, labels, self.dataset.num_classes, self.dataset.ignore_label)
         names = self.dataset.class_names
         output = TaskOutput({"mIoU": 100 * float(np.mean(list(ious.values()))), "images": float(len(test))},
                             {names[klass]: {"IoU": 100 * value} for klass, value in ious.items()},

@@ -22,6 +22,7 @@ Typical session:
   dfbench extract tiny-sd15 --images a.png b.png --select up_blocks.1 --out feats.safetensors
   dfbench extract sd21 --images cat.jpg --preset dift --category cat --out cat.safetensors
   dfbench run --backbone sd21 --task spair --preset dift --data-root SPair-71k --cache-dir cache/
+  dfbench run --backbone sd15 --task horse21 --preset gdf-ours-sd15-horse21 --data-root datasets/horse_21
   dfbench leaderboard                          # results/leaderboard.md and .csv from every run
   python run_bench.py                          # the offline demo suite
 

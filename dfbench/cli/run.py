@@ -29,7 +29,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run_choice.add_argument("--preset", help="a named recipe: selection + settings")
     run.add_argument("--data-root", help="dataset folder in its native layout ('mini': the embedded mini set)")
     run.add_argument("--split", help="dataset split (default: the task's evaluation split: spair test, "
-                     "ade20k / cityscapes val)")
+                     "ade20k / cityscapes val, horse21 test)")
     run.add_argument("--limit", "--limit-pairs", dest="limit", type=int, metavar="N",
                      help="evaluate N items of the split, a seeded random sample (SPair: pairs spread evenly over "
                      "the categories; the lists are grouped by category, so not the first N)")
@@ -42,7 +42,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      "max over validations on its list, never test), noise_draws=K (noise realisations per "
                      "training image); ade20k / cityscapes linear: steps, lr, batch_size, pixels_per_image, "
                      "train_limit; gdf-uper: iters, crop_size, batch_size, lr, val_interval, checkpoint_interval, "
-                     "workers, adapter, seg_pad_val, …")
+                     "workers, adapter, seg_pad_val, …; horse21 (ddpm, gdf-resplit): seeds, members, epochs, "
+                     "resolution, upsample, min_pixels, train_limit")
     run.add_argument("--save-predictions", nargs="?", const=True, default=False, metavar="DIR",
                      help="save the predictions (into the run folder, or DIR) for `dfbench score`")
     run.add_argument("--results", default="results", help="results folder (default ./results)")

@@ -22,7 +22,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--task", required=True, help="task or task/protocol, e.g. spair")
     score.add_argument("--data-root", required=True, help="dataset folder ('mini': the embedded mini set)")
     score.add_argument("--split", help="dataset split (default: the task's evaluation split: spair test, "
-                     "ade20k / cityscapes val)")
+                     "ade20k / cityscapes val, horse21 test)")
     score.add_argument("--predictions", required=True, metavar="DIR", help="folder holding the predictions")
     score.add_argument("--limit", type=int, metavar="N", help="the same --limit as the run (with its --seed)")
     score.add_argument("--seed", type=int, default=0, help="the run's seed, for --limit's sample (default 0)")
