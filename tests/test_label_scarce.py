@@ -404,3 +404,13 @@ def test_horse21_run_scores_and_saved_predictions_rescore_exactly(tmp_path, prot
         expected, _ = gdf_resplit(load_split(HORSE_21, Horse21Task().mini_root(), "train", False),
                                   load_split(HORSE_21, Horse21Task().mini_root(), "test", False), 0)
         assert split0 == [f"{s.origin}/{s.stem}" for s in expected]
+
+
+def test_perf_horse21_streamed_bank_holds_the_native_maps_only():
+    from dfbench.perf_label_scarce import measure_streamed
+
+    measured = measure_streamed(images=1, steps=1)
+    # 1280×32² + 1280×32² + 640×64² + 320×64² float32 values for one image
+    assert measured["channels"] == 3520
+    assert measured["bank_gib"] * 2**30 == (2 * 1280 * 32 * 32 + 640 * 64 * 64 + 320 * 64 * 64) * 4
+    assert measured["s_per_step_10_members"] > 0
