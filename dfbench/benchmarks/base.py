@@ -23,13 +23,14 @@ CLI, results and plots know tasks only through this contract:
 from __future__ import annotations
 
 import dataclasses
+import random
 import sys
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dfbench.distributed import Ranks
 from dfbench.errors import DfbenchInputError
@@ -208,3 +209,13 @@ def parse_options(options_class: type, values: dict[str, Any] | None, where: str
 @dataclass(frozen=True)
 class NoOptions:
     """A protocol without options."""
+
+
+Item = TypeVar("Item")
+
+
+def seeded_subset(items: list[Item], limit: int | None, seed: int) -> list[Item]:
+    """``limit`` items drawn with ``random.Random(seed)``, kept in their listed order (all when ``limit`` is None)."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[index] for index in sorted(random.Random(seed).sample(range(len(items)), limit))]

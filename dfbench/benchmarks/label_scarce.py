@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write
-from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput
+from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput, seeded_subset
 from dfbench.datasets.ddpm_segmentation import (
     ADE_BEDROOM_30,
     BEDROOM_28,
@@ -143,13 +143,6 @@ def gdf_resplit(train: list[DdpmSample], test: list[DdpmSample], seed: int
 def feature_key(sample: DdpmSample) -> str:
     """A sample's key among the extracted images (release folder and stem: train and test may share stems)."""
     return f"{sample.origin}/{sample.stem}"
-
-
-def seeded_subset(samples: list[DdpmSample], limit: int | None, seed: int) -> list[DdpmSample]:
-    """``limit`` samples drawn with ``random.Random(seed)``, in their order (all when ``limit`` is None)."""
-    if limit is None or limit >= len(samples):
-        return samples
-    return [samples[index] for index in sorted(random.Random(seed).sample(range(len(samples)), limit))]
 
 
 class LabelScarceTask(Task):

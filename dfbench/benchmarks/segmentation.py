@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write
-from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput
+from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput, seeded_subset
 from dfbench.benchmarks.segmentation_metrics import SegmentationAreas, segmentation_metrics
 from dfbench.benchmarks.segmentation_uper import GdfUperOptions, train_and_predict
 from dfbench.datasets.segmentation import (
@@ -83,14 +83,6 @@ def combine_to_grid(activations: dict[str, torch.Tensor]) -> torch.Tensor:
     maps = [F.interpolate(value[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
             if value.shape[1:] != (height, width) else value.float() for value in activations.values()]
     return torch.cat(maps).cpu()
-
-
-def seeded_subset(samples: list[SegmentationSample], limit: int | None, seed: int) -> list[SegmentationSample]:
-    """``limit`` samples drawn with ``random.Random(seed)``, in their listed order (all when ``limit`` is None)."""
-    if limit is None or limit >= len(samples):
-        return samples
-    chosen = sorted(random.Random(seed).sample(range(len(samples)), limit))
-    return [samples[index] for index in chosen]
 
 
 class SegmentationTask(Task):
