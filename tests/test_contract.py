@@ -27,17 +27,27 @@ def _single_record(results):
     return json.loads(path.read_text()), path.parent
 
 
+#: options that make a task's default protocol short enough for a test (its defaults are the papers')
+SHORT_OPTIONS = {"horse21": ["--option", "seeds=1", "--option", "epochs=1", "--option", "members=2",
+                             "--option", "resolution=32"]}
+#: the options of those that choose what is scored
+SCORE_OPTIONS = {"horse21": ["--option", "resolution=32"]}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS.names())
 def test_every_registered_task_runs_saves_scores_and_compares(task, tmp_path, capsys):
     results = tmp_path / "results"
+    short = SHORT_OPTIONS.get(task, [])
     assert main(["run", "--backbone", "tiny-sd15", "--task", task, "--select", "up_blocks.1", "--data-root",
-                 "mini", "--results", str(results), "--no-progress", "--limit", "2", "--save-predictions"]) == 0
+                 "mini", "--results", str(results), "--no-progress", "--limit", "2", "--save-predictions",
+                 *short]) == 0
     record, folder = _single_record(results)
     assert record["settings"]["resolution"] == 64 and record["metric_specs"]
     capsys.readouterr()
     assert main(["score", "--task", record["protocol"], "--data-root", "mini", "--predictions",
-                 str(folder / "predictions"), "--limit", "2", "--format", "json"]) == 0
+                 str(folder / "predictions"), "--limit", "2", "--format", "json",
+                 *SCORE_OPTIONS.get(task, [])]) == 0
     assert json.loads(capsys.readouterr().out) == record["metrics"]
     baseline = tmp_path / "baseline.json"
     assert main(["compare", str(results), "--baseline", str(baseline), "--update"]) == 0
