@@ -337,7 +337,7 @@ def test_bad_release_layouts_are_one_line(tmp_path, capsys, problem, message):
     with pytest.raises(DfbenchInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         task = Horse21Task()
         for sample in load_split(HORSE_21, root, "test"):
-            task.test_label(sample, 256)
+            task.sample_label(sample, 256)
     predictions = tmp_path / "pred"
     predictions.mkdir()
     assert main(["score", "--task", "horse21", "--data-root", str(root), "--predictions", str(predictions)]) == 2

@@ -177,7 +177,8 @@ class LabelScarceTask(Task):
             train, test = load_split(self.dataset, data_root, "train"), load_split(self.dataset, data_root, "test")
         return seeded_subset(train, train_limit, seed), seeded_subset(test, limit, seed)
 
-    def test_label(self, sample: DdpmSample, resolution: int) -> np.ndarray:
+    def sample_label(self, sample: DdpmSample, resolution: int) -> np.ndarray:
+        """A sample's label map at ``resolution``², checked against its image (train or test alike)."""
         from dfbench.images import image_size
 
         return load_label(self.dataset, sample.label, resolution, image_size(sample.image))
@@ -200,11 +201,13 @@ class LabelScarceTask(Task):
         bank = PixelFeatureBank([{name: value.to(device) for name, value in found.features[key].items()}
                                  for key in keys], (options.resolution, options.resolution), options.upsample)
         index = {key: position for position, key in enumerate(keys)}
+        # every label read and checked once; the seeds of `ddpm` share them all
+        labels = {key: self.sample_label(samples[key], options.resolution) for key in keys}
         extracted = time.perf_counter()
         ensemble_options = EnsembleOptions(members=options.members, max_epochs=options.epochs)
         per_seed, per_class, predictions, training, dropped_total = {}, {}, {}, {}, 0
         for seed, (train, test) in plans.items():
-            pixels, dropped = self.training_pixels(train, index, options)
+            pixels, dropped = self.training_pixels(train, index, labels, options)
             dropped_total += dropped
             context.log(f"{self.name}/{protocol} seed {seed}: {len(train)} training images, {len(pixels)} labelled "
                         f"pixels, {bank.dim} channels")
@@ -214,8 +217,7 @@ class LabelScarceTask(Task):
             predicted = {self.key(sample, protocol): predict_image(ensemble, bank, index[feature_key(sample)])
                          for sample in tqdm(test, desc=f"predict seed {seed}", unit="img",
                                             disable=not context.progress)}
-            ious = release_iou(list(predicted.values()), [self.test_label(sample, options.resolution)
-                                                          for sample in test],
+            ious = release_iou(list(predicted.values()), [labels[feature_key(sample)] for sample in test],
                                self.dataset.num_classes, self.dataset.ignore_label)
             per_seed[seed], per_class[seed], predictions[seed] = 100 * float(np.mean(list(ious.values()))), ious, \
                 predicted
@@ -243,16 +245,15 @@ class LabelScarceTask(Task):
         output.timings = {"extract_s": extracted - started, "train_eval_s": time.perf_counter() - extracted}
         return output
 
-    def training_pixels(self, train: list[DdpmSample], index: dict[str, int], options: DdpmOptions
-                        ) -> tuple[Any, int]:
+    def training_pixels(self, train: list[DdpmSample], index: dict[str, int], labels: dict[str, np.ndarray],
+                        options: DdpmOptions) -> tuple[Any, int]:
         """The labelled pixels of the training images (small annotations dropped) and how many were dropped."""
         from dfbench.heads.pixel_classifier import PixelSet
 
         parts, dropped = [], 0
         for sample in train:
-            label = self.test_label(sample, options.resolution)
-            label, small = drop_small_classes(label, self.dataset.num_classes, self.dataset.ignore_label,
-                                              options.min_pixels)
+            label, small = drop_small_classes(labels[feature_key(sample)], self.dataset.num_classes,
+                                              self.dataset.ignore_label, options.min_pixels)
             dropped += len(small)
             rows, columns = np.nonzero(label != self.dataset.ignore_label)
             image = np.full(len(rows), index[feature_key(sample)])
@@ -322,7 +323,7 @@ class LabelScarceTask(Task):
         if split != "test":
             raise DfbenchInputError(f"{self.name}/{protocol} scores the test split; drop --split {split}")
         _, test = self.splits(data_root, protocol, seed, None, limit)
-        labels = [self.test_label(sample, options.resolution) for sample in test]   # checked before predictions
+        labels = [self.sample_label(sample, options.resolution) for sample in test]   # checked before predictions
         keys = [self.key(sample, protocol) for sample in test]
         missing = [key for key in keys if not (folder / f"{key}.png").is_file()
                    and not (folder / f"{key}.npy").is_file()]
