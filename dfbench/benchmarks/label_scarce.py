@@ -265,11 +265,10 @@ class LabelScarceTask(Task):
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
         from dfbench.benchmarks.segmentation_plots import plot_overlays
+        from dfbench.images import image_size
         from dfbench.plots import plot_per_category
 
         figures = [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png")]
-        from dfbench.images import image_size
-
         first = output.predictions[min(output.predictions)]
         rows = []
         for key, image, label in output.details.get("overlay_images", []):
@@ -297,17 +296,17 @@ class LabelScarceTask(Task):
         """A saved prediction (``<key>.png`` or ``<key>.npy``) as class ids at ``resolution``²."""
         from PIL import Image, UnidentifiedImageError
 
-        png, npy = folder / f"{key}.png", folder / f"{key}.npy"
+        path = folder / f"{key}.png"
+        if not path.is_file():
+            path = folder / f"{key}.npy"
         try:
-            if png.is_file():
-                with Image.open(png) as opened:
+            if path.suffix == ".png":
+                with Image.open(path) as opened:
                     values = np.asarray(opened)
             else:
-                values = np.load(npy, allow_pickle=False)
+                values = np.load(path, allow_pickle=False)
         except (OSError, ValueError, UnidentifiedImageError) as error:
-            raise DfbenchInputError(f"predictions {png if png.is_file() else npy}: not readable "
-                                    f"({error.__class__.__name__})") from None
-        path = png if png.is_file() else npy
+            raise DfbenchInputError(f"predictions {path}: not readable ({error.__class__.__name__})") from None
         if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer):
             raise DfbenchInputError(f"predictions {path}: shape {values.shape}, dtype {values.dtype}; expected one "
                                     "channel of class ids")

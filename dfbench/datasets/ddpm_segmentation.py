@@ -155,7 +155,7 @@ def load_label(spec: DdpmDataset, path: str | Path, size: int = 256, image_shape
     if image_shape is not None and values.shape[0] * image_shape[1] != values.shape[1] * image_shape[0]:
         raise DfbenchInputError(f"{spec.name} label {path}: {values.shape[1]}×{values.shape[0]}, but its image is "
                                 f"{image_shape[1]}×{image_shape[0]} (a label must cover its image)")
-    bad = (values >= spec.num_classes) & (values != spec.ignore_label) | (values < 0)
+    bad = ((values >= spec.num_classes) & (values != spec.ignore_label)) | (values < 0)
     if bad.any():
         raise DfbenchInputError(f"{spec.name} label {path}: class id {int(values[bad].flat[0])} at {int(bad.sum())} "
                                 f"pixels; {spec.name} has {spec.num_classes} classes (0…{spec.num_classes - 1}), "

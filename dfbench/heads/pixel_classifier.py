@@ -275,7 +275,6 @@ def train_ensemble(bank: PixelFeatureBank, pixels: PixelSet, num_classes: int, s
     whole = PixelClassifierEnsemble(options.members, bank.dim, num_classes)
     for member in range(options.members):
         whole.load_member_state(member, finished[member][0])
-    whole.batches_tracked.fill_(0)
     return whole.to(device).eval(), [finished[member][1] for member in range(options.members)]
 
 
