@@ -65,6 +65,15 @@ def combine_activations(features: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([F.normalize(m, dim=1) for m in resized], dim=1)
 
 
+def combine_to_grid(activations: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One C×h×w float32 map: every activation resized (bilinear) to the largest map, concatenated."""
+    height = max(value.shape[1] for value in activations.values())
+    width = max(value.shape[2] for value in activations.values())
+    maps = [F.interpolate(value[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
+            if value.shape[1:] != (height, width) else value.float() for value in activations.values()]
+    return torch.cat(maps).cpu()
+
+
 def image_features(backbone: Any, images: dict[str, tuple[Path, str]], selection: list[str], settings: Any,
                    cache: Any = None, progress: bool = False,
                    keep: Callable[[dict[str, torch.Tensor]], Any] | None = None) -> ImageFeatures:

@@ -48,7 +48,7 @@ from dfbench.datasets.segmentation import (
     mmseg_metainfo,
 )
 from dfbench.errors import DfbenchInputError
-from dfbench.features import image_features
+from dfbench.features import combine_to_grid, image_features
 from dfbench.images import image_size
 
 #: validation images shown in the overlay figure
@@ -74,15 +74,6 @@ class LinearProbeOptions:
             raise DfbenchInputError(f"{where} option train_limit={self.train_limit}: must be ≥ 1")
         if self.lr <= 0:
             raise DfbenchInputError(f"{where} option lr={self.lr}: must be > 0")
-
-
-def combine_to_grid(activations: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One C×h×w float32 map: every activation resized (bilinear) to the largest map, concatenated."""
-    height = max(value.shape[1] for value in activations.values())
-    width = max(value.shape[2] for value in activations.values())
-    maps = [F.interpolate(value[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
-            if value.shape[1:] != (height, width) else value.float() for value in activations.values()]
-    return torch.cat(maps).cpu()
 
 
 class SegmentationTask(Task):
