@@ -139,3 +139,34 @@ for _feature in CLEANDIFT_FEATURES:
         "model_utils/extractor_sd.py:235",
         f"CleanDIFT feature {_feature!r}: one clean pass at t=261, prompt 'A photo of a {{category}}'",
     ))
+
+# CleanDIFT's depth probe (configs/sd21_depth_prober.yaml, src/depth.py: DepthPred.predict): SD2.1 at 768² (a
+# bilinear squash), extraction_layer "us6" (= up_blocks.1), prompt "A photo of a room", the latent a posterior
+# sample (src/ae.py:20, .sample()). The CleanDIFT model: one clean pass at its timestep (t_init 261,
+# src/sd_feature_extraction.py:324); the base-model row: base_model_timestep 199 with noise (get_features,
+# use_base_model=True: scheduler.add_noise(x_0, eps, t)).
+CLEANDIFT_DEPTH_SOURCE = ("Stracke et al., CVPR 2025 (CleanDIFT), NYUv2 depth probe: configs/sd21_depth_prober.yaml, "
+                          "src/depth.py (prompt 'A photo of a room', line 187), src/sd_feature_extraction.py:442-485")
+CLEANDIFT_DEPTH_SETTINGS = {"resolution": 768, "resize_mode": "squash", "prompt": "A photo of a room",
+                            "latent_mode": "sample"}
+_register(Preset(
+    "cleandift-depth", ("up_blocks.1",), {**CLEANDIFT_DEPTH_SETTINGS, "timestep": 261, "add_noise": False},
+    "cleandift-sd21", CLEANDIFT_DEPTH_SOURCE,
+    "CleanDIFT's depth features: up_blocks.1 (us6) of CleanDIFT SD2.1 at 768 px, one clean pass, 'A photo of a room'",
+))
+_register(Preset(
+    "cleandift-depth-sd21", ("up_blocks.1",), {**CLEANDIFT_DEPTH_SETTINGS, "timestep": 199, "add_noise": True},
+    "sd21", CLEANDIFT_DEPTH_SOURCE,
+    "CleanDIFT's base-model depth row: up_blocks.1 of SD2.1 at 768 px, noised to t=199, 'A photo of a room'",
+))
+# probe3d's DIFT backbone (configs/backbone/dift.yaml: SD2.1, time_step 1; train_depth.py with
+# +backbone.return_multilayer=True: up_ft_index [0, 1, 2, 3]); evals/models/dift_sd.py: posterior mode,
+# one noise, empty prompt; 480² centre crops go in at their own size.
+_register(Preset(
+    "probe3d-dift", ("up_blocks.0", "up_blocks.1", "up_blocks.2", "up_blocks.3"),
+    {"resolution": 480, "resize_mode": "squash", "timestep": 1, "add_noise": True, "latent_mode": "mode",
+     "prompt": ""},
+    "sd21", "El Banani et al., CVPR 2024 (probe3d): configs/backbone/dift.yaml, evals/models/stablediffusion.py, "
+    "evals/models/dift_sd.py:186-215, README ('+backbone.return_multilayer=True')",
+    "probe3d's DIFT features for its DPT depth probe: the four up_blocks of SD2.1, t=1, 480 px crops, no prompt",
+))
