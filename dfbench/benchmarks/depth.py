@@ -390,7 +390,7 @@ def run_dpt(context: RunContext, backbone: Any, selection: list[str], settings: 
                     step, total_steps, options.warmup_epochs * steps_per_epoch))
             predicted = probe(maps)
             sides = [depth.shape[0] for _, depth in pairs]
-            truth = [torch.from_numpy(depth)[None, None].to(device) for _, depth in pairs]
+            truth = [torch.tensor(depth)[None, None].to(device) for _, depth in pairs]
             outputs = [F.interpolate(predicted[index : index + 1], size=(side, side), mode="bilinear",
                                      align_corners=True) for index, side in enumerate(sides)]
             if len(set(sides)) == 1:   # one batch tensor, exactly as probe3d

@@ -108,6 +108,8 @@ def load_depth(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
                 raise DfbenchInputError(f"nyuv2 depth {path}: shape {values.shape}, dtype {values.dtype}; expected "
                                         "a 2-D float array of metres")
             values = np.where(np.isfinite(values), values, 0.0)
+    except DfbenchInputError:
+        raise
     except (OSError, ValueError) as error:
         raise DfbenchInputError(f"nyuv2 depth {path}: not readable ({error.__class__.__name__})") from None
     if size is not None and tuple(values.shape) != tuple(size):
