@@ -24,10 +24,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "the linear probe for tiny and full-size SD1.5 (random weights), peak RSS, and the linear protocol's "
         "speed-up from cached features (add --quick for tiny only). horse21: the label-scarce pixel-classifier "
         "training, dfbench's streamed features + stacked ensemble vs the release's all-in-RAM features and one "
-        "member at a time (SD1.5 Ours shapes, 3,520 channels, 30 images at 256²): s per step, peak RSS, hours.",
+        "member at a time (SD1.5 Ours shapes, 3,520 channels, 30 images at 256²): s per step, peak RSS, hours. "
+        "depth: an epoch of each NYUv2 probe at full size (795 images, batch 8) from features in memory — "
+        "cleandift-linear on SD2.1 up_blocks.1 maps, probe3d-dpt's DPT head on four up-block levels — plus the "
+        "SD2.1 extraction probe3d-dpt runs at every step; peak RSS (--repeats: timed steps).",
     )
     perf.add_argument("suite", nargs="?", choices=["recipes", "throughput", "matching", "cache",
-                                                               "segmentation", "horse21"], default="recipes")
+                                                               "segmentation", "horse21", "depth"],
+                      default="recipes")
     perf.add_argument("--backbone", nargs="+", default=None, help="recipes: one (default sd15); "
                       "throughput: several (default sd15 sd21 sdxl)")
     perf.add_argument("--resolution", type=int, help="recipes: input size (default: the backbone's)")
@@ -66,6 +70,10 @@ def cmd_perf(args: argparse.Namespace) -> int:
         from dfbench.perf_label_scarce import run_horse21
 
         results = run_horse21(steps=max(args.repeats, 20), log=log)
+    elif args.suite == "depth":
+        from dfbench.perf_depth import run_depth
+
+        results = run_depth(args.device, args.repeats, log=log)
     elif args.suite == "cache":
         results = perf.run_cache(log=log)
     elif args.suite == "matching":
