@@ -37,6 +37,7 @@ import torch
 
 from dfbench.atomic import atomic_write, atomic_write_text
 from dfbench.errors import DfbenchInputError
+from dfbench.home import dfbench_home
 from dfbench.settings import ExtractSettings
 
 CACHE_FORMAT = 1
@@ -47,7 +48,7 @@ def default_cache_root() -> Path:
     """``$DFBENCH_CACHE``, else ``$DFBENCH_HOME/features`` (``~/.cache/dfbench/features``)."""
     if os.environ.get("DFBENCH_CACHE"):
         return Path(os.environ["DFBENCH_CACHE"])
-    home = Path(os.environ.get("DFBENCH_HOME", Path.home() / ".cache" / "dfbench"))
+    home = dfbench_home()
     return home / "features"
 
 

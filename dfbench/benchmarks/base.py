@@ -206,6 +206,14 @@ def parse_options(options_class: type, values: dict[str, Any] | None, where: str
     return options
 
 
+def require_at_least_one(options: Any, keys: tuple[str, ...], where: str) -> None:
+    """Each of ``keys`` that is set (not ``None``) must be ≥ 1: one line naming the first that is not."""
+    for key in keys:
+        value = getattr(options, key)
+        if value is not None and value < 1:
+            raise DfbenchInputError(f"{where} option {key}={value}: must be ≥ 1")
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """A protocol without options."""

@@ -43,7 +43,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write
-from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput, seeded_subset
+from dfbench.benchmarks.base import (
+    MetricSpec,
+    ProtocolSpec,
+    RunContext,
+    Task,
+    TaskOutput,
+    require_at_least_one,
+    seeded_subset,
+)
 from dfbench.benchmarks.depth_augment import augment, centre_box, centre_crop
 from dfbench.benchmarks.depth_metrics import METRIC_KEYS, depth_metrics
 from dfbench.datasets.nyuv2 import DepthSample, load_depth, load_samples
@@ -73,11 +81,7 @@ class DepthProbeOptions:
     train_limit: int | None = None
 
     def validate(self, where: str) -> None:
-        for key in ("epochs", "batch_size", "bins"):
-            if getattr(self, key) < 1:
-                raise DfbenchInputError(f"{where} option {key}={getattr(self, key)}: must be ≥ 1")
-        if self.train_limit is not None and self.train_limit < 1:
-            raise DfbenchInputError(f"{where} option train_limit={self.train_limit}: must be ≥ 1")
+        require_at_least_one(self, ("epochs", "batch_size", "bins", "train_limit"), where)
         if self.lr <= 0 or self.weight_decay < 0:
             raise DfbenchInputError(f"{where} options lr={self.lr}, weight_decay={self.weight_decay}: lr must be > 0 "
                                     "and weight_decay ≥ 0")

@@ -42,7 +42,15 @@ import torch
 from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write
-from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput, seeded_subset
+from dfbench.benchmarks.base import (
+    MetricSpec,
+    ProtocolSpec,
+    RunContext,
+    Task,
+    TaskOutput,
+    require_at_least_one,
+    seeded_subset,
+)
 from dfbench.datasets.ddpm_segmentation import (
     HORSE_21,
     DdpmDataset,
@@ -73,13 +81,9 @@ class DdpmOptions:
     train_limit: int | None = None
 
     def validate(self, where: str) -> None:
-        for key in ("seeds", "members", "epochs", "resolution"):
-            if getattr(self, key) < 1:
-                raise DfbenchInputError(f"{where} option {key}={getattr(self, key)}: must be ≥ 1")
+        require_at_least_one(self, ("seeds", "members", "epochs", "resolution", "train_limit"), where)
         if self.min_pixels < 0:
             raise DfbenchInputError(f"{where} option min_pixels={self.min_pixels}: must be ≥ 0")
-        if self.train_limit is not None and self.train_limit < 1:
-            raise DfbenchInputError(f"{where} option train_limit={self.train_limit}: must be ≥ 1")
         if self.upsample not in UPSAMPLE_MODES:
             raise DfbenchInputError(f"{where} option upsample={self.upsample!r}: choose {', '.join(UPSAMPLE_MODES)}")
 

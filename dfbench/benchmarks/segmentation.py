@@ -33,7 +33,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write
-from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput, seeded_subset
+from dfbench.benchmarks.base import (
+    MetricSpec,
+    ProtocolSpec,
+    RunContext,
+    Task,
+    TaskOutput,
+    require_at_least_one,
+    seeded_subset,
+)
 from dfbench.benchmarks.segmentation_metrics import SegmentationAreas, segmentation_metrics
 from dfbench.benchmarks.segmentation_uper import GdfUperOptions, train_and_predict
 from dfbench.datasets.segmentation import (
@@ -67,11 +75,7 @@ class LinearProbeOptions:
     train_limit: int | None = None
 
     def validate(self, where: str) -> None:
-        for key in ("steps", "batch_size", "pixels_per_image"):
-            if getattr(self, key) < 1:
-                raise DfbenchInputError(f"{where} option {key}={getattr(self, key)}: must be ≥ 1")
-        if self.train_limit is not None and self.train_limit < 1:
-            raise DfbenchInputError(f"{where} option train_limit={self.train_limit}: must be ≥ 1")
+        require_at_least_one(self, ("steps", "batch_size", "pixels_per_image", "train_limit"), where)
         if self.lr <= 0:
             raise DfbenchInputError(f"{where} option lr={self.lr}: must be > 0")
 

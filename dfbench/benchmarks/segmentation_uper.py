@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from dfbench.benchmarks.base import RunContext
+from dfbench.benchmarks.base import RunContext, require_at_least_one
 from dfbench.datasets.segmentation import SegmentationLayout, SegmentationSample, dataset_root
 from dfbench.errors import DfbenchInputError
 
@@ -62,12 +62,8 @@ class GdfUperOptions:
     log_interval: int = 50
 
     def validate(self, where: str) -> None:
-        for key in ("iters", "val_interval", "checkpoint_interval", "batch_size", "head_channels", "log_interval"):
-            if getattr(self, key) < 1:
-                raise DfbenchInputError(f"{where} option {key}={getattr(self, key)}: must be ≥ 1")
-        for key in ("crop_size", "train_limit"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise DfbenchInputError(f"{where} option {key}={getattr(self, key)}: must be ≥ 1")
+        require_at_least_one(self, ("iters", "val_interval", "checkpoint_interval", "batch_size", "head_channels",
+                                    "log_interval", "crop_size", "train_limit"), where)
         if self.workers < 0:
             raise DfbenchInputError(f"{where} option workers={self.workers}: must be ≥ 0")
         if self.lr <= 0 or self.eta_min < 0:

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dfbench.benchmarks.base import require_at_least_one
 from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
 from dfbench.datasets.spair import SpairPair
 from dfbench.errors import DfbenchInputError
@@ -86,11 +87,8 @@ class GdfConvOptions(SpairSubsetOptions):
 
     def validate(self, where: str) -> None:
         super().validate(where)
-        for key in ("max_steps", "eval_every", "steps_per_epoch", "noise_draws"):
-            if getattr(self, key) < 1:
-                raise DfbenchInputError(f"{where} option {key}={getattr(self, key)}: must be ≥ 1")
-        if self.train_limit is not None and self.train_limit < 1:
-            raise DfbenchInputError(f"{where} option train_limit={self.train_limit}: must be ≥ 1")
+        require_at_least_one(self, ("max_steps", "eval_every", "steps_per_epoch", "noise_draws", "train_limit"),
+                             where)
         if self.report not in REPORT_MODES:
             raise DfbenchInputError(f"{where} option report={self.report!r}: choose one of {', '.join(REPORT_MODES)}")
         if self.report == "gdf" and not validation_steps(self):

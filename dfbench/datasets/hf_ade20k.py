@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from PIL import Image
 from dfbench.atomic import atomic_build_dir
 from dfbench.datasets.segmentation import ADE20K
 from dfbench.errors import DfbenchInputError
+from dfbench.home import dfbench_home
 
 HUB_PREFIX = "hf:"
 SPLITS = {"train": ("train",), "val": ("validation", "val")}
@@ -135,7 +135,7 @@ def hf_ade20k_root(data_root: str | Path, home: str | Path | None = None) -> Pat
     """The ``ADEChallengeData2016`` folder written from the Hugging Face source (once, atomically)."""
     splits = load_hf(data_root)
     key = hashlib.sha1(f"{data_root}|{sorted((s, d._fingerprint) for s, d in splits.items())}".encode()).hexdigest()
-    home = Path(home or os.environ.get("DFBENCH_HOME", Path.home() / ".cache" / "dfbench"))
+    home = dfbench_home(home)
     name = re.sub(r"[^\w.-]+", "_", str(data_root).removeprefix(HUB_PREFIX)).strip("_")[-40:]
     target = home / "hf" / f"{name}-{key[:12]}"
     if not (target / ADE20K.folder).is_dir():

@@ -12,7 +12,6 @@ covers fewer than 20 pixels (the protocol relabels those to ignore in training).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from PIL import Image
 
 from dfbench.atomic import atomic_build_dir
 from dfbench.datasets.ddpm_segmentation import HORSE_21
+from dfbench.home import dfbench_home
 
 VERSION = 1
 SIZE = 256
@@ -100,7 +100,7 @@ def build_mini_horse21(root: str | Path) -> Path:
 
 def mini_horse21_root(home: str | Path | None = None) -> Path:
     """The mini set's ``horse_21`` folder under ``$DFBENCH_HOME`` (default ``~/.cache/dfbench``), built once."""
-    home = Path(home or os.environ.get("DFBENCH_HOME", Path.home() / ".cache" / "dfbench"))
+    home = dfbench_home(home)
     target = home / f"mini-horse21-v{VERSION}"
     if not (target / HORSE_21.folder).is_dir():
         atomic_build_dir(target, build_mini_horse21)

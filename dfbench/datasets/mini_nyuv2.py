@@ -17,13 +17,13 @@ readers are used.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from dfbench.atomic import atomic_build_dir
+from dfbench.home import dfbench_home
 
 VERSION = 1
 HEIGHT, WIDTH = 120, 160
@@ -111,7 +111,7 @@ def build_mini_nyuv2(root: str | Path) -> Path:
 
 def mini_nyuv2_root(home: str | Path | None = None) -> Path:
     """The mini set's folder under ``$DFBENCH_HOME`` (default ``~/.cache/dfbench``), built once, atomically."""
-    home = Path(home or os.environ.get("DFBENCH_HOME", Path.home() / ".cache" / "dfbench"))
+    home = dfbench_home(home)
     target = home / f"mini-nyuv2-v{VERSION}"
     if not (target / "test").is_dir():
         atomic_build_dir(target, build_mini_nyuv2)

@@ -19,7 +19,6 @@ gravel   7 road              0 road
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from PIL import Image
 
 from dfbench.atomic import atomic_build_dir
 from dfbench.datasets.segmentation import ADE20K, CITYSCAPES, SegmentationLayout
+from dfbench.home import dfbench_home
 
 VERSION = 1
 REGIONS = ("sky", "brick", "grass", "gravel")
@@ -134,7 +134,7 @@ def build_mini_segmentation(layout: SegmentationLayout, root: str | Path) -> Pat
 
 def mini_segmentation_root(layout: SegmentationLayout = ADE20K, home: str | Path | None = None) -> Path:
     """The mini set's dataset folder under ``$DFBENCH_HOME`` (default ``~/.cache/dfbench``), built once, atomically."""
-    home = Path(home or os.environ.get("DFBENCH_HOME", Path.home() / ".cache" / "dfbench"))
+    home = dfbench_home(home)
     target = home / f"mini-{layout.name}-v{VERSION}"
     if (target / layout.folder).is_dir():
         return target / layout.folder

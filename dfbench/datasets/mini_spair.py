@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from dfbench.atomic import atomic_build_dir
+from dfbench.home import dfbench_home
 
 VERSION = 1
 PHOTOS = {"chelsea": "cat", "astronaut": "person", "coffee": "cup", "rocket": "rocket"}
@@ -39,7 +39,7 @@ MAX_KEYPOINTS = 10
 
 def default_root() -> Path:
     """Where the mini set is built: ``$DFBENCH_HOME/mini-spair-v1`` (default ``~/.cache/dfbench``)."""
-    home = Path(os.environ.get("DFBENCH_HOME", Path.home() / ".cache" / "dfbench"))
+    home = dfbench_home()
     return home / f"mini-spair-v{VERSION}"
 
 

@@ -25,7 +25,6 @@ an image without its depth or a depth without its image, an RGB/depth size misma
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from dfbench.atomic import atomic_build_dir
 from dfbench.errors import DfbenchInputError
+from dfbench.home import dfbench_home
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -190,7 +190,7 @@ def nyuv2_root(data_root: str | Path, home: str | Path | None = None) -> Path:
         return Path(data_root)
     stat = mat_path.stat()
     key = hashlib.sha256(f"{mat_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    home = Path(home or os.environ.get("DFBENCH_HOME", Path.home() / ".cache" / "dfbench"))
+    home = dfbench_home(home)
     target = home / "nyuv2" / key
     if not (target / "test").is_dir():
         atomic_build_dir(target, lambda staging: write_layout_from_mat(mat_path, staging))
