@@ -5,11 +5,19 @@ transformer blocks — SDXL's 10-deep level included), so every activation path 
 widths shrink. They load in well under a second and run a 64 px image in milliseconds. Nothing
 is downloaded: the tokenizer is built in memory. ``weights=DIR`` loads a tiny model saved with
 ``save_pretrained`` instead (the real ``from_pretrained`` path).
+
+Their random weights do not depend on diffusers' or transformers' initialisation code or order
+(:func:`name_seeded_init`): every parameter is drawn from its own generator, seeded by the
+backbone's seed and the parameter's full name (``tiny-sd15/unet.conv_in.weight``), so a library
+upgrade does not move the CI baseline.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
+
+import torch
 
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.sdxl import StableDiffusionXLBackbone, sdxl_configs
@@ -52,12 +60,46 @@ def tiny_sdxl_configs() -> dict[str, dict]:
     return _shrink(sdxl_configs(), unet)
 
 
+def parameter_seed(seed: int, name: str) -> int:
+    """The generator seed of one parameter: the first 8 bytes of SHA-256 of ``"<seed>:<name>"``."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def name_seeded_init(model: torch.nn.Module, seed: int, prefix: str) -> None:
+    """Redraw every parameter of ``model`` from a generator seeded by ``seed`` and its full name
+    (``prefix.parameter``), by module kind: norms weight 1, bias 0; embeddings normal(0, 0.02);
+    any other weight uniform(±1/√fan_in) (PyTorch's default bound for Linear and Conv) and its
+    bias uniform with the same bound."""
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            fan_in = None
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.nn.Parameter) and weight.dim() >= 2:
+                fan_in = weight[0].numel()
+            for parameter_name, parameter in module.named_parameters(recurse=False):
+                name = ".".join(part for part in (prefix, module_name, parameter_name) if part)
+                generator = torch.Generator().manual_seed(parameter_seed(seed, name))
+                if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                    parameter.fill_(1.0 if parameter_name == "weight" else 0.0)
+                elif isinstance(module, torch.nn.Embedding):
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+                else:
+                    bound = 1 / (fan_in or parameter.numel()) ** 0.5
+                    parameter.copy_((torch.rand(parameter.shape, generator=generator) * 2 - 1) * bound)
+
+
 def _create(cls: type[DiffusionBackbone], name: str, configs: dict, weights: str | None, init: str,
             seed: int, device: str | None, torch_dtype: str, local_files_only: bool | None) -> DiffusionBackbone:
     if weights is not None:
         return cls.from_pretrained(name, weights, TINY_RESOLUTION, torch_dtype, device or "cpu", local_files_only)
     init = "random" if init == "pretrained" else init
-    return cls.from_configs(name, configs, TINY_RESOLUTION, init, seed, device or "cpu", torch_dtype)
+    backbone = cls.from_configs(name, configs, TINY_RESOLUTION, init, seed, "cpu", "float32")
+    if init == "random":
+        for component, model in (("unet", backbone.unet), ("vae", backbone.vae),
+                                 *((f"text_encoder_{index}", encoder)
+                                   for index, encoder in enumerate(backbone.text_encoders))):
+            name_seeded_init(model, seed, f"{name}/{component}")
+    return backbone if init == "meta" else backbone.to(device or "cpu", torch_dtype)
 
 
 def tiny_sd15(weights: str | None = None, *, init: str = "random", seed: int = 0, device: str | None = None,
