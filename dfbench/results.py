@@ -188,7 +188,9 @@ def latest_records(records: list[Result]) -> dict[str, Result]:
 def leaderboard_table(records: list[Result], metrics: tuple[str, ...] | None = None):
     """A pandas DataFrame: one row per run identity, one column per task metric.
 
-    The latest record of each identity wins. ``metrics`` keeps only those metric keys (default:
+    The latest record of each identity wins. A record with published values (a paper suite's row)
+    adds, per published metric, the measured value, ``<metric> (published)`` and ``<metric> Δ``
+    (measured − published). ``metrics`` keeps only those metric keys (default:
     every record's ``details['leaderboard_metrics']``, else all metrics)."""
     import pandas as pd
 
@@ -199,6 +201,12 @@ def leaderboard_table(records: list[Result], metrics: tuple[str, ...] | None = N
                "settings": settings_label(record.settings), "id": identity}
         row.update({f"{record.protocol} {metric}": record.metrics[metric] for metric in chosen
                     if metric in record.metrics})
+        # a paper-table row: measured, published and their difference side by side
+        for metric, published in (record.details.get("published") or {}).items():
+            measured = record.metrics.get(metric)
+            row[f"{record.protocol} {metric}"] = measured
+            row[f"{record.protocol} {metric} (published)"] = published
+            row[f"{record.protocol} {metric} Δ"] = None if measured is None else measured - published
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:

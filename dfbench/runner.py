@@ -40,12 +40,15 @@ class RunSpec:
     cache_dir: str | None = None
     save_predictions: bool | str = False
     device: str | None = None
+    #: a paper-table row: the published values of some metrics, and where they were published
+    published: dict[str, float] = field(default_factory=dict)
+    source: str | None = None
 
     def config_hash(self) -> str:
-        """A short hash of what decides the result (not the cache folder, where predictions go, the device):
-        the same hash means the same experiment, used to skip runs already recorded."""
+        """A short hash of what decides the result (not the cache folder, where predictions go, the device,
+        the published values): the same hash means the same experiment, used to skip runs already recorded."""
         decisive = {key: value for key, value in dataclasses.asdict(self).items()
-                    if key not in ("cache_dir", "save_predictions", "device")}
+                    if key not in ("cache_dir", "save_predictions", "device", "published", "source")}
         return hashlib.sha1(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @classmethod
@@ -79,6 +82,9 @@ class RunSpec:
                                         + (" (a YAML list: [up_blocks.1])" if key == "selection" else ""))
         if not all(isinstance(name, str) for name in values.get("selection") or []):
             raise DfbenchInputError(f"{where}: selection must be a list of activation names")
+        for metric, value in (values.get("published") or {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DfbenchInputError(f"{where}: published {metric}={value!r} must be a number")
         return cls(**values, options=options)
 
 
@@ -86,7 +92,7 @@ class RunSpec:
 SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "backbone": (str,), "task": (str,), "selection": (list,), "preset": (str,), "settings": (dict,),
     "data_root": (str,), "split": (str,), "limit": (int,), "weights": (str,), "options": (dict,),
-    "cache_dir": (str,), "save_predictions": (bool, str), "device": (str,),
+    "cache_dir": (str,), "save_predictions": (bool, str), "device": (str,), "published": (dict,), "source": (str,),
 }
 
 
@@ -235,6 +241,9 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
                **option_details(protocol, options), "recipe_version": getattr(backbone, "recipe_version", None),
                "config_hash": spec.config_hash(), "leaderboard_metrics": list(task.leaderboard_metrics),
                **output.details}
+    if spec.published:
+        details["published"] = {key: float(value) for key, value in spec.published.items()}
+        details["published_source"] = spec.source or ""
     result = Result(
         task=task.name, protocol=f"{task.name}/{protocol.name}", protocol_version=protocol.version,
         backbone=backbone.name, selection=output.selection, settings=used_settings(backbone, settings),
@@ -307,8 +316,15 @@ def load_suite(path: str | Path) -> list[RunSpec]:
     for number, run in enumerate(runs, start=1):
         merged = {**defaults, **run, "settings": {**defaults.get("settings", {}), **run.get("settings", {})},
                   "options": {**defaults.get("options", {}), **run.get("options", {})}}
+        if isinstance(merged.get("data_root"), str):
+            merged["data_root"] = expand_data_root(merged["data_root"])
         specs.append(RunSpec.from_dict(merged, f"suite {path}: run {number}"))
     return specs
+
+
+def expand_data_root(data_root: str) -> str:
+    """A suite's ``data_root`` with ``${DFBENCH_DATA}`` replaced by ``$DFBENCH_DATA`` (default ``data``)."""
+    return data_root.replace("${DFBENCH_DATA}", os.environ.get("DFBENCH_DATA", "data"))
 
 
 def spec_problems(spec: RunSpec, shapes_of: dict[str, Any] | None = None) -> list[str]:
@@ -351,18 +367,43 @@ def spec_problems(spec: RunSpec, shapes_of: dict[str, Any] | None = None) -> lis
             shapes = shapes_of[spec.backbone]
             if shapes is not None:
                 check(lambda: shapes.canonical_selection(selection))
-    if task and spec.data_root not in (None, "", "mini") and not Path(spec.data_root).is_dir():
-        problems.append(f"data_root {spec.data_root}: no such folder")
+    if task:
+        unknown = sorted(set(spec.published) - set(task.metrics))
+        if unknown:
+            problems.append(f"published {', '.join(unknown)}: not a metric of {task.name} "
+                            f"(its metrics: {', '.join(task.metrics)})")
     return problems
 
 
+def missing_data(spec: RunSpec) -> str | None:
+    """What is missing to run ``spec`` (its dataset), with the command or page that gets it; else None."""
+    from dfbench.registry import TASKS
+
+    if spec.data_root in (None, "", "mini") or spec.data_root.startswith("hf:") or Path(spec.data_root).exists():
+        return None
+    task = TASKS.get(split_task(spec.task)[0])()
+    hint = f"; get it: {task.download_hint}" if task.download_hint else ""
+    return f"data_root {spec.data_root}: not found{hint}"
+
+
+@dataclass
+class SuiteOutcome:
+    """What a suite did: the new records, the runs skipped (data or weights missing), the failures,
+    and the specs with their record (``None`` when the run did not happen)."""
+
+    results: list[Result] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    recorded: list[tuple[RunSpec, Result | None]] = field(default_factory=list)
+
+
 def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool = False, strict: bool = False,
-              progress: bool = True, log=print) -> tuple[list[Result], list[str]]:
+              progress: bool = True, log=print) -> SuiteOutcome:
     """Run every pairing of a suite, skipping those already recorded unless ``force``.
 
-    A run that fails on bad input (e.g. weights or data not found) is reported and the suite goes
-    on; with ``strict`` the first failure stops it. Returns the results and the failure messages.
-    """
+    A run whose dataset or weights are missing is skipped with one line saying what is missing and
+    how to get it; a run that fails on other bad input is reported; the suite goes on. With
+    ``strict`` the first skip or failure stops it (``DfbenchInputError``)."""
     specs = load_suite(path)
     shapes_of: dict[str, Any] = {}
     problems = [f"run {number}: {problem}" for number, spec in enumerate(specs, start=1)
@@ -371,30 +412,63 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
         raise DfbenchInputError(f"suite {path}: {len(problems)} problem(s), nothing was run:\n  "
                                 + "\n  ".join(problems))
     try:
-        done = {record.details.get("config_hash") for record in load_results(results_dir)}
+        existing = load_results(results_dir)
     except DfbenchInputError:
-        done = set()
-    results: list[Result] = []
-    failures: list[str] = []
+        existing = []
+    by_hash = {record.details.get("config_hash"): record for record in existing}
+    outcome = SuiteOutcome()
     backbones: dict[str, Any] = {}
     for number, spec in enumerate(specs, start=1):
         label = f"[{number}/{len(specs)}] {spec.backbone} × {spec.task} ({spec.preset or ', '.join(spec.selection)})"
-        if not force and spec.config_hash() in done:
+        if not force and spec.config_hash() in by_hash:
             log(f"{label}: already recorded, skipped (--force to rerun)")
+            outcome.recorded.append((spec, by_hash[spec.config_hash()]))
+            continue
+        missing = missing_data(spec)
+        key = f"{spec.backbone}|{spec.weights}|{spec_dtype(spec)}|{spec.device}"
+        if missing is None and key not in backbones:
+            try:
+                backbones[key] = create_spec_backbone(spec)
+            except DfbenchInputError as error:       # weights not found: the message says how to get them
+                missing = str(error)
+        if missing is not None:
+            log(f"{label}: skipped — {missing}")
+            if strict:
+                raise DfbenchInputError(f"{label}: skipped (--strict) — {missing}")
+            outcome.skipped.append(f"{label}: {missing}")
+            outcome.recorded.append((spec, None))
             continue
         log(label)
         try:
-            key = f"{spec.backbone}|{spec.weights}|{spec_dtype(spec)}|{spec.device}"
-            if key not in backbones:
-                backbones[key] = create_spec_backbone(spec)
             result, record = run_one(spec, results_dir, progress=progress, backbone=backbones[key])
         except DfbenchInputError as error:
             if strict:
                 raise
-            failures.append(f"{label}: {error}")
+            outcome.failures.append(f"{label}: {error}")
+            outcome.recorded.append((spec, None))
             log(f"  failed: {error}")
             continue
-        results.append(result)
+        outcome.results.append(result)
+        outcome.recorded.append((spec, result))
         primary = result.details["leaderboard_metrics"][0]
         log(f"  {primary} = {result.metrics[primary]:.2f}  → {record}")
-    return results, failures
+    return outcome
+
+
+def published_check(outcome: SuiteOutcome, tolerance: float) -> tuple[list[list[Any]], bool]:
+    """Rows [run, metric, published, measured, difference, status] for every published value of the
+    suite's runs, and whether each measured value is within ``tolerance`` of its published one
+    (runs that did not happen are listed as skipped and do not fail the check)."""
+    rows, passed = [], True
+    for spec, record in outcome.recorded:
+        label = f"{spec.backbone} × {spec.task} ({spec.preset or ', '.join(spec.selection)})"
+        for metric, published in spec.published.items():
+            measured = record.metrics.get(metric) if record else None
+            if measured is None:
+                rows.append([label, metric, published, None, None, "skipped"])
+                continue
+            difference = measured - published
+            status = "ok" if abs(difference) <= tolerance else "MISSES"
+            passed &= status == "ok"
+            rows.append([label, metric, published, measured, difference, status])
+    return rows, passed

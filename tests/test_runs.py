@@ -236,3 +236,82 @@ def test_version_1_suites_and_records_keep_loading(tmp_path):
     assert record.higher_is_better("pck@0.1_bbox")  # from the installed task's spec
     frame = leaderboard_table([record])
     assert frame["spair/dift-nn pck@0.1_bbox"].tolist() == [59.0]
+
+
+def test_paper_suite_skips_what_is_missing_and_checks_published_values(tmp_path, capsys, monkeypatch):
+    """A suite row carries published values: the leaderboard shows measured, published and Δ; rows whose
+    data or weights are missing are skipped with one line each; --check-published compares."""
+    import json
+
+    monkeypatch.setenv("DFBENCH_DATA", str(tmp_path / "data"))
+    results = tmp_path / "results"
+
+    def write_suite(published):
+        suite = tmp_path / "paper.yaml"
+        suite.write_text(
+            "defaults: {task: spair/dift-nn, settings: {resolution: 64}, limit: 2}\nruns:\n"
+            f"  - {{backbone: tiny-sd15, selection: [up_blocks.1], data_root: mini, published: {published},"
+            " source: 'a paper, Table 1'}\n"
+            "  - {backbone: tiny-sd15, selection: [up_blocks.1], data_root: '${DFBENCH_DATA}/SPair-71k',"
+            " published: {pck@0.1_bbox: 50.0}}\n"
+            f"  - {{backbone: tiny-sd21, selection: [up_blocks.1], data_root: mini, weights: {tmp_path / 'none'}}}\n")
+        return suite
+
+    suite = write_suite("{pck@0.1_bbox: 40.0}")
+    assert main(["suite", str(suite), "--results", str(results), "--no-progress"]) == 0     # one ran: exit 0
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.err.splitlines() if "skipped —" in line]
+    assert len(skipped) == 2
+    assert f"data_root {tmp_path / 'data' / 'SPair-71k'}: not found; get it: get SPair-71k from" in skipped[0]
+    assert "cannot load backbone tiny-sd21" in skipped[1] and "hf download" in skipped[1]
+    (record_path,) = (results / "runs").glob("*/record.json")
+    record = json.loads(record_path.read_text())
+    measured = record["metrics"]["pck@0.1_bbox"]
+    assert record["details"]["published"] == {"pck@0.1_bbox": 40.0}
+    assert record["details"]["published_source"] == "a paper, Table 1"
+    from dfbench.results import leaderboard_table, load_results
+
+    row = leaderboard_table(load_results(results)).iloc[0]
+    assert row["spair/dift-nn pck@0.1_bbox (published)"] == 40.0
+    assert row["spair/dift-nn pck@0.1_bbox Δ"] == pytest.approx(measured - 40.0)
+
+    # the published values are not part of the run's identity: the recorded run is reused and checked
+    suite = write_suite(f"{{pck@0.1_bbox: {measured + 0.5}}}")
+    assert main(["suite", str(suite), "--results", str(results), "--no-progress", "--check-published",
+                 "--tolerance", "1"]) == 0
+    assert "all 1 measured values within ±1" in capsys.readouterr().out
+    suite = write_suite(f"{{pck@0.1_bbox: {measured + 2}}}")
+    assert main(["suite", str(suite), "--results", str(results), "--no-progress", "--check-published",
+                 "--tolerance", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSES" in out and "1 of 1 measured values miss" in out
+    assert main(["suite", str(suite), "--results", str(results), "--no-progress", "--strict"]) == 2
+    assert "skipped (--strict)" in capsys.readouterr().err
+
+
+def test_suite_where_nothing_ran_exits_1_and_unknown_published_metric_is_exit_2(tmp_path, capsys):
+    suite = tmp_path / "paper.yaml"
+    suite.write_text("runs:\n  - {backbone: tiny-sd15, task: spair, selection: [up_blocks.1], "
+                     f"data_root: {tmp_path / 'missing'}}}\n")
+    assert main(["suite", str(suite), "--results", str(tmp_path / "r"), "--no-progress"]) == 1
+    assert "nothing ran" in capsys.readouterr().err
+    suite.write_text("runs:\n  - {backbone: tiny-sd15, task: spair, selection: [up_blocks.1], data_root: mini, "
+                     "published: {PCK: 50}}\n")
+    assert main(["suite", str(suite), "--results", str(tmp_path / "r")]) == 2
+    assert "published PCK: not a metric of spair" in capsys.readouterr().err
+
+
+def test_paper_suites_parse_and_name_their_sources():
+    from pathlib import Path
+
+    from dfbench.runner import load_suite, spec_problems
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "paper"
+    for name in ("dift_spair.yaml", "cleandift.yaml", "meng2024.yaml"):
+        specs = load_suite(folder / name)
+        assert specs and all(spec.source for spec in specs)
+        assert not [problem for spec in specs for problem in spec_problems(spec)]
+    (dift,) = load_suite(folder / "dift_spair.yaml")
+    assert dift.published == {"pck@0.1_bbox": 59.57, "pck@0.1_bbox_per_image": 66.53}
+    cleandift = load_suite(folder / "cleandift.yaml")
+    assert [spec.published.get("rmse") for spec in cleandift[2:]] == [0.469, 0.444]

@@ -101,6 +101,8 @@ class Task:
     default_split: str = "test"
     metrics: dict[str, MetricSpec] = {}
     leaderboard_metrics: tuple[str, ...] = ()
+    #: where to get the dataset (shown when a suite row's data_root is missing)
+    download_hint: str = ""
 
     def protocol(self, name: str | None) -> ProtocolSpec:
         """The protocol ``name`` (default: ``default_protocol``); unknown → one line with the valid ones."""

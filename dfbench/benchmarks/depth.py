@@ -54,7 +54,7 @@ from dfbench.benchmarks.base import (
 )
 from dfbench.benchmarks.depth_augment import augment, centre_box, centre_crop
 from dfbench.benchmarks.depth_metrics import METRIC_KEYS, depth_metrics
-from dfbench.datasets.nyuv2 import DepthSample, load_depth, load_samples
+from dfbench.datasets.nyuv2 import DOWNLOAD_HINT, DepthSample, load_depth, load_samples
 from dfbench.errors import DfbenchInputError
 from dfbench.features import combine_to_grid, image_features
 from dfbench.heads.depth_probes import NORMALISATIONS
@@ -134,6 +134,7 @@ class NyuV2Task(Task):
     }
     default_protocol = "cleandift-linear"
     default_split = "test"
+    download_hint = DOWNLOAD_HINT
     metrics = {
         **{f"{key}{suffix}": MetricSpec(key.startswith("delta"), key == "rmse" and suffix == "",
                                         "m" if key == "rmse" else "ratio")

@@ -52,6 +52,7 @@ from dfbench.benchmarks.base import (
     seeded_subset,
 )
 from dfbench.datasets.ddpm_segmentation import (
+    DOWNLOAD_HINT,
     HORSE_21,
     DdpmDataset,
     DdpmSample,
@@ -160,6 +161,7 @@ class LabelScarceTask(Task):
     }
     default_protocol = "ddpm"
     default_split = "test"
+    download_hint = DOWNLOAD_HINT
     metrics = {"mIoU": MetricSpec(True, True, "%"), "mIoU_std": MetricSpec(False, False, "%"),
                "images": MetricSpec(unit="images"), "seeds": MetricSpec(unit="seeds")}
     leaderboard_metrics = ("mIoU", "mIoU_std")

@@ -266,6 +266,7 @@ class Ade20kTask(SegmentationTask):
 
     name = "ade20k"
     layout = ADE20K
+    download_hint = ADE20K.download_hint + " (or --data-root hf:scene_parse_150)"
 
     def data_folder(self, data_root: str) -> Path:
         """The folder layout, or a Hugging Face source (``hf:<id>``, a ``save_to_disk`` folder) written
@@ -280,3 +281,4 @@ class CityscapesTask(SegmentationTask):
 
     name = "cityscapes"
     layout = CITYSCAPES
+    download_hint = CITYSCAPES.download_hint

@@ -36,7 +36,7 @@ from dfbench.atomic import atomic_write_text
 from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput
 from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
 from dfbench.benchmarks.spair_gdf_conv import GdfConvOptions, SpairSubsetOptions
-from dfbench.datasets.spair import SpairPair, load_spair, read_pair_list, spair_images
+from dfbench.datasets.spair import DOWNLOAD_HINT, SpairPair, load_spair, read_pair_list, spair_images
 from dfbench.errors import DfbenchInputError
 from dfbench.features import ImageFeatures, combine_activations, image_features
 from dfbench.heads.nn_matcher import match_points, upsampled_norm
@@ -121,6 +121,7 @@ class SpairTask(Task):
     """SPair-71k semantic correspondence: PCK@α of transferred keypoints (see the module docstring)."""
 
     name = "spair"
+    download_hint = DOWNLOAD_HINT
     protocols = {
         "dift-nn": ProtocolSpec("dift-nn", 1, SpairSubsetOptions, "DIFT's zero-shot nearest neighbour, PCK"),
         "gdf-conv": ProtocolSpec("gdf-conv", 1, GdfConvOptions, "Meng et al.'s trained 3×3-conv readout"),

@@ -32,9 +32,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from dfbench.runner import run_suite
 
     started = time.perf_counter()
-    _, failures = run_suite(demo_suite_path(), args.results, force=args.force, strict=True, progress=False,
-                            log=lambda message: print(message, file=sys.stderr))
+    outcome = run_suite(demo_suite_path(), args.results, force=args.force, strict=True, progress=False,
+                        log=lambda message: print(message, file=sys.stderr))
     print_leaderboard(args.results)
     print(f"demo finished in {time.perf_counter() - started:.0f} s. Tiny backbones have random weights: these "
           "numbers exercise the pipeline, they are not benchmark scores.")
-    return 1 if failures else 0
+    return 1 if outcome.failures else 0

@@ -54,11 +54,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_settings_arguments(run)
     run.set_defaults(handler=cmd_run)
 
-    suite = commands.add_parser("suite", help="run every pairing listed in a YAML suite, then the leaderboard")
+    suite = commands.add_parser(
+        "suite", help="run every pairing listed in a YAML suite, then the leaderboard",
+        description="Run the pairings of a suite YAML (configs/demo.yaml, configs/ci.yaml, configs/paper/*.yaml). "
+        "A row whose dataset or weights are missing is skipped with one line saying what is missing and how to get "
+        "it; the exit status is 1 only if nothing ran or a run failed on bad input (--strict: any skip fails). "
+        "Rows may carry `published: {metric: value}` and `source:` (a paper and table): the leaderboard then shows "
+        "measured, published and their difference, and --check-published exits 1 when a measured value misses "
+        "its published one by more than --tolerance.")
     suite.add_argument("file", help="suite YAML (see configs/demo.yaml)")
     suite.add_argument("--results", default="results", help="results folder (default ./results)")
     suite.add_argument("--force", action="store_true", help="rerun pairings already recorded")
-    suite.add_argument("--strict", action="store_true", help="stop at the first failing run")
+    suite.add_argument("--strict", action="store_true", help="fail (exit 1) at the first skipped or failing run")
+    suite.add_argument("--check-published", action="store_true",
+                       help="compare each measured metric with the row's published value (exit 1 beyond --tolerance)")
+    suite.add_argument("--tolerance", type=float, default=1.0,
+                       help="--check-published: allowed |measured − published|, in the metric's units (default 1.0)")
     suite.add_argument("--no-progress", action="store_true", help="hide progress bars")
     suite.set_defaults(handler=cmd_suite)
 
@@ -92,15 +103,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from dfbench.runner import run_suite
+    from tabulate import tabulate
 
-    _, failures = run_suite(args.file, args.results, force=args.force, strict=args.strict,
-                            progress=not args.no_progress, log=lambda message: print(message, file=sys.stderr))
-    print_leaderboard(args.results)
-    if failures:
-        print(f"{len(failures)} run(s) failed:", *failures, sep="\n  ", file=sys.stderr)
-        return 1
-    return 0
+    from dfbench.runner import published_check, run_suite
+
+    if args.tolerance < 0:
+        raise DfbenchInputError(f"--tolerance {args.tolerance}: must be ≥ 0")
+    outcome = run_suite(args.file, args.results, force=args.force, strict=args.strict,
+                        progress=not args.no_progress, log=lambda message: print(message, file=sys.stderr))
+    ran = any(record is not None for _, record in outcome.recorded)
+    if ran:
+        print_leaderboard(args.results)
+    if outcome.skipped:
+        print(f"{len(outcome.skipped)} run(s) skipped:", *outcome.skipped, sep="\n  ", file=sys.stderr)
+    if outcome.failures:
+        print(f"{len(outcome.failures)} run(s) failed:", *outcome.failures, sep="\n  ", file=sys.stderr)
+    status = 0 if ran and not outcome.failures else 1
+    if not ran:
+        print("nothing ran: every run of the suite was skipped or failed", file=sys.stderr)
+    if args.check_published:
+        rows, passed = published_check(outcome, args.tolerance)
+        if rows:
+            print(tabulate(rows, headers=["run", "metric", "published", "measured", "difference", "status"],
+                           floatfmt=".3f"))
+        measured = sum(row[3] is not None for row in rows)
+        if not measured:
+            print("no published value was measured (no row with published values ran)")
+        elif passed:
+            print(f"all {measured} measured values within ±{args.tolerance:g} of their published values")
+        else:
+            print(f"{sum(row[-1] == 'MISSES' for row in rows)} of {measured} measured values miss their published "
+                  f"values by more than ±{args.tolerance:g}")
+        status = status or (0 if passed else 1)
+    return status
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
