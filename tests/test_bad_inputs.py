@@ -120,8 +120,9 @@ def test_a_suite_is_checked_whole_before_anything_runs(tmp_path, capsys):
         "  - {backbone: tiny-sd15, task: spair/nope, selection: [us6], data_root: /no/where}\n")
     assert main(["suite", str(suite), "--results", str(tmp_path / "results")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert "6 problem(s), nothing was run" in lines[0] and len(lines) == 7
-    assert [line.split(":")[0].strip() for line in lines[1:]] == ["run 2", "run 3", "run 4", "run 4", "run 5", "run 5"]
+    # a missing data_root is not a problem of the suite: that row is skipped at run time with how to get the data
+    assert "5 problem(s), nothing was run" in lines[0] and len(lines) == 6
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["run 2", "run 3", "run 4", "run 4", "run 5"]
     assert "'up_blocks.9'" in lines[1] and "'tiny-sdx'" in lines[2] and "settings.timestep='50'" in lines[4]
     assert not (tmp_path / "results").exists()
     suite.write_text("runs:\n  - {backbone: tiny-sd15, task: spair, selection: up_blocks.1}\n")
