@@ -117,7 +117,9 @@ def test_mini_set_is_valid_spair(tmp_path):
 
     root = build_mini_spair(tmp_path / "mini")
     counts = {split: len(load_spair(root, split)) for split in ("trn", "val", "test")}
-    assert counts == {"trn": 9, "val": 5, "test": 9}
+    assert counts == {"trn": 9, "val": 9, "test": 9}
+    identity = [pair for pair in load_spair(root, "val") if pair.src_image == pair.trg_image]
+    assert len(identity) == 4 and all(pair.src_kps == pair.trg_kps for pair in identity)   # each photo with itself
     pairs = load_spair(root, "test")
     assert {pair.category for pair in pairs} == {"cat", "person", "cup", "rocket", "motorbike"}
     stereo = next(pair for pair in pairs if pair.category == "motorbike")

@@ -208,6 +208,29 @@ def parse_options(options_class: type, values: dict[str, Any] | None, where: str
     return options
 
 
+#: resamples of the bootstrap standard error records carry for their primary metric
+BOOTSTRAP_DRAWS = 1000
+
+
+def bootstrap_stderr(count: int, statistic: Callable[[Any], float], seed: int = 0,
+                     draws: int = BOOTSTRAP_DRAWS) -> float:
+    """The bootstrap standard error of a metric: the standard deviation (ddof 1) of ``statistic(indices)``
+    over ``draws`` resamples, with replacement, of the ``count`` evaluated items (pairs or images),
+    drawn by ``numpy.random.default_rng(seed)`` — as lm-evaluation-harness reports ``stderr``."""
+    import numpy as np
+
+    if count < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, count, count)) for _ in range(draws)]
+    return float(np.std(values, ddof=1))
+
+
+def stderr_spec(spec: MetricSpec) -> MetricSpec:
+    """The spec of ``<metric>_stderr``: the metric's unit, smaller is tighter, never primary."""
+    return MetricSpec(higher_is_better=False, primary=False, unit=spec.unit)
+
+
 def require_at_least_one(options: Any, keys: tuple[str, ...], where: str) -> None:
     """Each of ``keys`` that is set (not ``None``) must be ≥ 1: one line naming the first that is not."""
     for key in keys:

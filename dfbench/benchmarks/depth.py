@@ -139,7 +139,7 @@ class NyuV2Task(Task):
         **{f"{key}{suffix}": MetricSpec(key.startswith("delta"), key == "rmse" and suffix == "",
                                         "m" if key == "rmse" else "ratio")
            for suffix in ("", "_si") for key in METRIC_KEYS},
-        "images": MetricSpec(unit="images"),
+        "rmse_stderr": MetricSpec(False, False, "m"), "images": MetricSpec(unit="images"),
     }
     leaderboard_metrics = ("rmse", "abs_rel", "delta1", "rmse_si", "delta1_si")
 

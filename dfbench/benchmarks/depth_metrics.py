@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dfbench.benchmarks.base import bootstrap_stderr
+
 #: the metrics of one evaluation, in the order records list them
 METRIC_KEYS = ("rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")
 EPSILON = 1e-9
@@ -68,4 +70,6 @@ def depth_metrics(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarra
                  for prediction, target in zip(predictions, targets, strict=True)]
     result = {key: float(np.mean([values[key] for values in aware])) for key in METRIC_KEYS}
     result.update({f"{key}_si": float(np.mean([values[key] for values in invariant])) for key in METRIC_KEYS})
+    rmse = np.array([values["rmse"] for values in aware])      # resampling images: the mean RMSE
+    result["rmse_stderr"] = bootstrap_stderr(len(rmse), lambda chosen: float(rmse[chosen].mean()))
     return result

@@ -48,6 +48,7 @@ from dfbench.benchmarks.base import (
     RunContext,
     Task,
     TaskOutput,
+    bootstrap_stderr,
     require_at_least_one,
     seeded_subset,
 )
@@ -96,25 +97,44 @@ class GdfResplitOptions(DdpmOptions):
     upsample: str = "nearest-bilinear"
 
 
+def release_areas(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection, union) pixel counts per class of one image, as the release's ``compute_iou`` counts
+    them: over all pixels, ignored ones included."""
+    prediction, label = np.asarray(prediction).astype(np.int64), np.asarray(label).astype(np.int64)
+    if prediction.shape != label.shape:
+        raise ValueError(f"prediction {prediction.shape} and label {label.shape} differ in shape")
+    predicted = np.bincount(prediction[(prediction >= 0) & (prediction < num_classes)], minlength=num_classes)
+    labelled = np.bincount(label[(label >= 0) & (label < num_classes)], minlength=num_classes)
+    common = np.bincount(prediction[(prediction == label) & (label >= 0) & (label < num_classes)],
+                         minlength=num_classes)
+    return common[:num_classes], predicted[:num_classes] + labelled[:num_classes] - common[:num_classes]
+
+
+def pooled_iou(areas: list[tuple[np.ndarray, np.ndarray]], num_classes: int, ignore_label: int) -> dict[int, float]:
+    """Per-class IoU of images given by their :func:`release_areas`: intersection / (1e-8 + union), pooled."""
+    intersection = sum((common for common, _ in areas), np.zeros(num_classes, dtype=np.int64))
+    union = sum((joint for _, joint in areas), np.zeros(num_classes, dtype=np.int64))
+    return {index: float(intersection[index] / (1e-8 + union[index])) for index in range(num_classes)
+            if index != ignore_label}
+
+
 def release_iou(predictions: list[np.ndarray], labels: list[np.ndarray], num_classes: int, ignore_label: int
                 ) -> dict[int, float]:
     """Per-class IoU (fractions) exactly as the release's ``compute_iou``: pooled over all images,
     every class in ``range(num_classes)`` except ``ignore_label``; union and intersection over all
     pixels (ignored ones included); IoU = intersection / (1e-8 + union), so an absent class is 0."""
-    classes = [index for index in range(num_classes) if index != ignore_label]
-    intersection = np.zeros(num_classes, dtype=np.int64)
-    union = np.zeros(num_classes, dtype=np.int64)
-    for prediction, label in zip(predictions, labels, strict=True):
-        prediction, label = np.asarray(prediction).astype(np.int64), np.asarray(label).astype(np.int64)
-        if prediction.shape != label.shape:
-            raise ValueError(f"prediction {prediction.shape} and label {label.shape} differ in shape")
-        predicted = np.bincount(prediction[(prediction >= 0) & (prediction < num_classes)], minlength=num_classes)
-        labelled = np.bincount(label[(label >= 0) & (label < num_classes)], minlength=num_classes)
-        both = prediction[(prediction == label) & (label >= 0) & (label < num_classes)]
-        common = np.bincount(both, minlength=num_classes)
-        intersection += common[:num_classes]
-        union += predicted[:num_classes] + labelled[:num_classes] - common[:num_classes]
-    return {index: float(intersection[index] / (1e-8 + union[index])) for index in classes}
+    areas = [release_areas(prediction, label, num_classes)
+             for prediction, label in zip(predictions, labels, strict=True)]
+    return pooled_iou(areas, num_classes, ignore_label)
+
+
+def miou_stderr(predictions: list[np.ndarray], labels: list[np.ndarray], num_classes: int, ignore_label: int
+                ) -> float:
+    """The bootstrap standard error (test images resampled) of the release's mIoU, in percent."""
+    areas = [release_areas(prediction, label, num_classes)
+             for prediction, label in zip(predictions, labels, strict=True)]
+    return bootstrap_stderr(len(areas), lambda chosen: 100 * float(np.mean(list(pooled_iou(
+        [areas[index] for index in chosen], num_classes, ignore_label).values()))))
 
 
 def drop_small_classes(label: np.ndarray, num_classes: int, ignore_label: int, min_pixels: int = 20
@@ -163,6 +183,7 @@ class LabelScarceTask(Task):
     default_split = "test"
     download_hint = DOWNLOAD_HINT
     metrics = {"mIoU": MetricSpec(True, True, "%"), "mIoU_std": MetricSpec(False, False, "%"),
+               "mIoU_stderr": MetricSpec(False, False, "%"),
                "images": MetricSpec(unit="images"), "seeds": MetricSpec(unit="seeds")}
     leaderboard_metrics = ("mIoU", "mIoU_std")
 
@@ -235,9 +256,13 @@ class LabelScarceTask(Task):
                                 "IoU_std": 100 * float(np.std([per_class[seed][klass] for seed in seeds]))}
                  for klass in per_class[seeds[0]]}
         first_test = plans[seeds[0]][1]
+        # the first seed's test images resampled (the spread over seeds is mIoU_std)
+        stderr = miou_stderr([predictions[seeds[0]][self.key(sample, protocol)] for sample in first_test],
+                             [labels[feature_key(sample)] for sample in first_test], self.dataset.num_classes,
+                             self.dataset.ignore_label)
         output = TaskOutput(
-            {"mIoU": float(values.mean()), "mIoU_std": float(values.std()), "images": float(len(first_test)),
-             "seeds": float(len(seeds))}, table, predictions)
+            {"mIoU": float(values.mean()), "mIoU_std": float(values.std()), "mIoU_stderr": stderr,
+             "images": float(len(first_test)), "seeds": float(len(seeds))}, table, predictions)
         output.selection, output.split = found.selection, split
         output.details = {
             "per_seed_mIoU": {str(seed): value for seed, value in per_seed.items()}, "seeds": seeds,
@@ -341,8 +366,9 @@ class LabelScarceTask(Task):
         ious = release_iou(predictions, labels, self.dataset.num_classes, self.dataset.ignore_label)
         names = self.dataset.class_names
         # one set of predictions is one seed: the record's keys, with a zero spread
+        stderr = miou_stderr(predictions, labels, self.dataset.num_classes, self.dataset.ignore_label)
         output = TaskOutput({"mIoU": 100 * float(np.mean(list(ious.values()))), "mIoU_std": 0.0,
-                             "images": float(len(test)), "seeds": 1.0},
+                             "mIoU_stderr": stderr, "images": float(len(test)), "seeds": 1.0},
                             {names[klass]: {"IoU": 100 * value} for klass, value in ious.items()},
                             dict(zip(keys, predictions, strict=True)))
         output.split = split

@@ -39,10 +39,11 @@ from dfbench.benchmarks.base import (
     RunContext,
     Task,
     TaskOutput,
+    bootstrap_stderr,
     require_at_least_one,
     seeded_subset,
 )
-from dfbench.benchmarks.segmentation_metrics import SegmentationAreas, segmentation_metrics
+from dfbench.benchmarks.segmentation_metrics import image_areas, pooled_areas, segmentation_metrics
 from dfbench.benchmarks.segmentation_uper import GdfUperOptions, train_and_predict
 from dfbench.datasets.segmentation import (
     ADE20K,
@@ -91,7 +92,8 @@ class SegmentationTask(Task):
                                           distributed=True)}
     default_protocol = "linear"
     default_split = "val"
-    metrics = {"mIoU": MetricSpec(True, True, "%"), "mAcc": MetricSpec(True, False, "%"),
+    metrics = {"mIoU": MetricSpec(True, True, "%"), "mIoU_stderr": MetricSpec(False, False, "%"),
+               "mAcc": MetricSpec(True, False, "%"),
                "aAcc": MetricSpec(True, False, "%"), "images": MetricSpec(unit="images")}
     leaderboard_metrics = ("mIoU", "mAcc", "aAcc")
 
@@ -150,10 +152,13 @@ class SegmentationTask(Task):
                 for sample in samples}
 
     def _score(self, labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray]) -> TaskOutput:
-        areas = SegmentationAreas.empty(self.layout.num_classes)
-        for stem, label in labels.items():
-            areas.add(predictions[stem], label, IGNORE_INDEX)
+        per_image = [image_areas(predictions[stem], label, self.layout.num_classes, IGNORE_INDEX)
+                     for stem, label in labels.items()]
+        areas = pooled_areas(per_image, self.layout.num_classes)
         summary, per_class = segmentation_metrics(areas, class_names(self.layout))
+        # resampling images: the pooled mIoU of each resample
+        summary["mIoU_stderr"] = bootstrap_stderr(len(per_image), lambda chosen: segmentation_metrics(
+            pooled_areas([per_image[index] for index in chosen], self.layout.num_classes))[0]["mIoU"])
         table = {name: {"IoU": values["IoU"]} for name, values in per_class.items() if not np.isnan(values["IoU"])}
         return TaskOutput({**summary, "images": float(len(labels))}, table, predictions)
 

@@ -40,6 +40,16 @@ class SegmentationAreas:
             total += value
 
 
+def pooled_areas(per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], num_classes: int
+                 ) -> SegmentationAreas:
+    """The pooled areas of images given by their :func:`image_areas`."""
+    areas = SegmentationAreas.empty(num_classes)
+    for counts in per_image:
+        for total, value in zip((areas.intersect, areas.union, areas.pred, areas.label), counts, strict=True):
+            total += value
+    return areas
+
+
 def _class_counts(values: np.ndarray, num_classes: int) -> np.ndarray:
     inside = values[(values >= 0) & (values < num_classes)]
     return np.bincount(inside.astype(np.int64), minlength=num_classes).astype(np.int64)

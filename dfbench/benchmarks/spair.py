@@ -10,7 +10,9 @@ image (``img``), in original pixels.
 
 Reported (in percent): PCK@{0.05, 0.1, 0.15} × {bbox, img}, pooled over all keypoints (primary:
 ``pck@0.1_bbox``), averaged per image pair (``…_per_image``), per category, and the mean over
-categories. With several activations selected, each is resized to the largest map, L2-normalised
+categories; and ``aepe``, the average end-point error (px, lower is better) over all keypoints — a
+continuous diagnostic that moves with any change of the predictions (the CI gate uses it).
+With several activations selected, each is resized to the largest map, L2-normalised
 per location, and concatenated along channels; a single activation is used as it is (DIFT).
 
 Saved predictions (``run --save-predictions``, ``dfbench score``): ``predictions.json`` maps each
@@ -29,11 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write_text
-from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, RunContext, Task, TaskOutput
+from dfbench.benchmarks.base import (
+    MetricSpec,
+    ProtocolSpec,
+    RunContext,
+    Task,
+    TaskOutput,
+    bootstrap_stderr,
+    stderr_spec,
+)
 from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
 from dfbench.benchmarks.spair_gdf_conv import GdfConvOptions, SpairSubsetOptions
 from dfbench.datasets.spair import DOWNLOAD_HINT, SpairPair, load_spair, read_pair_list, spair_images
@@ -53,6 +64,8 @@ def _metric_specs() -> dict[str, MetricSpec]:
             for suffix in ("", "_per_image", "_category_mean"):
                 key = f"pck@{alpha:g}_{kind}{suffix}"
                 specs[key] = MetricSpec(higher_is_better=True, primary=key == PRIMARY, unit="%")
+    specs["aepe"] = MetricSpec(higher_is_better=False, primary=False, unit="px")
+    specs[f"{PRIMARY}_stderr"] = stderr_spec(specs[PRIMARY])
     specs.update({"pairs": MetricSpec(unit="pairs"), "keypoints": MetricSpec(unit="keypoints"),
                   "best_step_img": MetricSpec(unit="step"), "best_step_bbox": MetricSpec(unit="step")})
     return specs
@@ -72,9 +85,11 @@ def score_predictions(predictions: Sequence[PairPrediction], alphas: Sequence[fl
     pooled: dict[str, list[torch.Tensor]] = defaultdict(list)
     per_pair: dict[str, list[float]] = defaultdict(list)
     per_category: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+    errors = []
     for prediction in predictions:
         pair = prediction.pair
         truth = torch.tensor(pair.trg_kps)
+        errors.append((prediction.predicted.double() - truth.double()).norm(dim=1))
         references = {"bbox": bbox_reference(pair.trg_bbox), "img": image_reference(pair.trg_size)}
         for alpha in alphas:
             for kind, reference in references.items():
@@ -93,6 +108,12 @@ def score_predictions(predictions: Sequence[PairPrediction], alphas: Sequence[fl
     }
     for key in pooled:
         metrics[f"{key}_category_mean"] = sum(c[key] for c in categories.values()) / len(categories)
+    metrics["aepe"] = torch.cat(errors).mean().item() if errors else float("nan")
+    if PRIMARY in pooled:   # resampling pairs: the pooled PCK of each resample
+        hits = np.array([int(flags.sum()) for flags in pooled[PRIMARY]])
+        sizes = np.array([len(flags) for flags in pooled[PRIMARY]])
+        metrics[f"{PRIMARY}_stderr"] = bootstrap_stderr(
+            len(hits), lambda chosen: 100 * hits[chosen].sum() / max(sizes[chosen].sum(), 1))
     metrics["pairs"] = float(len(predictions))
     metrics["keypoints"] = float(sum(len(p.pair.trg_kps) for p in predictions))
     return metrics, categories

@@ -5,6 +5,8 @@ Nothing is downloaded: the photos ship inside the scikit-image wheel.
 * ``chelsea`` (cat), ``astronaut`` (person), ``coffee`` (cup), ``rocket`` (rocket): each source photo
   is paired with copies warped by known similarity transforms (zoom, shift, small rotation), so
   the target keypoints are the source keypoints mapped through the transform — exact ground truth.
+  ``val`` also pairs each photo with itself (the same file): a matcher must map every keypoint onto
+  itself, so any offset in the predicted coordinates shows (the CI gate runs on ``val``).
 * the Middlebury ``motorcycle`` stereo pair (motorbike): real correspondences between two real
   views, from the ground-truth disparity (left pixel (x, y) ↔ right pixel (x − d, y)).
 
@@ -25,7 +27,7 @@ from PIL import Image
 from dfbench.atomic import atomic_build_dir
 from dfbench.home import dfbench_home
 
-VERSION = 1
+VERSION = 2
 PHOTOS = {"chelsea": "cat", "astronaut": "person", "coffee": "cup", "rocket": "rocket"}
 # (zoom, rotation in degrees, shift x and y as fractions of the size) per split
 WARPS = {
@@ -38,7 +40,7 @@ MAX_KEYPOINTS = 10
 
 
 def default_root() -> Path:
-    """Where the mini set is built: ``$DFBENCH_HOME/mini-spair-v1`` (default ``~/.cache/dfbench``)."""
+    """Where the mini set is built: ``$DFBENCH_HOME/mini-spair-v<VERSION>`` (default ``~/.cache/dfbench``)."""
     home = dfbench_home()
     return home / f"mini-spair-v{VERSION}"
 
@@ -152,6 +154,8 @@ def build_mini_spair(root: str | Path) -> Path:
                 index += 1
                 layout[split].append(_write_pair(root, split, index, category, source,
                                                  (name, photo.size, bbox, target_kps)))
+        index += 1
+        layout["val"].append(_write_pair(root, "val", index, category, source, source))   # the photo with itself
     left, right, disparity = skimage.data.stereo_motorcycle()
     views = {"left": Image.fromarray(left), "right": Image.fromarray(right)}
     left_kps = _corners(left, margin=0.15, count=4 * MAX_KEYPOINTS)
