@@ -102,6 +102,19 @@ def split_task(name: str) -> tuple[str, str | None]:
     return task, protocol or None
 
 
+def data_label(spec: RunSpec, data_root: Path) -> str:
+    """How a run's data enters its identity: the folder, or for an embedded mini set ``mini:<its folder
+    under $DFBENCH_HOME>`` (its version included), so the same mini set built elsewhere is the same data."""
+    if spec.data_root not in (None, "", "mini"):
+        return str(data_root)
+    from dfbench.home import dfbench_home
+
+    try:
+        return f"mini:{data_root.resolve().relative_to(dfbench_home().resolve())}"
+    except ValueError:
+        return f"mini:{data_root.name}"
+
+
 def resolve_data_root(task: Any, data_root: str | None) -> Path:
     """``mini`` (or nothing, for the demo) → the task's embedded mini set; else the task's
     :meth:`~dfbench.benchmarks.base.Task.data_folder` for it."""
@@ -236,7 +249,8 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
         if ranks.rank == 0 and not any(folder.iterdir()):  # nothing (checkpoints, logs) worth keeping for a resume
             folder.rmdir()
         raise
-    details = {"split": output.split or spec.split or task.default_split, "data_root": str(data_root),
+    details = {"split": output.split or spec.split or task.default_split, "data_root": data_label(spec, data_root),
+               "data_path": str(data_root),
                "limit": spec.limit,
                **option_details(protocol, options), "recipe_version": getattr(backbone, "recipe_version", None),
                "config_hash": spec.config_hash(), "leaderboard_metrics": list(task.leaderboard_metrics),
