@@ -103,6 +103,11 @@ class Task:
     leaderboard_metrics: tuple[str, ...] = ()
     #: where to get the dataset (shown when a suite row's data_root is missing)
     download_hint: str = ""
+    #: the cheapest protocol, used by ``dfbench sweep`` to score each candidate activation; its options
+    #: there; and the split it trains on (its images are extracted with the evaluated ones), if any
+    sweep_protocol: str = ""
+    sweep_options: dict[str, Any] = {}
+    sweep_train_split: str | None = None
 
     def protocol(self, name: str | None) -> ProtocolSpec:
         """The protocol ``name`` (default: ``default_protocol``); unknown → one line with the valid ones."""

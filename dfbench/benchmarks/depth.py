@@ -135,6 +135,7 @@ class NyuV2Task(Task):
     default_protocol = "cleandift-linear"
     default_split = "test"
     download_hint = DOWNLOAD_HINT
+    sweep_protocol, sweep_train_split = "cleandift-linear", "train"
     metrics = {
         **{f"{key}{suffix}": MetricSpec(key.startswith("delta"), key == "rmse" and suffix == "",
                                         "m" if key == "rmse" else "ratio")

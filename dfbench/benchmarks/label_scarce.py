@@ -182,6 +182,7 @@ class LabelScarceTask(Task):
     default_protocol = "ddpm"
     default_split = "test"
     download_hint = DOWNLOAD_HINT
+    sweep_protocol, sweep_options, sweep_train_split = "ddpm", {"seeds": 1}, "train"
     metrics = {"mIoU": MetricSpec(True, True, "%"), "mIoU_std": MetricSpec(False, False, "%"),
                "mIoU_stderr": MetricSpec(False, False, "%"),
                "images": MetricSpec(unit="images"), "seeds": MetricSpec(unit="seeds")}

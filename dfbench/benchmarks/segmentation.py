@@ -92,6 +92,7 @@ class SegmentationTask(Task):
                                           distributed=True)}
     default_protocol = "linear"
     default_split = "val"
+    sweep_protocol, sweep_train_split = "linear", "train"
     metrics = {"mIoU": MetricSpec(True, True, "%"), "mIoU_stderr": MetricSpec(False, False, "%"),
                "mAcc": MetricSpec(True, False, "%"),
                "aAcc": MetricSpec(True, False, "%"), "images": MetricSpec(unit="images")}

@@ -143,6 +143,7 @@ class SpairTask(Task):
 
     name = "spair"
     download_hint = DOWNLOAD_HINT
+    sweep_protocol = "dift-nn"
     protocols = {
         "dift-nn": ProtocolSpec("dift-nn", 1, SpairSubsetOptions, "DIFT's zero-shot nearest neighbour, PCK"),
         "gdf-conv": ProtocolSpec("gdf-conv", 1, GdfConvOptions, "Meng et al.'s trained 3×3-conv readout"),

@@ -10,7 +10,7 @@ import sys
 import typing
 from collections.abc import Sequence
 
-from dfbench.cli import activations, cache, compare, demo, extract, listing, perf, run, score
+from dfbench.cli import activations, cache, compare, demo, extract, listing, perf, run, score, sweep
 from dfbench.errors import DfbenchInputError
 
 DESCRIPTION = """\
@@ -62,6 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dfbench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
-    for module in (listing, activations, extract, perf, cache, run, compare, score, demo):
+    for module in (listing, activations, extract, perf, cache, run, compare, score, demo, sweep):
         module.add_parser(commands)
     return parser
