@@ -27,10 +27,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "member at a time (SD1.5 Ours shapes, 3,520 channels, 30 images at 256²): s per step, peak RSS, hours. "
         "depth: an epoch of each NYUv2 probe at full size (795 images, batch 8) from features in memory — "
         "cleandift-linear on SD2.1 up_blocks.1 maps, probe3d-dpt's DPT head on four up-block levels — plus the "
-        "SD2.1 extraction probe3d-dpt runs at every step; peak RSS (--repeats: timed steps).",
+        "SD2.1 extraction probe3d-dpt runs at every step; peak RSS (--repeats: timed steps). sweep: 20 candidates × 3 "
+        "timesteps on the SPair mini set with `dfbench sweep` vs 60 separate runs (UNet rows per image, seconds; "
+        "--backbone tiny-sd15 for a quick check; --repeats N times N of the 60 runs and scales).",
     )
     perf.add_argument("suite", nargs="?", choices=["recipes", "throughput", "matching", "cache",
-                                                               "segmentation", "horse21", "depth"],
+                                                               "segmentation", "horse21", "depth", "sweep"],
                       default="recipes")
     perf.add_argument("--backbone", nargs="+", default=None, help="recipes: one (default sd15); "
                       "throughput: several (default sd15 sd21 sdxl)")
@@ -70,6 +72,12 @@ def cmd_perf(args: argparse.Namespace) -> int:
         from dfbench.perf_label_scarce import run_horse21
 
         results = run_horse21(steps=max(args.repeats, 20), log=log)
+    elif args.suite == "sweep":
+        from dfbench.perf_sweep import run_sweep_perf
+
+        backbones = args.backbone or ["sd15"]
+        results = run_sweep_perf(backbones[0], args.device, args.dtype or "float32",
+                                 args.repeats if args.repeats > 1 else None, log=log)
     elif args.suite == "depth":
         from dfbench.perf_depth import run_depth
 
