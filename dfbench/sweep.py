@@ -116,17 +116,22 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
     result = SweepResult(metric="", higher_is_better=True, images=len(items))
     forwards = [0]
     with process_group() as ranks:
+        stores = []
         for prompt in prompts:
             for timestep in timesteps:
                 one_per_forward = base.replace(timestep=timestep, prompt=prompt, batch_size=base.ensemble_size)
                 log(f"extract {len(candidates)} candidates at t={timestep}" + (f", prompt {prompt!r}" if prompt
                                                                                 else "") + " …")
-                cached_extract(backbone, list(items.values()), candidates, one_per_forward,
-                               cache.open(backbone, one_per_forward), ranks.rank, ranks.world_size,
-                               progress=progress, on_batch=lambda count: forwards.__setitem__(0, forwards[0] + 1))
+                stores.append(cache.open(backbone, one_per_forward))
+                cached_extract(backbone, list(items.values()), candidates, one_per_forward, stores[-1], ranks.rank,
+                               ranks.world_size, progress=progress,
+                               on_batch=lambda count: forwards.__setitem__(0, forwards[0] + 1))
         ranks.barrier()
         if ranks.rank != 0:
             return result
+        for store in stores:      # every rank's shards into the manifests rank 0 reads
+            store.merge_manifest()
+            store.reload()
     result.forwards = forwards[0]
 
     def evaluate(selection: list[str], timestep: int, prompt: str) -> SweepEntry:

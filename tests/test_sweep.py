@@ -81,3 +81,30 @@ def test_bad_timesteps_are_one_line(capsys):
     assert main(["sweep", "--backbone", "tiny-sd15", "--task", "spair", "--candidates", "up_blocks.1",
                  "--timesteps", "50,x"]) == 2
     assert "expected comma-separated integers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_ranks_split_the_extraction_and_rank_zero_ranks(tmp_path):
+    """torchrun: each rank extracts its share of the images into the cache; rank 0 evaluates and ranks,
+    with the numbers of a single-process sweep."""
+    import os
+    import subprocess
+    import sys
+
+    arguments = ["sweep", "--backbone", "tiny-sd15", "--task", "spair", "--candidates", "up_blocks.1", "up_blocks.2",
+                 "--resolution", "64", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "dfbench", *arguments, "--results", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "cache2")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "7 forwards for 14 images" in done.stdout                   # rank 0 extracted its half
+    shards = {path.name[:2] for path in (tmp_path / "cache2").glob("*/*/shards/*.safetensors")}
+    assert shards == {"r0", "r1"}
+    assert main([*arguments, "--results", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "cache1")]) == 0
+
+    def ranking(folder):
+        rows = json.loads(next((folder / "sweeps").glob("*/sweep.json")).read_text())["ranking"]
+        return [(row["selection"], row["pck@0.1_bbox"]) for row in rows]
+
+    assert ranking(tmp_path / "two") == ranking(tmp_path / "one")
