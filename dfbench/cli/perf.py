@@ -29,10 +29,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "cleandift-linear on SD2.1 up_blocks.1 maps, probe3d-dpt's DPT head on four up-block levels — plus the "
         "SD2.1 extraction probe3d-dpt runs at every step; peak RSS (--repeats: timed steps). sweep: 20 candidates × 3 "
         "timesteps on the SPair mini set with `dfbench sweep` vs 60 separate runs (UNet rows per image, seconds; "
-        "--backbone tiny-sd15 for a quick check; --repeats N times N of the 60 runs and scales).",
+        "--backbone tiny-sd15 for a quick check; --repeats N times N of the 60 runs and scales). backbone: seconds per "
+        "image and peak RSS of any backbones with random weights, each in its own process (default dinov2-base "
+        "and dinov2-giant at 840 px, blocks.11).",
     )
     perf.add_argument("suite", nargs="?", choices=["recipes", "throughput", "matching", "cache",
-                                                               "segmentation", "horse21", "depth", "sweep"],
+                                                               "segmentation", "horse21", "depth", "sweep", "backbone"],
                       default="recipes")
     perf.add_argument("--backbone", nargs="+", default=None, help="recipes: one (default sd15); "
                       "throughput: several (default sd15 sd21 sdxl)")
@@ -47,6 +49,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--pairs", type=int, default=12234, help="matching: pairs (default: SPair test, 12,234)")
     perf.add_argument("--images", type=int, default=1800, help="matching: distinct images (default 1,800)")
     perf.add_argument("--quick", action="store_true", help="segmentation: tiny-sd15 only")
+    perf.add_argument("--select", nargs="+", metavar="NAME", help="backbone: activations extracted (default blocks.11)")
     perf.add_argument("--out", help="also write the results as JSON here")
     perf.set_defaults(handler=cmd_perf)
 
@@ -72,6 +75,11 @@ def cmd_perf(args: argparse.Namespace) -> int:
         from dfbench.perf_label_scarce import run_horse21
 
         results = run_horse21(steps=max(args.repeats, 20), log=log)
+    elif args.suite == "backbone":
+        from dfbench.perf_backbone import run_backbones
+
+        results = run_backbones(args.backbone or ["dinov2-base", "dinov2-giant"], args.resolution,
+                                args.select or ["blocks.11"], args.repeats, args.device or "cpu", log=log)
     elif args.suite == "sweep":
         from dfbench.perf_sweep import run_sweep_perf
 
