@@ -228,6 +228,7 @@ def test_linear_bins_probe_fits_a_depth_that_is_linear_in_the_features():
     assert float(torch.sqrt(((predicted - depth) ** 2).mean())) < 0.05 and losses[-1] < 0.2 * losses[0]
 
 
+@pytest.mark.slow
 def test_dpt_probe_fits_a_depth_that_is_linear_in_the_features():
     torch.manual_seed(0)
     probe = DptDepthProbe([6, 6, 6, 6], hidden=16, min_depth=0.001)
@@ -325,6 +326,7 @@ def test_random_resized_crop_keeps_image_and_depth_aligned():
 
 
 # ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_probe3d_dpt_runs_saves_nan_outside_the_crop_and_scores_the_same(tmp_path, capsys):
     results = tmp_path / "results"
     assert main(["run", "--backbone", "tiny-sd21", "--task", "nyuv2/probe3d-dpt", "--preset", "probe3d-dift",

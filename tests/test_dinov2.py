@@ -93,6 +93,7 @@ def test_weights_round_trip_through_save_pretrained(tmp_path):
     assert loaded.weight_fingerprint() == backbone.weight_fingerprint()
 
 
+@pytest.mark.slow
 def test_spair_mini_with_dinov2_and_sd_rows_in_one_leaderboard(tmp_path, capsys):
     results = tmp_path / "results"
     for backbone, selection in (("tiny-dinov2", "blocks.11"), ("tiny-sd15", "up_blocks.1")):

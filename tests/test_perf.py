@@ -90,3 +90,16 @@ def test_cache_perf_bytes_per_image_match_the_tensor_sizes():
     tiny = report["tiny-sd15@64 up_blocks.1"]
     assert tiny["images"] == 4 and tiny["bytes_per_image_per_activation"] >= 64 * 4 * 4 * 2
     assert tiny["cache_hit_images_per_s"] > 0 and tiny["recompute_images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_perf_backbone_times_each_backbone_in_its_own_process():
+    from dfbench.perf_backbone import run_backbones
+
+    (row,) = run_backbones(["tiny-dinov2"], None, ["blocks.1"], repeats=1, log=lambda message: None)
+    assert row["backbone"] == "tiny-dinov2" and row["resolution"] == 56 and row["selection"] == ["blocks.1"]
+    assert row["s_per_image"] > 0 and 0 < row["peak_rss_gib"] < 8
+    from dfbench.backbones.dinov2 import TINY_CONFIG
+
+    hidden, layers = TINY_CONFIG["hidden_size"], TINY_CONFIG["num_hidden_layers"]
+    assert row["parameters_millions"] > layers * 4 * hidden * hidden / 1e6     # at least the attention weights

@@ -301,6 +301,7 @@ def test_suite_where_nothing_ran_exits_1_and_unknown_published_metric_is_exit_2(
     assert "published PCK: not a metric of spair" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_paper_suites_parse_and_name_their_sources():
     from pathlib import Path
 

@@ -51,6 +51,7 @@ def test_planted_best_candidate_ranks_first_with_one_forward_per_image_per_times
     assert len(list((tmp_path / "results" / "runs").glob("*/record.json"))) == 10
 
 
+@pytest.mark.slow
 def test_greedy_combination_and_cli(tmp_path, capsys):
     assert main(["sweep", "--backbone", "tiny-sd15", "--task", "spair", "--candidates", "up_blocks.1",
                  "up_blocks.2", "up_blocks.2.resnets.0", "--combine-top", "3", "--resolution", "64",
