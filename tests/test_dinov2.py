@@ -105,3 +105,14 @@ def test_spair_mini_with_dinov2_and_sd_rows_in_one_leaderboard(tmp_path, capsys)
     assert main(["run", "--backbone", "tiny-dinov2", "--task", "spair", "--select", "blocks.1", "--data-root", "mini",
                  "--results", str(results), "--timestep", "50"]) == 2
     assert "does not use the setting(s) timestep" in capsys.readouterr().err
+
+
+def test_the_forward_stops_after_the_deepest_selected_block():
+    backbone = create_backbone("tiny-dinov2")
+    ran = []
+    handle = backbone.model.encoder.layer[5].register_forward_hook(lambda *args: ran.append(5))
+    backbone.extract([photo()], ["blocks.2", "blocks.4.attn.v"])
+    assert ran == []                                                         # blocks 5… never ran
+    backbone.extract([photo()], ["blocks.2", "norm"])                        # the final norm needs them all
+    assert ran == [5]
+    handle.remove()

@@ -47,6 +47,10 @@ def bundled_config(size: str, registers: bool) -> dict[str, Any]:
     return config
 
 
+class _StopForward(Exception):
+    """Raised from the last needed hook: the forward ends there."""
+
+
 class Dinov2Backbone:
     """A DINOv2 ViT as a dfbench backbone (see the module docstring)."""
 
@@ -142,30 +146,40 @@ class Dinov2Backbone:
         return {name: torch.cat(values) for name, values in collected.items()}
 
     def tokens(self, pixels: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-        """Token sequences N×T×C by base name (the q/k/v Linear outputs through forward hooks)."""
+        """Token sequences N×T×C by base name, from forward hooks; unless ``norm`` is asked for, the
+        forward stops as soon as the last asked-for module has run (later blocks never run)."""
         wanted = {name.rsplit(".", 1)[0] if name.endswith(TOKEN_PARTS) else name for name in names}
         captured: dict[str, torch.Tensor] = {}
-        handles = []
-        for name in wanted:
-            match = re.fullmatch(r"blocks\.(\d+)\.attn\.([qkv])", name)
-            if match:
-                linear = qkv_linear(self.model.encoder.layer[int(match.group(1))].attention, match.group(2))
-                handles.append(linear.register_forward_hook(
-                    lambda module, inputs, output, key=name: captured.__setitem__(key, output)))
+        hooked = wanted - {"norm"}
+        stop_early = "norm" not in wanted
+
+        def keep(key: str):
+            def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+                captured[key] = output[0] if isinstance(output, (tuple, list)) else output
+                if stop_early and hooked <= captured.keys():
+                    raise _StopForward
+
+            return hook
+
+        handles = [self.hooked_module(name).register_forward_hook(keep(name)) for name in hooked]
         try:
-            output = self.model(pixel_values=pixels, output_hidden_states=True)
+            output = self.model(pixel_values=pixels)
+            if "norm" in wanted:
+                captured["norm"] = output.last_hidden_state
+        except _StopForward:
+            pass
         finally:
             for handle in handles:
                 handle.remove()
-        hidden = output.hidden_states
-        for name in wanted:
-            if name == "embeddings":
-                captured[name] = hidden[0]
-            elif name == "norm":
-                captured[name] = output.last_hidden_state
-            elif re.fullmatch(r"blocks\.\d+", name):
-                captured[name] = hidden[int(name.split(".")[1]) + 1]
         return captured
+
+    def hooked_module(self, name: str) -> torch.nn.Module:
+        """The module whose output is the activation ``name`` (``embeddings``, ``blocks.i``, ``blocks.i.attn.q``…)."""
+        if name == "embeddings":
+            return self.model.embeddings
+        block = re.fullmatch(r"blocks\.(\d+)(?:\.attn\.([qkv]))?", name)
+        layer = self.model.encoder.layer[int(block.group(1))]
+        return qkv_linear(layer.attention, block.group(2)) if block.group(2) else layer
 
     def to_map(self, tokens: dict[str, torch.Tensor], name: str, grid: int) -> torch.Tensor:
         """A token sequence → N×C×grid×grid (patches), or the CLS / register tokens as N×C×k×1."""
