@@ -87,6 +87,20 @@ print(next(line for line in open("/proc/self/status") if line.startswith("VmHWM"
     return int(done.stdout.strip().splitlines()[-1]) / 2**20
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident set size (``ru_maxrss``), GiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def vm_hwm_gib() -> float:
+    """This process's own peak RSS since exec (``VmHWM`` of /proc/self/status), GiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
 def perf_image() -> Any:
     """The photo used for timing (scikit-image's chelsea, 451×300)."""
     import skimage.data
@@ -160,7 +174,7 @@ def run_recipes(backbone_name: str = "sd15", resolution: int | None = None, dtyp
     results["truncation_speedup"] = results["unet_full_s"] / results["unet_to_up_blocks_1_s"]
     results["recipe_vs_dift_style_speedup"] = results["dift_style_ensemble_s"] / results["recipe_ensemble_s"]
     results["clean_vs_dift_style_speedup"] = results["dift_style_ensemble_s"] / results["clean_pass_s"]
-    results["this_process_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    results["this_process_peak_rss_gib"] = peak_rss_gib()
     if measure_rss and dev.type == "cpu":
         log("measuring the recipe's peak RSS in a fresh process …")
         results["recipe_peak_rss_gib"] = _peak_rss_child(backbone_name, resolution, dtype, ensemble)
@@ -349,7 +363,7 @@ def _gdf_uper_iteration_s(backbone: Any, dataset: str, preset: str, crop: int | 
     step_s = timed(lambda: model.train_step(batch(), wrapper), repeats, backbone.device, warmup=1)
     return {"s_per_iter": step_s, "crop": size, "batch": options.batch_size,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gib": peak_rss_gib()}
 
 
 def _linear_step_s(channels: int, size: int, repeats: int) -> float:

@@ -17,7 +17,7 @@ def measure(name: str, resolution: int | None, selection: list[str], repeats: in
 
     import torch
 
-    from dfbench.perf import machine_description, perf_image
+    from dfbench.perf import machine_description, perf_image, vm_hwm_gib
     from dfbench.registry import create_backbone
     from dfbench.settings import resolve_settings
 
@@ -34,15 +34,10 @@ def measure(name: str, resolution: int | None, selection: list[str], repeats: in
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = 0.0
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) / 2**20
     return {"backbone": name, "resolution": settings.resolution, "selection": selection,
             "parameters_millions": round(sum(p.numel() for p in backbone.model.parameters()) / 1e6, 2)
             if hasattr(backbone, "model") else None,
-            "build_s": built, "s_per_image": statistics.median(times), "peak_rss_gib": peak,
+            "build_s": built, "s_per_image": statistics.median(times), "peak_rss_gib": vm_hwm_gib(),
             "machine": machine_description(torch.device(device))}
 
 

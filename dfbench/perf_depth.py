@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,13 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dfbench.perf import peak_rss_gib
+
 TRAIN_IMAGES, BATCH, CROP = 795, 8, 480
 LINEAR_SHAPE = (1280, 48, 48)
 DPT_CHANNELS, DPT_GRID = (1280, 1280, 640, 320), CROP // 16
-
-
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def measure_linear(device: str, steps: int) -> dict[str, Any]:
@@ -53,7 +50,7 @@ def measure_linear(device: str, steps: int) -> dict[str, Any]:
     per_step = (time.perf_counter() - start) / steps
     return {"features": "1280×48×48 float16 × 795 (SD2.1 up_blocks.1 at 768 px)",
             "held_gib": sum(m.numel() * m.element_size() for m in maps) / 2**30, "s_per_step": per_step,
-            "peak_rss_gib": _peak_rss_gib()}
+            "peak_rss_gib": peak_rss_gib()}
 
 
 def measure_dpt(device: str, steps: int) -> dict[str, Any]:
@@ -78,7 +75,7 @@ def measure_dpt(device: str, steps: int) -> dict[str, Any]:
         if step:
             times.append(time.perf_counter() - start)
     return {"head_parameters": sum(p.numel() for p in probe.parameters()), "s_per_step": statistics.median(times),
-            "peak_rss_gib": _peak_rss_gib(),
+            "peak_rss_gib": peak_rss_gib(),
             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
@@ -101,7 +98,7 @@ def measure_extract(device: str, steps: int) -> dict[str, Any]:
         features = backbone.extract(images, names, settings)
         float(features["up_blocks.3"].sum())
         times.append(time.perf_counter() - start)
-    return {"dtype": dtype, "s_per_step": statistics.median(times), "peak_rss_gib": _peak_rss_gib()}
+    return {"dtype": dtype, "s_per_step": statistics.median(times), "peak_rss_gib": peak_rss_gib()}
 
 
 def _child(kind: str, device: str, steps: int) -> dict[str, Any]:

@@ -21,7 +21,6 @@ batches per member) and maximum (100 epochs) schedules.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dfbench.perf import peak_rss_gib
+
 #: GDF "Ours" on SD1.5 at 512 px (the gdf-ours-sd15-horse21 preset): (channels, side) per activation
 SD15_OURS_SHAPES = ((1280, 32), (1280, 32), (640, 64), (320, 64))
 SIDE, TRAIN_IMAGES, NUM_CLASSES, BATCH, MEMBERS = 256, 30, 21, 64, 10
@@ -40,10 +41,6 @@ SIDE, TRAIN_IMAGES, NUM_CLASSES, BATCH, MEMBERS = 256, 30, 21, 64, 10
 def _maps(images: int, generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
     return [{f"a{index}": torch.randn(channels, side, side, generator=generator)
              for index, (channels, side) in enumerate(SD15_OURS_SHAPES)} for _ in range(images)]
-
-
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def measure_streamed(images: int = TRAIN_IMAGES, steps: int = 20) -> dict[str, Any]:
@@ -74,7 +71,7 @@ def measure_streamed(images: int = TRAIN_IMAGES, steps: int = 20) -> dict[str, A
         if step >= 3:
             times.append(time.perf_counter() - start)
     return {"images": images, "channels": bank.dim, "bank_gib": bank.nbytes() / 2**30,
-            "s_per_step_10_members": statistics.median(times), "peak_rss_gib": _peak_rss_gib()}
+            "s_per_step_10_members": statistics.median(times), "peak_rss_gib": peak_rss_gib()}
 
 
 def measure_release(images: int, steps: int = 20) -> dict[str, Any]:
@@ -111,7 +108,7 @@ def measure_release(images: int, steps: int = 20) -> dict[str, Any]:
             times.append(time.perf_counter() - start)
     return {"images": images, "channels": dim, "materialise_s": materialise_s,
             "features_gib": features.element_size() * features.numel() / 2**30,
-            "s_per_iteration_1_member": statistics.median(times), "peak_rss_gib": _peak_rss_gib()}
+            "s_per_iteration_1_member": statistics.median(times), "peak_rss_gib": peak_rss_gib()}
 
 
 def _child(kind: str, images: int, steps: int) -> dict[str, Any]:

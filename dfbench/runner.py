@@ -400,6 +400,15 @@ def missing_data(spec: RunSpec) -> str | None:
     return f"data_root {spec.data_root}: not found{hint}"
 
 
+def recorded_runs(results_dir: str | Path) -> dict[str, Result]:
+    """The latest record of each run config (by ``config_hash``) already in ``results_dir`` (none yet: empty)."""
+    try:
+        records = load_results(results_dir)
+    except DfbenchInputError:
+        return {}
+    return {record.details.get("config_hash"): record for record in records}
+
+
 @dataclass
 class SuiteOutcome:
     """What a suite did: the new records, the runs skipped (data or weights missing), the failures,
@@ -425,11 +434,7 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
     if problems:
         raise DfbenchInputError(f"suite {path}: {len(problems)} problem(s), nothing was run:\n  "
                                 + "\n  ".join(problems))
-    try:
-        existing = load_results(results_dir)
-    except DfbenchInputError:
-        existing = []
-    by_hash = {record.details.get("config_hash"): record for record in existing}
+    by_hash = recorded_runs(results_dir)
     outcome = SuiteOutcome()
     backbones: dict[str, Any] = {}
     for number, spec in enumerate(specs, start=1):

@@ -94,7 +94,7 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
     from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
     from dfbench.distributed import process_group
     from dfbench.registry import TASKS
-    from dfbench.runner import RunSpec, resolve_data_root, run_one, split_task
+    from dfbench.runner import RunSpec, recorded_runs, resolve_data_root, run_one, split_task
     from dfbench.settings import resolve_settings
 
     started = time.perf_counter()
@@ -114,7 +114,6 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
              for name in image_splits for path, category in task.split_images(root, split=name)}
     cache = FeatureCache(cache_dir)
     result = SweepResult(metric="", higher_is_better=True, images=len(items))
-    forwards = [0]
     with process_group() as ranks:
         stores = []
         for prompt in prompts:
@@ -123,16 +122,16 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
                 log(f"extract {len(candidates)} candidates at t={timestep}" + (f", prompt {prompt!r}" if prompt
                                                                                 else "") + " …")
                 stores.append(cache.open(backbone, one_per_forward))
-                cached_extract(backbone, list(items.values()), candidates, one_per_forward, stores[-1], ranks.rank,
-                               ranks.world_size, progress=progress,
-                               on_batch=lambda count: forwards.__setitem__(0, forwards[0] + 1))
+                counts = cached_extract(backbone, list(items.values()), candidates, one_per_forward, stores[-1],
+                                        ranks.rank, ranks.world_size, progress=progress)
+                result.forwards += counts["computed"]          # one image per forward
         ranks.barrier()
         if ranks.rank != 0:
             return result
         for store in stores:      # every rank's shards into the manifests rank 0 reads
             store.merge_manifest()
             store.reload()
-    result.forwards = forwards[0]
+    recorded = recorded_runs(results_dir)
 
     def evaluate(selection: list[str], timestep: int, prompt: str) -> SweepEntry:
         spec = RunSpec(backbone=backbone.name, task=f"{task.name}/{protocol.name}", selection=selection,
@@ -148,7 +147,6 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
         return SweepEntry(selection, timestep, prompt, record.metrics[primary],
                           record.metrics.get(f"{primary}_stderr", float("nan")), record.run_id)
 
-    recorded = previous_records(results_dir)
     for prompt in prompts:
         for timestep in timesteps:
             for name in candidates:
@@ -173,16 +171,6 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
     result.seconds = time.perf_counter() - started
     result.folder = write_sweep(result, task.name, protocol.name, backbone.name, results_dir, timesteps, candidates)
     return result
-
-
-def previous_records(results_dir: str | Path) -> dict[str, Any]:
-    """Records already in ``results_dir`` by config hash (a re-run sweep reuses them)."""
-    from dfbench.results import load_results
-
-    try:
-        return {record.details.get("config_hash"): record for record in load_results(results_dir)}
-    except DfbenchInputError:
-        return {}
 
 
 def write_sweep(result: SweepResult, task: str, protocol: str, backbone: str, results_dir: str | Path,

@@ -128,11 +128,9 @@ def release_iou(predictions: list[np.ndarray], labels: list[np.ndarray], num_cla
     return pooled_iou(areas, num_classes, ignore_label)
 
 
-def miou_stderr(predictions: list[np.ndarray], labels: list[np.ndarray], num_classes: int, ignore_label: int
-                ) -> float:
-    """The bootstrap standard error (test images resampled) of the release's mIoU, in percent."""
-    areas = [release_areas(prediction, label, num_classes)
-             for prediction, label in zip(predictions, labels, strict=True)]
+def miou_stderr(areas: list[tuple[np.ndarray, np.ndarray]], num_classes: int, ignore_label: int) -> float:
+    """The bootstrap standard error (test images resampled) of the release's mIoU, in percent, from each
+    image's :func:`release_areas`."""
     return bootstrap_stderr(len(areas), lambda chosen: 100 * float(np.mean(list(pooled_iou(
         [areas[index] for index in chosen], num_classes, ignore_label).values()))))
 
@@ -233,7 +231,7 @@ class LabelScarceTask(Task):
         labels = {key: self.sample_label(samples[key], options.resolution) for key in keys}
         extracted = time.perf_counter()
         ensemble_options = EnsembleOptions(members=options.members, max_epochs=options.epochs)
-        per_seed, per_class, predictions, training, dropped_total = {}, {}, {}, {}, 0
+        per_seed, per_class, predictions, training, areas, dropped_total = {}, {}, {}, {}, {}, 0
         for seed, (train, test) in plans.items():
             pixels, dropped = self.training_pixels(train, index, labels, options)
             dropped_total += dropped
@@ -245,8 +243,9 @@ class LabelScarceTask(Task):
             predicted = {self.key(sample, protocol): predict_image(ensemble, bank, index[feature_key(sample)])
                          for sample in tqdm(test, desc=f"predict seed {seed}", unit="img",
                                             disable=not context.progress)}
-            ious = release_iou(list(predicted.values()), [labels[feature_key(sample)] for sample in test],
-                               self.dataset.num_classes, self.dataset.ignore_label)
+            areas[seed] = [release_areas(predicted[self.key(sample, protocol)], labels[feature_key(sample)],
+                                         self.dataset.num_classes) for sample in test]
+            ious = pooled_iou(areas[seed], self.dataset.num_classes, self.dataset.ignore_label)
             per_seed[seed], per_class[seed], predictions[seed] = 100 * float(np.mean(list(ious.values()))), ious, \
                 predicted
             training[seed] = {"train_images": [self.key(sample, protocol) for sample in train],
@@ -258,9 +257,7 @@ class LabelScarceTask(Task):
                  for klass in per_class[seeds[0]]}
         first_test = plans[seeds[0]][1]
         # the first seed's test images resampled (the spread over seeds is mIoU_std)
-        stderr = miou_stderr([predictions[seeds[0]][self.key(sample, protocol)] for sample in first_test],
-                             [labels[feature_key(sample)] for sample in first_test], self.dataset.num_classes,
-                             self.dataset.ignore_label)
+        stderr = miou_stderr(areas[seeds[0]], self.dataset.num_classes, self.dataset.ignore_label)
         output = TaskOutput(
             {"mIoU": float(values.mean()), "mIoU_std": float(values.std()), "mIoU_stderr": stderr,
              "images": float(len(first_test)), "seeds": float(len(seeds))}, table, predictions)
@@ -364,10 +361,12 @@ class LabelScarceTask(Task):
                                     + (f"; gdf-resplit's test set is the --seed {seed} re-split"
                                        if protocol == "gdf-resplit" else ""))
         predictions = [self.read_prediction(folder, key, options.resolution) for key in keys]
-        ious = release_iou(predictions, labels, self.dataset.num_classes, self.dataset.ignore_label)
+        areas = [release_areas(prediction, label, self.dataset.num_classes)
+                 for prediction, label in zip(predictions, labels, strict=True)]
+        ious = pooled_iou(areas, self.dataset.num_classes, self.dataset.ignore_label)
         names = self.dataset.class_names
         # one set of predictions is one seed: the record's keys, with a zero spread
-        stderr = miou_stderr(predictions, labels, self.dataset.num_classes, self.dataset.ignore_label)
+        stderr = miou_stderr(areas, self.dataset.num_classes, self.dataset.ignore_label)
         output = TaskOutput({"mIoU": 100 * float(np.mean(list(ious.values()))), "mIoU_std": 0.0,
                              "mIoU_stderr": stderr, "images": float(len(test)), "seeds": 1.0},
                             {names[klass]: {"IoU": 100 * value} for klass, value in ious.items()},

@@ -33,9 +33,10 @@ class SegmentationAreas:
 
     def add(self, pred: np.ndarray, label: np.ndarray, ignore_index: int = 255) -> None:
         """Add one image: ``pred`` and ``label`` are integer H×W maps of the same shape."""
-        if pred.shape != label.shape:
-            raise ValueError(f"prediction {pred.shape} and label {label.shape} differ in shape")
-        counts = image_areas(pred, label, len(self.intersect), ignore_index)
+        self.add_counts(image_areas(pred, label, len(self.intersect), ignore_index))
+
+    def add_counts(self, counts: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Add one image's :func:`image_areas` (intersection, union, prediction, label)."""
         for total, value in zip((self.intersect, self.union, self.pred, self.label), counts, strict=True):
             total += value
 
@@ -45,8 +46,7 @@ def pooled_areas(per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     """The pooled areas of images given by their :func:`image_areas`."""
     areas = SegmentationAreas.empty(num_classes)
     for counts in per_image:
-        for total, value in zip((areas.intersect, areas.union, areas.pred, areas.label), counts, strict=True):
-            total += value
+        areas.add_counts(counts)
     return areas
 
 
@@ -59,6 +59,8 @@ def image_areas(pred: np.ndarray, label: np.ndarray, num_classes: int,
                 ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(intersection, union, prediction, label) areas per class of one image (``IoUMetric.intersect_and_union``)."""
     pred, label = np.asarray(pred).astype(np.int64), np.asarray(label).astype(np.int64)
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction {pred.shape} and label {label.shape} differ in shape")
     keep = label != ignore_index
     pred, label = pred[keep], label[keep]
     intersect = _class_counts(pred[pred == label], num_classes)
