@@ -259,7 +259,7 @@ class FeatureCache:
     @staticmethod
     def config_for(backbone: Any, settings: ExtractSettings, storage_dtype: str) -> dict[str, Any]:
         """What the stored values depend on."""
-        values = settings.to_dict()
+        values = settings.value_dict()
         values.pop("batch_size")
         values["resolution"] = settings.resolution or backbone.default_resolution
         return {"cache_format": CACHE_FORMAT, "backbone": backbone.name,

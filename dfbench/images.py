@@ -76,16 +76,24 @@ def content_box(width: int, height: int, resolution: int, resize_mode: str) -> t
     return (resolution - new_width) // 2, (resolution - new_height) // 2, new_width, new_height
 
 
-def to_model_input(images: Sequence[Image.Image] | torch.Tensor, resolution: int, resize_mode: str) -> torch.Tensor:
-    """PIL images → float32 tensor N×3×res×res in [-1, 1] (bicubic resize; ``pad`` fills with 0 = grey).
-    A tensor is taken as already prepared (N×3×H×W in [-1, 1]) and returned as float32."""
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+            "bilinear": Image.Resampling.BILINEAR}
+#: the fill of ``pad`` in [-1, 1]: mid-grey, or black (Tale of Two Features' letterbox canvas of zeros)
+PAD_VALUES = {"grey": 0.0, "black": -1.0}
+
+
+def to_model_input(images: Sequence[Image.Image] | torch.Tensor, resolution: int, resize_mode: str,
+                   pad_color: str = "grey", resample: str = "bicubic") -> torch.Tensor:
+    """PIL images → float32 tensor N×3×res×res in [-1, 1]: resized with the PIL filter ``resample``
+    (bicubic, lanczos, bilinear); ``pad`` centres the image and fills the rest with ``pad_color`` (grey = 0,
+    black = -1). A tensor is taken as already prepared (N×3×H×W in [-1, 1]) and returned as float32."""
     if isinstance(images, torch.Tensor):
         return images.float()
-    batch = torch.zeros(len(images), 3, resolution, resolution)
+    batch = torch.full((len(images), 3, resolution, resolution), PAD_VALUES[pad_color])
     for index, image in enumerate(images):
         image = image.convert("RGB")
         left, top, new_width, new_height = content_box(*image.size, resolution, resize_mode)
-        resized = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+        resized = image.resize((new_width, new_height), RESAMPLE[resample])
         array = np.asarray(resized, dtype=np.float32) / 255.0 * 2.0 - 1.0
         batch[index, :, top : top + new_height, left : left + new_width] = torch.from_numpy(array).permute(2, 0, 1)
     return batch

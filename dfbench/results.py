@@ -228,6 +228,9 @@ def settings_label(settings: dict[str, Any]) -> str:
     for key in ("resize_mode", "latent_mode", "dtype"):
         if settings.get(key, defaults[key]) != defaults[key]:
             parts.append(str(settings[key]))
+    for key in ("pad_color", "resample"):
+        if settings.get(key, defaults[key]) != defaults[key]:
+            parts.append(f"{key}={settings[key]}")
     if not settings.get("add_noise", True):
         parts.append("clean")
     if settings.get("ensemble_size", 1) != 1:

@@ -160,7 +160,7 @@ def option_details(protocol: Any, options: Any) -> dict[str, dict[str, Any]]:
 def used_settings(backbone: Any, settings: Any) -> dict[str, Any]:
     """The settings a backbone uses (all, for diffusion backbones), as recorded in its runs."""
     names = getattr(backbone, "setting_names", None)
-    return {key: value for key, value in settings.to_dict().items() if names is None or key in names}
+    return {key: value for key, value in settings.value_dict().items() if names is None or key in names}
 
 
 def check_results_folder(results_dir: str | Path) -> None:

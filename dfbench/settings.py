@@ -16,12 +16,17 @@ DTypeName = Literal["float32", "bfloat16", "float16"]
 RESIZE_MODES = ("squash", "pad")
 LATENT_MODES = ("mode", "sample")
 DTYPES = ("float32", "bfloat16", "float16")
+PAD_COLORS = ("grey", "black")
+RESAMPLE_FILTERS = ("bicubic", "lanczos", "bilinear")
+#: fields added after records and caches were first written: a record and a cache key hold them only when
+#: they are off these defaults, so the identity of every earlier run and every cached feature stays the same
+LATER_FIELDS = {"pad_color": "grey", "resample": "bicubic"}
 MAX_RESOLUTION = 8192
 #: the type each field must have (bool is accepted only where listed: it is an int subclass)
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "resolution": (int, type(None)), "resize_mode": (str,), "timestep": (int,), "add_noise": (bool,),
     "ensemble_size": (int,), "seed": (int,), "prompt": (str,), "latent_mode": (str,), "dtype": (str,),
-    "batch_size": (int,),
+    "batch_size": (int,), "pad_color": (str,), "resample": (str,),
 }
 
 
@@ -33,7 +38,7 @@ class ExtractSettings:
         resolution: square input size in pixels (``None``: the backbone's default, e.g. 512 for SD1.5);
             the backbone's input size rule applies on top (``check_resolution``: a multiple of 8 for SD).
         resize_mode: ``squash`` (resize to res×res ignoring aspect, like DIFT/GDF) or ``pad``
-            (keep aspect, fit the longer side, pad the rest with mid-grey).
+            (keep aspect, fit the longer side, centre it, fill the rest with ``pad_color``).
         timestep: the diffusion timestep t passed to the UNet (and used for noising), 0…999.
         add_noise: noise the latent to t with the scheduler's ``add_noise`` (CleanDIFT: off).
         ensemble_size: number of noise draws whose features are averaged (DIFT: 8).
@@ -42,6 +47,10 @@ class ExtractSettings:
         latent_mode: ``mode`` (posterior mean) or ``sample`` (a seeded draw from the VAE posterior).
         dtype: compute dtype of the models (features are returned as float32).
         batch_size: UNet rows per forward (images × ensemble members); does not change the values.
+        pad_color: the fill of ``pad``: ``grey`` (0 in [-1, 1]) or ``black`` (Tale of Two Features'
+            letterbox, ``utils/utils_correspondence.py:resize``).
+        resample: the PIL filter that resizes the image: ``bicubic`` (default), ``lanczos`` (Tale of Two
+            Features) or ``bilinear``.
     """
 
     resolution: int | None = None
@@ -54,6 +63,8 @@ class ExtractSettings:
     latent_mode: LatentMode = "mode"
     dtype: DTypeName = "float32"
     batch_size: int = 8
+    pad_color: str = "grey"
+    resample: str = "bicubic"
 
     def __post_init__(self) -> None:
         for name, kinds in FIELD_TYPES.items():
@@ -77,6 +88,10 @@ class ExtractSettings:
             raise DfbenchInputError(f"settings.latent_mode={self.latent_mode!r}: choose one of {LATENT_MODES}")
         if self.dtype not in DTYPES:
             raise DfbenchInputError(f"settings.dtype={self.dtype!r}: choose one of {DTYPES}")
+        if self.pad_color not in PAD_COLORS:
+            raise DfbenchInputError(f"settings.pad_color={self.pad_color!r}: choose one of {PAD_COLORS}")
+        if self.resample not in RESAMPLE_FILTERS:
+            raise DfbenchInputError(f"settings.resample={self.resample!r}: choose one of {RESAMPLE_FILTERS}")
         if self.batch_size < 1:
             raise DfbenchInputError(f"settings.batch_size={self.batch_size}: must be ≥ 1")
         check_prompt(self.prompt)
@@ -93,6 +108,12 @@ class ExtractSettings:
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (JSON-serialisable)."""
         return dataclasses.asdict(self)
+
+    def value_dict(self) -> dict[str, Any]:
+        """The fields as recorded in run records and feature-cache keys: all of them, except
+        :data:`LATER_FIELDS` left at their defaults."""
+        return {key: value for key, value in self.to_dict().items()
+                if key not in LATER_FIELDS or value != LATER_FIELDS[key]}
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys), stable across runs."""

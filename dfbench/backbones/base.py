@@ -142,7 +142,8 @@ class DiffusionBackbone:
     #: every ExtractSettings field changes a diffusion backbone's features (the diffusion-only ones:
     #: timestep, add_noise, ensemble_size, prompt, latent_mode); other backbones declare fewer
     setting_names: ClassVar[tuple[str, ...]] = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size",
-                                                "seed", "prompt", "latent_mode", "dtype", "batch_size")
+                                                "seed", "prompt", "latent_mode", "dtype", "batch_size",
+                                                "pad_color", "resample")
 
     #: (model folder, tokenizer folder, transformers class name) for each text encoder.
     TEXT_ENCODERS: ClassVar[tuple[tuple[str, str, str], ...]] = (("text_encoder", "tokenizer", "CLIPTextModel"),)
@@ -382,7 +383,7 @@ class DiffusionBackbone:
             if pixels.dim() != 4 or pixels.shape[1] != 3:
                 raise DfbenchInputError(f"image tensor of shape {tuple(pixels.shape)}: expected N×3×H×W")
         else:
-            pixels = to_model_input(images, resolution, settings.resize_mode)
+            pixels = to_model_input(images, resolution, settings.resize_mode, settings.pad_color, settings.resample)
         prompts = self._prompts(settings.prompt, categories, len(pixels))
         if settings.timestep >= self.scheduler.config.num_train_timesteps:
             raise DfbenchInputError(

@@ -56,7 +56,7 @@ class Dinov2Backbone:
 
     default_resolution = DEFAULT_RESOLUTION
     default_settings: dict[str, Any] = {}
-    setting_names = ("resolution", "resize_mode", "dtype", "batch_size")
+    setting_names = ("resolution", "resize_mode", "dtype", "batch_size", "pad_color", "resample")
 
     def __init__(self, name: str, model: torch.nn.Module, source: str, default_resolution: int = DEFAULT_RESOLUTION):
         self.name, self.model, self.source = name, model.eval(), source
@@ -122,7 +122,7 @@ class Dinov2Backbone:
 
         resolution = settings.resolution or self.default_resolution
         self.check_resolution(resolution)
-        unit = (to_model_input(images, resolution, settings.resize_mode) + 1) / 2
+        unit = (to_model_input(images, resolution, settings.resize_mode, settings.pad_color, settings.resample) + 1) / 2
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return (unit - mean) / std

@@ -26,10 +26,13 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--latent-mode", choices=["mode", "sample"], help="posterior mean or a seeded sample")
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
     group.add_argument("--batch-size", type=int, help="UNet rows per forward (default 8)")
+    group.add_argument("--pad-color", choices=["grey", "black"], help="the fill of --resize-mode pad (default grey)")
+    group.add_argument("--resample", choices=["bicubic", "lanczos", "bilinear"],
+                       help="the filter that resizes images (default bicubic; Tale of Two Features: lanczos)")
 
 
 SETTINGS_FLAGS = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size", "seed", "prompt",
-                  "latent_mode", "dtype", "batch_size")
+                  "latent_mode", "dtype", "batch_size", "pad_color", "resample")
 
 
 def given_settings(args: argparse.Namespace) -> dict:
