@@ -23,6 +23,9 @@ class Preset:
     backbone: str | None = None
     source: str = ""
     description: str = ""
+    #: options for the backbone's factory (a fusion's per-source input sizes, weights, PCA; see
+    #: :mod:`dfbench.backbones.fusion`); the run's ``backbone_options`` override them key by key
+    backbone_options: dict[str, Any] = field(default_factory=dict)
 
     def extract_settings(self, **overrides: Any) -> ExtractSettings:
         """The preset's settings with ``overrides`` applied on top."""
@@ -169,4 +172,42 @@ _register(Preset(
     "sd21", "El Banani et al., CVPR 2024 (probe3d): configs/backbone/dift.yaml, evals/models/stablediffusion.py, "
     "evals/models/dift_sd.py:186-215, README ('+backbone.return_multilayer=True')",
     "probe3d's DIFT features for its DPT depth probe: the four up_blocks of SD2.1, t=1, 480 px crops, no prompt",
+))
+
+# Fusions of Stable Diffusion and DINOv2 (dfbench.backbones.fusion). Activations and options name sources by
+# position (1: the diffusion model, 2: DINOv2), so a recipe serves any fusion of that shape (sd21+dinov2-base,
+# tiny models …).
+# Tale of Two Features (Junyi42/sd-dino, pck_spair_pascal.py defaults: --TIMESTEP 100, --SIZE 960, --PCA_DIMS
+# 256 256 256, --WEIGHT 1 1 1 1 1, no --TEXT_INPUT; DINOv2-base 'token' facet of layer 11 at 840 px; images
+# letterboxed on black with LANCZOS, utils/utils_correspondence.py:13): the three SD layers s5, s4, s3 of ODISE's
+# extractor, each reduced by a PCA fitted on the pair (co_pca, line 358), s5 brought to s4's grid and both to
+# s3's (lines 419-436), [s3, s4, s5]; SD and DINO L2-normalised apart and concatenated (DIST l2 over unit parts:
+# the nearest neighbour of the cosine).
+TALE_SELECTION = ("up_blocks.2.attentions.1", "up_blocks.1.attentions.1", "up_blocks.0.resnets.1")
+LETTERBOX = {"resize_mode": "pad", "pad_color": "black", "resample": "lanczos"}
+_register(Preset(
+    "tale-of-two", (*(f"1:{name}" for name in TALE_SELECTION), "2:blocks.11"),
+    {**LETTERBOX, "timestep": 100, "add_noise": True, "latent_mode": "mode", "prompt": ""},
+    "sd15+dinov2-base",
+    "Zhang et al., NeurIPS 2023 (A Tale of Two Features), Junyi42/sd-dino pck_spair_pascal.py: SD1.5 at 960 px, "
+    "t=100, s5/s4/s3 with a pair-fitted PCA to 256 each (utils/utils_correspondence.py:358 co_pca), DINOv2-base "
+    "layer-11 tokens at 840 px, each L2-normalised, weights 1:1. Deviations: no ODISE implicit captioner (empty "
+    "prompt), no 512-px crop tiling, per-image seeded noise, exact PCA (Tale: torch.pca_lowrank) on the content's "
+    "tokens, matching by dift-nn (bilinear to the original image; Tale: argmax over the 60x60 patch grid)",
+    "Tale of Two Features: SD1.5 s3/s4/s5 (pair PCA 256 each) ⊕ DINOv2-base blocks.11, each L2-normalised",
+    backbone_options={"resolution.1": 960, "resolution.2": 840, "pca.1": 256, "weight.1": 1.0, "weight.2": 1.0,
+                      "upsample": "progressive"},
+))
+# CleanDIFT in the fusion (CompVis/cleandift branch geoaware-sc-eval): preprocess_map.py extracts s3, s4, s5 at
+# 960 px (clean features) and DINOv2-base tokens at 840; pck_train.py:45-52 concatenates [s3, up(s4), up(s5)] at
+# 60x60 with DINO, and normalize_feats (lines 25-37, DUMMY_NET) L2-normalises SD and DINO apart, then the whole.
+_register(Preset(
+    "cleandift-fusion", (*(f"1:{name}" for name in TALE_SELECTION), "2:blocks.11"),
+    {**LETTERBOX, "timestep": 261, "add_noise": False, "latent_mode": "mode", "prompt": CLEANDIFT_PROMPT},
+    "cleandift-sd15+dinov2-base",
+    "Stracke et al., CVPR 2025 (CleanDIFT), branch geoaware-sc-eval: preprocess_map.py (960 / 840 px), "
+    "pck_train.py:25-52 (normalize_feats, [s3, up(s4), up(s5)] + DINO), model_utils/extractor_sd.py:235 (prompt). "
+    "Telling Left from Right's adaptive flip and soft-argmax are not part of this preset",
+    "CleanDIFT SD1.5 s3/s4/s5 ⊕ DINOv2-base blocks.11, one clean pass at t=261, each L2-normalised, renormalised",
+    backbone_options={"resolution.1": 960, "resolution.2": 840, "renormalize": True},
 ))

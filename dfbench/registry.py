@@ -6,7 +6,10 @@ A :class:`Registry` maps a name to an object. An entry is added in one of three 
 * lazily by string: ``BACKBONES.register("sd15", "dfbench.backbones.stable_diffusion:sd15")`` —
   nothing is imported until the entry is first used;
 * from a third-party package, through the entry-point group ``dfbench.plugins``: each entry point
-  names a module or a callable; loading it (and calling it, if callable) registers its entries.
+  names a module or a callable; loading it (and calling it, if callable) registers its entries;
+* for a family of composed names, by pattern: ``BACKBONES.register_pattern("*+*", "module:attr")`` —
+  a name that matches and is not registered itself is handed to ``attr(name)``, which returns the
+  entry (fusions such as ``sd15+dinov2-base``).
 
 The built-in entries are listed in :mod:`dfbench.builtins` (backbones, tasks) and
 :mod:`dfbench.presets`; both are imported on the first look-up, with the plugins.
@@ -77,6 +80,7 @@ class Registry:
         self.list_command = list_command or f"dfbench list {kind}s"
         self._entries: dict[str, Any] = {}
         self._lazy: dict[str, str] = {}
+        self._patterns: dict[str, str] = {}
 
     def register(self, name: str, obj: Any = None, *, override: bool = False) -> Any:
         """Register ``obj`` (an object or a ``"module:attr"`` string) under ``name``.
@@ -100,6 +104,15 @@ class Registry:
             self._entries[name] = obj
         return obj
 
+    def register_pattern(self, pattern: str, target: str) -> None:
+        """Names matching the glob ``pattern`` (and not registered themselves) resolve to
+        ``import_object(target)(name)``: the entry is made from the name."""
+        self._patterns[pattern] = target
+
+    def pattern_for(self, name: str) -> str | None:
+        """The registered pattern ``name`` matches, if any."""
+        return next((pattern for pattern in self._patterns if fnmatch.fnmatchcase(name, pattern)), None)
+
     def unregister(self, name: str) -> None:
         """Remove ``name`` (a plugin's or a test's entry); unknown names are ignored."""
         self._entries.pop(name, None)
@@ -114,6 +127,9 @@ class Registry:
             obj = import_object(self._lazy.pop(name))
             self._entries[name] = obj
             return obj
+        pattern = self.pattern_for(name)
+        if pattern is not None:
+            return import_object(self._patterns[pattern])(name)
         raise UnknownNameError(
             unknown_name_message(self.kind, name, self.names(), f"see `{self.list_command}`")
         )

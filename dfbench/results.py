@@ -7,7 +7,8 @@ saved predictions, checkpoints and logs. Version-1 records (``results/runs/<run 
 
 A run's **identity** is every value that changes its numbers and nothing else (not the cache, not
 progress bars): protocol and version, backbone and weights, selection, resolved settings (all but
-``batch_size``), split, data root, the ``--limit`` and the protocol options, the reporting variant.
+``batch_size``), split, data root, the ``--limit`` and the protocol options, the reporting variant, and the
+backbone options where there are any (a fusion's input sizes, weights, PCA).
 ``dfbench leaderboard`` shows the latest record of every identity (rows: backbone + selection, the
 data and subset, the settings, a short identity hash), and ``compare`` matches baseline rows by it,
 so runs of different experiments never merge. Directions come from the metric specs in the record.
@@ -84,7 +85,9 @@ class Result:
                 "settings": settings, "split": details.get("split"), "data_root": details.get("data_root"),
                 "limit": details.get("limit", details.get("limit_pairs")),
                 "per_category": details.get("per_category"), "pairs_file": details.get("pairs_file"),
-                "options": details.get("options") or {}, "variant": details.get("variant")}
+                "options": details.get("options") or {}, "variant": details.get("variant"),
+                # backbone options (a fusion's weights, PCA, input sizes) join the identity only when there are any
+                **({"backbone_options": details["backbone_options"]} if details.get("backbone_options") else {})}
 
     @property
     def identity_hash(self) -> str:
@@ -197,8 +200,9 @@ def leaderboard_table(records: list[Result], metrics: tuple[str, ...] | None = N
     rows = []
     for identity, record in latest_records(records).items():
         chosen = metrics or tuple(record.details.get("leaderboard_metrics") or record.metrics)
+        detail = record.details.get("backbone_detail")
         row = {"backbone / selection": record.row_label, "data": record.data_label,
-               "settings": settings_label(record.settings), "id": identity}
+               "settings": settings_label(record.settings) + (f" | {detail}" if detail else ""), "id": identity}
         row.update({f"{record.protocol} {metric}": record.metrics[metric] for metric in chosen
                     if metric in record.metrics})
         # a paper-table row: measured, published and their difference side by side

@@ -43,12 +43,16 @@ class RunSpec:
     #: a paper-table row: the published values of some metrics, and where they were published
     published: dict[str, float] = field(default_factory=dict)
     source: str | None = None
+    #: options for the backbone's factory, over the preset's (a fusion's ``weight.<source>``, ``pca.<source>``,
+    #: ``resolution.<source>``, ``renormalize``, ``upsample``)
+    backbone_options: dict[str, Any] = field(default_factory=dict)
 
     def config_hash(self) -> str:
         """A short hash of what decides the result (not the cache folder, where predictions go, the device,
         the published values): the same hash means the same experiment, used to skip runs already recorded."""
         decisive = {key: value for key, value in dataclasses.asdict(self).items()
-                    if key not in ("cache_dir", "save_predictions", "device", "published", "source")}
+                    if key not in ("cache_dir", "save_predictions", "device", "published", "source")
+                    and not (key == "backbone_options" and not value)}   # absent before backbone options existed
         return hashlib.sha1(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @classmethod
@@ -93,6 +97,7 @@ SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "backbone": (str,), "task": (str,), "selection": (list,), "preset": (str,), "settings": (dict,),
     "data_root": (str,), "split": (str,), "limit": (int,), "weights": (str,), "options": (dict,),
     "cache_dir": (str,), "save_predictions": (bool, str), "device": (str,), "published": (dict,), "source": (str,),
+    "backbone_options": (dict,),
 }
 
 
@@ -134,13 +139,27 @@ def spec_dtype(spec: RunSpec) -> str:
     return spec.settings.get("dtype") or preset_settings.get("dtype") or "float32"
 
 
-def create_spec_backbone(spec: RunSpec) -> Any:
-    """The backbone a spec names, with its weights override and in its compute dtype."""
+def spec_backbone_options(spec: RunSpec) -> dict[str, Any]:
+    """The backbone options of a spec: its preset's, overridden key by key by its own."""
+    from dfbench.registry import get_preset
+
+    preset_options = get_preset(spec.preset).backbone_options if spec.preset else {}
+    return {**preset_options, **spec.backbone_options}
+
+
+def create_spec_backbone(spec: RunSpec, init: str | None = None) -> Any:
+    """The backbone a spec names, with its weights override, backbone options and compute dtype
+    (``init="meta"``: weightless, to check names)."""
     from dfbench.registry import create_backbone
 
     options: dict[str, Any] = {"weights": spec.weights} if spec.weights else {}
     if spec.device:
         options["device"] = spec.device
+    backbone_options = spec_backbone_options(spec)
+    if backbone_options:
+        options["options"] = backbone_options
+    if init is not None:
+        return create_backbone(spec.backbone, init=init, **({"options": backbone_options} if backbone_options else {}))
     return create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
 
 
@@ -255,6 +274,9 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
                **option_details(protocol, options), "recipe_version": getattr(backbone, "recipe_version", None),
                "config_hash": spec.config_hash(), "leaderboard_metrics": list(task.leaderboard_metrics),
                **output.details}
+    if getattr(backbone, "options", None):
+        details["backbone_options"] = dict(backbone.options)
+        details["backbone_detail"] = backbone.describe()
     if spec.published:
         details["published"] = {key: float(value) for key, value in spec.published.items()}
         details["published_source"] = spec.source or ""
@@ -373,12 +395,18 @@ def spec_problems(spec: RunSpec, shapes_of: dict[str, Any] | None = None) -> lis
             problems.append("no activations selected: give selection or preset")
         else:
             shapes_of = {} if shapes_of is None else shapes_of
-            if spec.backbone not in shapes_of:
+            backbone_options = {**(preset.backbone_options if preset else {}), **spec.backbone_options}
+            key = f"{spec.backbone}|{json.dumps(backbone_options, sort_keys=True, default=str)}"
+            if key not in shapes_of:
                 try:
-                    shapes_of[spec.backbone] = create_backbone(spec.backbone, init="meta")
-                except (DfbenchInputError, TypeError):
-                    shapes_of[spec.backbone] = None  # no weightless form: names are checked when it loads
-            shapes = shapes_of[spec.backbone]
+                    shapes_of[key] = create_spec_backbone(spec, init="meta")
+                except DfbenchInputError as error:
+                    if backbone_options:     # the options are wrong (else: no weightless form, as below)
+                        problems.append(str(error))
+                    shapes_of[key] = None
+                except TypeError:
+                    shapes_of[key] = None  # no weightless form: names are checked when it loads
+            shapes = shapes_of[key]
             if shapes is not None:
                 check(lambda: shapes.canonical_selection(selection))
     if task:
@@ -444,7 +472,8 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
             outcome.recorded.append((spec, by_hash[spec.config_hash()]))
             continue
         missing = missing_data(spec)
-        key = f"{spec.backbone}|{spec.weights}|{spec_dtype(spec)}|{spec.device}"
+        key = (f"{spec.backbone}|{spec.weights}|{spec_dtype(spec)}|{spec.device}|"
+               f"{json.dumps(spec_backbone_options(spec), sort_keys=True)}")
         if missing is None and key not in backbones:
             try:
                 backbones[key] = create_spec_backbone(spec)

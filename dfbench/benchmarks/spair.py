@@ -13,7 +13,10 @@ Reported (in percent): PCK@{0.05, 0.1, 0.15} × {bbox, img}, pooled over all key
 categories; and ``aepe``, the average end-point error (px, lower is better) over all keypoints — a
 continuous diagnostic that moves with any change of the predictions (the CI gate uses it).
 With several activations selected, each is resized to the largest map, L2-normalised
-per location, and concatenated along channels; a single activation is used as it is (DIFT).
+per location, and concatenated along channels; a single activation is used as it is (DIFT). A backbone
+that defines its own descriptor (``combine``: a fusion, :mod:`dfbench.backbones.fusion`) gets it
+instead, and one whose descriptor depends on the pair (``pair_fitted``: Tale of Two Features' PCA fitted
+on each pair's tokens) is combined pair by pair at matching time (``combine_pair``; not cached).
 
 Saved predictions (``run --save-predictions``, ``dfbench score``): ``predictions.json`` maps each
 pair's annotation file stem (``000001-2008_006481-2008_007698:aeroplane``) to its predicted target
@@ -133,6 +136,17 @@ def keep_combined(activations: dict[str, torch.Tensor]) -> torch.Tensor:
     return combine_activations({name: value[None] for name, value in activations.items()})[0].cpu()
 
 
+def descriptor_keeper(backbone: Any) -> Callable[[dict[str, torch.Tensor]], Any]:
+    """What dift-nn keeps of one image: the backbone's own descriptor (``combine``) or the combined map; the
+    activations themselves (float16) when the descriptor is fitted per pair."""
+    if getattr(backbone, "pair_fitted", False):
+        return keep_half
+    combine = getattr(backbone, "combine", None)
+    if combine is None:
+        return keep_combined
+    return lambda activations: combine({name: value[None] for name, value in activations.items()})[0].cpu()
+
+
 def keep_half(activations: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One image's activations as float16 CPU copies (half the memory; gdf-conv resizes them itself)."""
     return {name: value.to("cpu", torch.float16) for name, value in activations.items()}
@@ -167,9 +181,11 @@ class SpairTask(Task):
             return self._train_gdf_conv(context, backbone, selection, settings, data_root, split, options, started)
         pairs = self.evaluated_pairs(data_root, split, context.limit, options, context.seed)
         found = image_features(backbone, pair_images(pairs), selection, settings, context.cache, context.progress,
-                               keep=keep_combined)
+                               keep=descriptor_keeper(backbone))
         extracted = time.perf_counter()
-        predictions = self.match(pairs, found.features, found.sizes, context.progress, device=backbone.device)
+        combine_pair = backbone.combine_pair if getattr(backbone, "pair_fitted", False) else None
+        predictions = self.match(pairs, found.features, found.sizes, context.progress, device=backbone.device,
+                                 combine_pair=combine_pair)
         metrics, categories = score_predictions(predictions)
         return TaskOutput(metrics, categories, predictions, selection=found.selection, split=split,
                           timings={"extract_s": extracted - started, "match_s": time.perf_counter() - extracted,
@@ -256,19 +272,29 @@ class SpairTask(Task):
                                     f"{len(unmatched)} pairs is in SPair val ({data_root})")
         return val, unmatched
 
-    def match(self, pairs: Sequence[SpairPair], features: dict[str, torch.Tensor], sizes: dict[str, tuple[int, int]],
-              progress: bool, device: torch.device | str = "cpu") -> list[PairPrediction]:
+    def match(self, pairs: Sequence[SpairPair], features: dict[str, Any], sizes: dict[str, tuple[int, int]],
+              progress: bool, device: torch.device | str = "cpu",
+              combine_pair: Callable[[dict, dict], tuple[torch.Tensor, torch.Tensor]] | None = None
+              ) -> list[PairPrediction]:
         """Nearest-neighbour predictions for every pair, target norms computed once per target image;
-        on ``device`` (the backbone's GPU when there is one), one pair's maps at a time."""
+        on ``device`` (the backbone's GPU when there is one), one pair's maps at a time. With
+        ``combine_pair``, ``features`` hold each image's activations and the pair's two descriptor maps
+        are made from them first (the target norm is then the pair's own)."""
         order = sorted(range(len(pairs)), key=lambda i: pairs[i].trg_key)
         predictions: list[PairPrediction | None] = [None] * len(pairs)
         norm_key, norm, target = None, None, None
         for index in tqdm(order, desc="match", unit="pair", disable=not progress):
             pair = pairs[index]
-            if pair.trg_key != norm_key:
-                target = features[pair.trg_key].to(device)
-                norm_key, norm = pair.trg_key, upsampled_norm(target, sizes[pair.trg_key])
-            predicted = match_points(features[pair.src_key].to(device), target, torch.tensor(pair.src_kps),
+            if combine_pair is not None:
+                source, target = combine_pair(*({name: value.to(device) for name, value in features[key].items()}
+                                                for key in (pair.src_key, pair.trg_key)))
+                norm_key, norm = None, upsampled_norm(target, sizes[pair.trg_key])
+            else:
+                source = features[pair.src_key].to(device)
+                if pair.trg_key != norm_key:
+                    target = features[pair.trg_key].to(device)
+                    norm_key, norm = pair.trg_key, upsampled_norm(target, sizes[pair.trg_key])
+            predicted = match_points(source, target, torch.tensor(pair.src_kps),
                                      sizes[pair.src_key], sizes[pair.trg_key], trg_norm=norm)
             predictions[index] = PairPrediction(pair, predicted.cpu())
         return [prediction for prediction in predictions if prediction is not None]

@@ -48,13 +48,13 @@ def settings_from_args(args: argparse.Namespace, base: dict | None = None):
 
 
 
-def parse_options(items: Sequence[str]) -> dict[str, str]:
+def parse_options(items: Sequence[str], flag: str = "--option") -> dict[str, str]:
     """``["a=1", "b=x"]`` → ``{"a": "1", "b": "x"}``; a malformed item is a one-line error."""
     options = {}
     for item in items:
         key, separator, value = item.partition("=")
         if not separator or not key:
-            raise DfbenchInputError(f"--option {item!r}: expected KEY=VALUE")
+            raise DfbenchInputError(f"{flag} {item!r}: expected KEY=VALUE")
         options[key.strip()] = value.strip()
     return options
 

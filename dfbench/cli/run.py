@@ -44,6 +44,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      "train_limit; gdf-uper: iters, crop_size, batch_size, lr, val_interval, checkpoint_interval, "
                      "workers, adapter, seg_pad_val, …; horse21 (ddpm, gdf-resplit): seeds, members, epochs, "
                      "resolution, upsample, min_pixels, train_limit")
+    run.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="backbone option, repeatable, over the preset's. A fusion (--backbone A+B, e.g. "
+                     "sd15+dinov2-base; activations named A:<name>): resolution.<source>=N, weight.<source>=W, "
+                     "pca.<source>=D (pair-fitted PCA, Tale of Two Features), renormalize=true, "
+                     "upsample=direct|progressive")
     run.add_argument("--save-predictions", nargs="?", const=True, default=False, metavar="DIR",
                      help="save the predictions (into the run folder, or DIR) for `dfbench score`")
     run.add_argument("--results", default="results", help="results folder (default ./results)")
@@ -87,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backbone=args.backbone, task=args.task, selection=args.select or [], preset=args.preset, settings=settings,
         data_root=args.data_root, split=args.split, limit=args.limit, weights=args.weights,
         options=parse_options(args.option), cache_dir=args.cache_dir, save_predictions=args.save_predictions,
-        device=args.device,
+        device=args.device, backbone_options=parse_options(args.backbone_option, "--backbone-option"),
     )
     if args.data_root is None:
         raise DfbenchInputError("--data-root DIR is required (or --data-root mini for the embedded mini set)")
