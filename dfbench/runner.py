@@ -368,7 +368,7 @@ def spec_problems(spec: RunSpec, shapes_of: dict[str, Any] | None = None) -> lis
     protocol, options, preset, settings, activation names (from the weightless catalog), data root.
     ``shapes_of`` caches the weightless backbones by name across the specs of a suite."""
     from dfbench.benchmarks.base import parse_options
-    from dfbench.registry import BACKBONES, TASKS, create_backbone, get_preset
+    from dfbench.registry import BACKBONES, TASKS, get_preset
     from dfbench.settings import ExtractSettings
 
     problems: list[str] = []

@@ -4,8 +4,9 @@ Two Features"; CleanDIFT's fused SPair rows), for any registered backbones.
 A fusion is named by its sources joined with ``+`` (``sd15+dinov2-base``, ``cleandift-sd15+dinov2-base``;
 each source at most once). Every source runs on the same images at its own input size; its
 activations are addressed ``<source>:<name>`` (``sd15:up_blocks.1.attentions.1``, ``dinov2-base:blocks.11``;
-the source may be given by its position, ``1:up_blocks.1.attentions.1``) and returned by :meth:`FusionBackbone.extract` as they are, so the feature cache holds each source's
-activations as separate entries and a new weight, PCA size or normalisation costs no extraction.
+the source may be given by its position, ``1:up_blocks.1.attentions.1``) and returned by
+:meth:`FusionBackbone.extract` as they are, so the feature cache holds each source's activations as
+separate entries and a new weight, PCA size or normalisation costs no extraction.
 
 The descriptor (:meth:`FusionBackbone.combine`, per image; :meth:`FusionBackbone.combine_pair`, per
 image pair when a source has a pair-fitted PCA) is built in this order:
@@ -25,10 +26,10 @@ image pair when a source has a pair-fitted PCA) is built in this order:
 Options (``backbone_options`` in a suite or preset, ``--backbone-option KEY=VALUE``):
 ``resolution.<source>`` (input size; default the source's own), ``weight.<source>`` (default 1),
 ``pca.<source>`` (0 = none, the default), ``renormalize`` (default false), ``upsample``
-(``direct``, the default, or ``progressive``); ``<source>`` is a source's name or its position (1, 2, …). The extraction settings are shared: each source uses the
-fields it knows (a ViT ignores the timestep and the prompt); the input size is per source, so
-``settings.resolution`` of a fusion is its reference size (that of its last source), used only to place
-the image's content box, and may not be set.
+(``direct``, the default, or ``progressive``); ``<source>`` is a source's name or its position (1, 2, …).
+The extraction settings are shared: each source uses the fields it knows (a ViT ignores the timestep
+and the prompt); the input size is per source, so ``settings.resolution`` of a fusion is its reference
+size (that of its last source), used only to place the image's content box, and may not be set.
 """
 
 from __future__ import annotations
