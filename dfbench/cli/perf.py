@@ -31,10 +31,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "timesteps on the SPair mini set with `dfbench sweep` vs 60 separate runs (UNet rows per image, seconds; "
         "--backbone tiny-sd15 for a quick check; --repeats N times N of the 60 runs and scales). backbone: seconds per "
         "image and peak RSS of any backbones with random weights, each in its own process (default dinov2-base "
-        "and dinov2-giant at 840 px, blocks.11).",
+        "and dinov2-giant at 840 px, blocks.11). fusion: a fusion preset (--preset, default tale-of-two) against "
+        "its parts: each source alone, the fused extraction, the overhead, and the pair descriptor's cost "
+        "(Tale's pair-fitted PCA) at real sizes with random weights.",
     )
     perf.add_argument("suite", nargs="?", choices=["recipes", "throughput", "matching", "cache",
-                                                               "segmentation", "horse21", "depth", "sweep", "backbone"],
+                                                               "segmentation", "horse21", "depth", "sweep", "backbone",
+                                                               "fusion"],
                       default="recipes")
     perf.add_argument("--backbone", nargs="+", default=None, help="recipes: one (default sd15); "
                       "throughput: several (default sd15 sd21 sdxl)")
@@ -50,6 +53,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--images", type=int, default=1800, help="matching: distinct images (default 1,800)")
     perf.add_argument("--quick", action="store_true", help="segmentation: tiny-sd15 only")
     perf.add_argument("--select", nargs="+", metavar="NAME", help="backbone: activations extracted (default blocks.11)")
+    perf.add_argument("--preset", default="tale-of-two", help="fusion: the fusion preset (default tale-of-two)")
     perf.add_argument("--out", help="also write the results as JSON here")
     perf.set_defaults(handler=cmd_perf)
 
@@ -80,6 +84,12 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
         results = run_backbones(args.backbone or ["dinov2-base", "dinov2-giant"], args.resolution,
                                 args.select or ["blocks.11"], args.repeats, args.device or "cpu", log=log)
+    elif args.suite == "fusion":
+        from dfbench.perf_fusion import run_fusion
+
+        backbones = args.backbone or [None]
+        results = run_fusion(args.preset, backbones[0], args.device or "cpu", args.dtype or "float32", args.repeats,
+                             log=log)
     elif args.suite == "sweep":
         from dfbench.perf_sweep import run_sweep_perf
 
