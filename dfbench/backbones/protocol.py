@@ -3,6 +3,13 @@
 :class:`~dfbench.backbones.base.DiffusionBackbone` implements it; a non-diffusion backbone (a ViT, a
 CNN: see ``tests/toy_plugin.py``) implements the same members and registers a factory
 ``factory(weights=None, *, torch_dtype="float32", device=None, …) -> Backbone``.
+
+Optional members, used where present (:class:`~dfbench.backbones.fusion.FusionBackbone` has them):
+``options`` (the resolved factory options, recorded with every run and part of its identity) with
+``describe()`` (them in one line, for the leaderboard); ``combine(activations) -> N×C×H×W`` (the
+backbone's own descriptor from its activations, used by ``spair/dift-nn`` instead of the default
+per-activation normalisation); ``pair_fitted`` and ``combine_pair(first, second)`` (a descriptor that
+depends on the image pair, made at matching time).
 """
 
 from __future__ import annotations

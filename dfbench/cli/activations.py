@@ -18,6 +18,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     activations.add_argument("backbone", help="backbone name, e.g. sd15, sd21, sdxl, tiny-sd15")
     activations.add_argument("--resolution", type=int, help="input size in pixels (default: the backbone's)")
+    activations.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
+                             help="backbone option (a fusion's input sizes: resolution.<source>=N)")
     activations.add_argument("--grep", metavar="PATTERN", help="keep names matching this regular expression")
     activations.add_argument("--format", choices=["table", "json"], default="table")
     activations.set_defaults(handler=cmd_activations)
@@ -26,9 +28,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def cmd_activations(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from dfbench.cli.common import parse_options
     from dfbench.registry import create_backbone
 
-    backbone = create_backbone(args.backbone, init="meta")
+    options = parse_options(args.backbone_option, "--backbone-option")
+    backbone = create_backbone(args.backbone, init="meta", **({"options": options} if options else {}))
     rows = backbone.catalog(args.resolution)
     if args.grep:
         try:

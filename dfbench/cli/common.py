@@ -125,12 +125,18 @@ def write_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str]
 
 
 
-def backbone_for(args: argparse.Namespace, preset_settings: dict, device: str | None = None):
-    """The backbone named on the command line and the settings (backbone defaults < preset < flags)."""
+def backbone_for(args: argparse.Namespace, preset_settings: dict, device: str | None = None,
+                 backbone_options: dict | None = None):
+    """The backbone named on the command line and the settings (backbone defaults < preset < flags);
+    ``backbone_options`` (a preset's) are overridden by ``--backbone-option`` flags."""
     from dfbench.registry import create_backbone
     from dfbench.settings import resolve_settings
 
     overrides = {"weights": args.weights} if args.weights else {}
+    options = {**(backbone_options or {}),
+               **parse_options(getattr(args, "backbone_option", None) or [], "--backbone-option")}
+    if options:
+        overrides["options"] = options
     if device or args.device:
         overrides["device"] = device or args.device
     if args.unet_weights:

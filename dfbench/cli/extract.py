@@ -45,6 +45,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     extract.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
     extract.add_argument("--unet-weights", metavar="FILE",
                          help="CleanDIFT backbones: the UNet state-dict .safetensors (default: from the hub)")
+    extract.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="backbone option, repeatable, over the preset's (a fusion's resolution.<source>, "
+                         "weight.<source>, pca.<source>, …: see `dfbench run --help`)")
     extract.add_argument("--device", help="cpu, cuda, cuda:1, … (default: cuda if available)")
     extract.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     extract.set_defaults(handler=cmd_extract)
@@ -58,9 +61,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset) if args.preset else None
     selection = list(preset.selection) if preset else args.select
     preset_settings = preset.settings if preset else {}
+    preset_options = preset.backbone_options if preset else {}
     settings_from_args(args, preset_settings)  # validate the flags before loading any weights
     if args.dataset:
-        return extract_dataset(args, selection, preset_settings)
+        return extract_dataset(args, selection, preset_settings, preset_options)
     if not args.out:
         raise DfbenchInputError("--out FILE.safetensors is required with --images")
     out = check_output_path(args.out)
@@ -72,7 +76,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise DfbenchInputError(f"--category: give one name, or one per image ({len(paths)}), not {len(categories)}")
     images = [load_image(path) for path in paths]
 
-    backbone, settings = backbone_for(args, preset_settings)
+    backbone, settings = backbone_for(args, preset_settings, backbone_options=preset_options)
     features = backbone.extract(images, selection, settings, categories=categories, progress=not args.no_progress)
     metadata = {
         "dfbench_version": __version__,
@@ -88,7 +92,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def extract_dataset(args: argparse.Namespace, selection: list[str], preset_settings: dict) -> int:
+def extract_dataset(args: argparse.Namespace, selection: list[str], preset_settings: dict,
+                    preset_options: dict) -> int:
     """``extract --dataset``: fill the cache; under torchrun each rank takes every world_size-th batch."""
     from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
     from dfbench.distributed import process_group
@@ -101,7 +106,7 @@ def extract_dataset(args: argparse.Namespace, selection: list[str], preset_setti
         cache = FeatureCache(args.cache_dir, args.storage_dtype)
         task = TASKS.get(args.dataset)()
         images = task.split_images(resolve_data_root(task, args.data_root), args.split or task.default_split)
-        backbone, settings = backbone_for(args, preset_settings, ranks.device)
+        backbone, settings = backbone_for(args, preset_settings, ranks.device, preset_options)
         store = cache.open(backbone, settings)
         items = [CacheItem(image_key(path), path, category) for path, category in images]
         counts = cached_extract(backbone, items, selection, settings, store, ranks.rank, ranks.world_size,

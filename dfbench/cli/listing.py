@@ -27,6 +27,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {name:<22} {describe(reg.get(name))}")
             if title == "tasks":
                 print_protocols(reg.get(name)())
+        if title == "backbones":
+            print("  A+B[+…]                fusion of registered backbones (e.g. sd15+dinov2-base): activations "
+                  "<source>:<name>, options via --backbone-option (see the README, Backbones)")
     return 0
 
 
