@@ -215,6 +215,11 @@ def test_cli_runs_a_fusion_preset_and_rejects_bad_options(tmp_path, capsys):
     assert main(["run", "--backbone", TINY, "--task", "spair", "--preset", "tale-of-two", "--data-root", "mini",
                  "--results", str(results), "--backbone-option", "pca.1"]) == 2
     assert "--backbone-option 'pca.1': expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["activations", "sd15+dinov2-base", "--backbone-option", "resolution.1=960", "--format", "json",
+                 "--grep", "sd15:up_blocks.1$|blocks.11$"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["sd15:up_blocks.1"]["height"] == 60 and "us6" in rows["sd15:up_blocks.1"]["aliases"]
+    assert (rows["dinov2-base:blocks.11"]["channels"], rows["dinov2-base:blocks.11"]["height"]) == (768, 60)
 
 
 # ----------------------------------------------------------------------------------------------- SPair

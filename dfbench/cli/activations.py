@@ -42,11 +42,15 @@ def cmd_activations(args: argparse.Namespace) -> int:
         rows = [row for row in rows if pattern.search(row.name)]
     from dfbench.activations import aliases_of
 
+    def aliases(name: str) -> list[str]:      # a fusion's <source>:<name> has the aliases of <name>
+        return aliases_of(name.rpartition(":")[2])
+
     if args.format == "json":
-        print(json.dumps([{**row.to_dict(), "aliases": aliases_of(row.name)} for row in rows], indent=1))
+        print(json.dumps([{**row.to_dict(), "aliases": aliases(row.name)} for row in rows], indent=1))
     else:
         resolution = args.resolution or backbone.default_resolution
-        print(f"{backbone.name} at {resolution}px: {len(rows)} activations")
-        print(tabulate([[r.name, r.channels, r.height, r.width, ", ".join(aliases_of(r.name))] for r in rows],
+        where = backbone.describe() if hasattr(backbone, "describe") else f"at {resolution}px"
+        print(f"{backbone.name} {where}: {len(rows)} activations")
+        print(tabulate([[r.name, r.channels, r.height, r.width, ", ".join(aliases(r.name))] for r in rows],
                        headers=["name", "channels", "height", "width", "aliases (CleanDIFT, DIFT, GDF)"]))
     return 0
