@@ -321,18 +321,3 @@ def test_spair_mini_with_dinov2_sd_and_fused_rows_in_one_leaderboard(tmp_path):
     assert records[TINY]["selection"] == ["tiny-sd15:up_blocks.2.attentions.1", "tiny-sd15:up_blocks.1.attentions.1",
                                           "tiny-sd15:up_blocks.0.resnets.1", "tiny-dinov2:blocks.11"]
 
-
-@pytest.mark.slow
-def test_every_shipped_suite_is_valid_without_weights():
-    """Backbones, presets, settings, backbone options and activation names of every row of the shipped suites
-    (the fused paper rows included), checked on weightless models."""
-    from pathlib import Path
-
-    from dfbench.runner import load_suite, spec_problems
-
-    shapes: dict = {}
-    suites = sorted(Path(__file__).parents[1].glob("configs/**/*.yaml"))
-    assert any(path.name == "cleandift.yaml" for path in suites)
-    for path in suites:
-        for number, spec in enumerate(load_suite(path), start=1):
-            assert spec_problems(spec, shapes) == [], f"{path.name} run {number}"
