@@ -29,8 +29,10 @@ def _median_seconds(step: Callable[[], Any], repeats: int, device: str) -> float
 
 
 def run_fusion(preset_name: str = "tale-of-two", backbone: str | None = None, device: str = "cpu",
-               dtype: str = "float32", repeats: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Seconds per image of each source and of the fusion, the overhead, and the pair descriptor's cost."""
+               dtype: str = "float32", repeats: int = 1, backbone_options: dict[str, Any] | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Seconds per image of each source and of the fusion, the overhead, and the pair descriptor's cost
+    (``backbone_options`` over the preset's, e.g. smaller input sizes for a quick check)."""
     import skimage.data
     from PIL import Image
 
@@ -41,7 +43,8 @@ def run_fusion(preset_name: str = "tale-of-two", backbone: str | None = None, de
     preset = get_preset(preset_name)
     name = backbone or preset.backbone
     log(f"{name}: building with random weights ({dtype}, {device}) …")
-    fused = create_backbone(name, init="random", device=device, torch_dtype=dtype, options=preset.backbone_options)
+    options = {**preset.backbone_options, **(backbone_options or {})}
+    fused = create_backbone(name, init="random", device=device, torch_dtype=dtype, options=options)
     settings = resolve_settings(fused, preset.settings, {"dtype": dtype})
     selection = fused.canonical_selection(preset.selection)
     image, other = perf_image(), Image.fromarray(skimage.data.astronaut())

@@ -103,3 +103,24 @@ def test_perf_backbone_times_each_backbone_in_its_own_process():
 
     hidden, layers = TINY_CONFIG["hidden_size"], TINY_CONFIG["num_hidden_layers"]
     assert row["parameters_millions"] > layers * 4 * hidden * hidden / 1e6     # at least the attention weights
+
+
+def test_perf_fusion_reports_parts_overhead_and_the_pair_descriptor():
+    from dfbench.perf_fusion import run_fusion
+    from dfbench.registry import create_backbone
+
+    sizes = {"resolution.1": 64, "resolution.2": 56}
+    row = run_fusion("tale-of-two", "tiny-sd15+tiny-dinov2", backbone_options=sizes, log=lambda message: None)
+    assert {name: part["resolution"] for name, part in row["sources"].items()} == {"tiny-sd15": 64, "tiny-dinov2": 56}
+    parts = sum(part["s_per_image"] for part in row["sources"].values())
+    assert row["parts_s_per_image"] == pytest.approx(parts)
+    assert row["overhead_s"] == pytest.approx(row["fused_s_per_image"] - parts)
+    # the descriptor: each SD layer reduced to min(256, its channels, the pair's tokens) dims, plus DINO's channels,
+    # on the largest grid of the fusion (from the weightless catalogs)
+    meta = create_backbone("tiny-sd15+tiny-dinov2", init="meta", options=sizes)
+    rows = {info.name: info for info in meta.catalog()}
+    names = ("1:up_blocks.2.attentions.1", "1:up_blocks.1.attentions.1", "1:up_blocks.0.resnets.1", "2:blocks.11")
+    chosen = [rows[name] for name in meta.canonical_selection(names)]
+    channels = sum(min(256, info.channels, 2 * info.height * info.width) for info in chosen[:3]) + chosen[3].channels
+    grid = max(info.height for info in chosen)
+    assert row["descriptor_shape"] == [channels, grid, grid] and row["pair_descriptor_s"] > 0
