@@ -76,11 +76,12 @@ def combine_to_grid(activations: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def image_features(backbone: Any, images: dict[str, tuple[Path, str]], selection: list[str], settings: Any,
                    cache: Any = None, progress: bool = False,
-                   keep: Callable[[dict[str, torch.Tensor]], Any] | None = None) -> ImageFeatures:
+                   keep: Callable[[dict[str, torch.Tensor]], Any] | None = None, crop: bool = True) -> ImageFeatures:
     """Features of ``images`` ({key: (path, category)}), extracted once each, in sorted key order.
 
     ``cache`` is a :class:`~dfbench.cache.FeatureCache` (or ``None``); ``keep`` maps one image's
-    activations {name: C×h×w}, cropped to its content, to what is stored (default: themselves)."""
+    activations {name: C×h×w}, cropped to its content (``crop=False``: the maps of the whole model
+    input, padding included; the content boxes are still recorded), to what is stored (default: themselves)."""
     keys = sorted(images)
     result = ImageFeatures()
     resolution = settings.resolution or backbone.default_resolution
@@ -89,8 +90,9 @@ def image_features(backbone: Any, images: dict[str, tuple[Path, str]], selection
         result.sizes[key] = size
         box = content_box(size[1], size[0], resolution, settings.resize_mode)
         result.boxes[key] = box
-        cropped = {name: crop_to_content(value, box, resolution) for name, value in activations.items()}
-        return keep(cropped) if keep else cropped
+        if crop:
+            activations = {name: crop_to_content(value, box, resolution) for name, value in activations.items()}
+        return keep(activations) if keep else activations
 
     if cache is not None:
         from dfbench.cache import CacheItem, image_key, load_features

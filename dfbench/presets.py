@@ -191,9 +191,9 @@ _register(Preset(
     "sd15+dinov2-base",
     "Zhang et al., NeurIPS 2023 (A Tale of Two Features), Junyi42/sd-dino pck_spair_pascal.py: SD1.5 at 960 px, "
     "t=100, s5/s4/s3 with a pair-fitted PCA to 256 each (utils/utils_correspondence.py:358 co_pca), DINOv2-base "
-    "layer-11 tokens at 840 px, each L2-normalised, weights 1:1. Deviations: no ODISE implicit captioner (empty "
-    "prompt), no 512-px crop tiling, per-image seeded noise, exact PCA (Tale: torch.pca_lowrank) on the content's "
-    "tokens, matching by dift-nn (bilinear to the original image; Tale: argmax over the 60x60 patch grid)",
+    "layer-11 tokens at 840 px, each L2-normalised, weights 1:1; Tale's matching is spair/patch-nn. Deviations: no "
+    "ODISE implicit captioner (empty prompt), no 512-px crop tiling, per-image seeded noise, an exact PCA (Tale: "
+    "torch.pca_lowrank); under spair/dift-nn also the PCA on the content's tokens only and bilinear matching",
     "Tale of Two Features: SD1.5 s3/s4/s5 (pair PCA 256 each) ⊕ DINOv2-base blocks.11, each L2-normalised",
     backbone_options={"resolution.1": 960, "resolution.2": 840, "pca.1": 256, "weight.1": 1.0, "weight.2": 1.0,
                       "upsample": "progressive"},

@@ -321,3 +321,109 @@ def test_spair_mini_with_dinov2_sd_and_fused_rows_in_one_leaderboard(tmp_path):
     assert records[TINY]["selection"] == ["tiny-sd15:up_blocks.2.attentions.1", "tiny-sd15:up_blocks.1.attentions.1",
                                           "tiny-sd15:up_blocks.0.resnets.1", "tiny-dinov2:blocks.11"]
 
+
+
+# ----------------------------------------------------------------------------------------------- patch-nn
+def tale_patch_prediction(src_desc, trg_desc, src_kps, src_size, trg_size, img_size):
+    """Tale's matching, re-typed from pck_spair_pascal.py: preprocess_kps_pad (lines 23-45) puts the
+    keypoints into the letterboxed img_size frame; the source patch is int(num_patches / img_size · y)
+    (lines 184-187); the nearest target patch by cosine (chunk_cosine_sim); its position
+    (i - 1)·stride + stride + patch_size // 2 - .5 (line 377, stride = patch = img_size / num_patches);
+    then back to original pixels by the target's own scale and offset."""
+    def pad_frame(width, height):
+        scale = img_size / max(width, height)
+        if height < width:
+            new_h = int(np.around(img_size * height / width))
+            return scale, 0, int((img_size - new_h) / 2)
+        if width < height:
+            new_w = int(np.around(img_size * width / height))
+            return scale, int((img_size - new_w) / 2), 0
+        return scale, 0, 0
+
+    num_patches = src_desc.shape[1]
+    stride = img_size // num_patches
+    scale, off_x, off_y = pad_frame(src_size[1], src_size[0])
+    kps = np.asarray(src_kps, dtype=np.float64) * scale + [off_x, off_y]
+    patch_idx = num_patches * (num_patches / img_size * kps[:, 1]).astype(np.int32) \
+        + (num_patches / img_size * kps[:, 0]).astype(np.int32)
+    src_flat = F.normalize(src_desc.reshape(src_desc.shape[0], -1).T.double(), dim=1)
+    trg_flat = F.normalize(trg_desc.reshape(trg_desc.shape[0], -1).T.double(), dim=1)
+    nn = (src_flat[torch.from_numpy(patch_idx).long()] @ trg_flat.T).argmax(dim=1)
+    nn_y, nn_x = nn // num_patches, nn % num_patches
+    x = (nn_x - 1) * stride + stride + stride // 2 - .5
+    y = (nn_y - 1) * stride + stride + stride // 2 - .5
+    scale, off_x, off_y = pad_frame(trg_size[1], trg_size[0])
+    return torch.stack([(x - off_x) / scale, (y - off_y) / scale], dim=1)
+
+
+@pytest.mark.parametrize("src_size, trg_size", [((375, 500), (500, 333)), ((333, 500), (480, 480)),
+                                                ((500, 281), (300, 451))])
+def test_patch_nn_equals_tales_matching(src_size, trg_size):
+    from dfbench.benchmarks.spair import SpairTask
+    from dfbench.datasets.spair import SpairPair
+    from dfbench.features import ImageFeatures
+
+    generator = torch.Generator().manual_seed(sum(src_size))
+    grid, img_size = 6, 84                                                   # a 6×6 grid of 14-pixel patches
+    descriptors = {"src": torch.randn(8, grid, grid, generator=generator),
+                   "trg": torch.randn(8, grid, grid, generator=generator)}
+    kps = torch.stack([torch.randint(0, src_size[1], (7,), generator=generator),
+                       torch.randint(0, src_size[0], (7,), generator=generator)], dim=1).tolist()
+    pair = SpairPair(pair_id="p", category="cat", src_image=None, trg_image=None, src_kps=kps, trg_kps=kps,
+                     src_bbox=(0, 0, 10, 10), trg_bbox=(0, 0, 10, 10), src_size=(src_size[1], src_size[0]),
+                     trg_size=(trg_size[1], trg_size[0]), raw={"src_imname": "a.jpg", "trg_imname": "b.jpg"})
+    found = ImageFeatures(features={pair.src_key: descriptors["src"], pair.trg_key: descriptors["trg"]},
+                          sizes={pair.src_key: src_size, pair.trg_key: trg_size})
+    settings = ExtractSettings(resolution=img_size, resize_mode="pad")
+    (ours,) = SpairTask.match_patches([pair], found, settings, progress=False)
+    expected = tale_patch_prediction(descriptors["src"], descriptors["trg"], kps, src_size, trg_size, img_size)
+    torch.testing.assert_close(ours.predicted, expected.double())
+
+
+def test_patch_nn_hand_worked_case():
+    from dfbench.benchmarks.spair import SpairTask
+    from dfbench.datasets.spair import SpairPair
+    from dfbench.features import ImageFeatures
+
+    # a 56×28 image letterboxed into 28 px: scale 0.5, content rows 7…21; a 2×2 grid of 14-pixel cells.
+    # The source keypoint (40, 10) → input (20, 12) → cell (col 1, row 0), whose vector is e1; on the target
+    # only cell (col 0, row 1) holds e1 → its centre less half a pixel, (6.5, 20.5) → original (13, 27).
+    e = torch.eye(4)
+    source = torch.stack([e[1], e[0], e[2], e[3]], dim=1).reshape(4, 2, 2)       # cells in row-major order
+    target = torch.stack([e[1], e[2], e[0], e[3]], dim=1).reshape(4, 2, 2)
+    pair = SpairPair(pair_id="p", category="cat", src_image=None, trg_image=None, src_kps=((40, 10),),
+                     trg_kps=((13, 27),), src_bbox=(0, 0, 56, 28), trg_bbox=(0, 0, 56, 28), src_size=(56, 28),
+                     trg_size=(56, 28), raw={"src_imname": "a.jpg", "trg_imname": "b.jpg"})
+    found = ImageFeatures(features={pair.src_key: source, pair.trg_key: target},
+                          sizes={pair.src_key: (28, 56), pair.trg_key: (28, 56)})
+    settings = ExtractSettings(resolution=28, resize_mode="pad")
+    (prediction,) = SpairTask.match_patches([pair], found, settings, False)
+    assert prediction.predicted.tolist() == [[13.0, 27.0]]
+    # cell_offset=0 (GeoAware-SC / CleanDIFT): the centre itself, (7, 21) → (14, 28)
+    (prediction,) = SpairTask.match_patches([pair], found, settings, False, cell_offset=0.0)
+    assert prediction.predicted.tolist() == [[14.0, 28.0]]
+
+
+def test_patch_nn_runs_scores_its_saved_predictions_and_finds_each_photos_own_cells(tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["run", "--backbone", TINY, "--task", "spair/patch-nn", "--preset", "tale-of-two", "--data-root",
+                 "mini", "--split", "val", "--results", str(results), "--no-progress", "--no-figures",
+                 "--save-predictions", str(tmp_path / "saved"), *TINY_SIZES]) == 0
+    record = json.loads(next(results.glob("runs/*/record.json")).read_text())
+    capsys.readouterr()
+    assert main(["score", "--task", "spair/patch-nn", "--data-root", "mini", "--split", "val", "--predictions",
+                 str(tmp_path / "saved"), "--format", "json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["pck@0.1_bbox"] == record["metrics"]["pck@0.1_bbox"] and scored["aepe"] == record["metrics"]["aepe"]
+    # a photo paired with itself: every keypoint lands in its own 14-pixel cell of the 56-px input, so the error
+    # is at most that cell's half-diagonal plus half a pixel, in original pixels
+    from dfbench.benchmarks.spair import SpairTask
+    from dfbench.datasets.spair import load_spair
+
+    table = json.loads((tmp_path / "saved" / "predictions.json").read_text())
+    pairs = [pair for pair in load_spair(SpairTask().mini_root(), "val") if pair.src_key == pair.trg_key]
+    assert pairs
+    for pair in pairs:
+        scale = 56 / max(pair.trg_size)
+        error = (torch.tensor(table[pair.pair_id]) - torch.tensor(pair.trg_kps, dtype=torch.float64)).norm(dim=1)
+        assert (error <= (14 / 2 * 2 ** 0.5 + 0.5) / scale + 1e-6).all(), pair.pair_id

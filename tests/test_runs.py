@@ -318,9 +318,10 @@ def test_paper_suites_parse_and_name_their_sources():
     cleandift = load_suite(folder / "cleandift.yaml")
     assert [spec.published.get("rmse") for spec in cleandift[2:4]] == [0.469, 0.444]
     # the DINOv2 and fused rows (issue 15), as the issue quotes CleanDIFT's table
-    assert [(spec.backbone, spec.preset, spec.published) for spec in cleandift[4:]] == [
-        ("dinov2-base", None, {"pck@0.1_bbox": 55.6}),
-        ("sd15+dinov2-base", "tale-of-two", {"pck@0.1_bbox": 63.73, "pck@0.1_bbox_per_image": 72.31}),
-        ("cleandift-sd15+dinov2-base", "cleandift-fusion", {"pck@0.1_bbox": 64.81, "pck@0.1_bbox_per_image": 73.35})]
+    assert [(spec.backbone, spec.task, spec.preset, spec.published) for spec in cleandift[4:]] == [
+        ("dinov2-base", "spair/patch-nn", None, {"pck@0.1_bbox": 55.6}),
+        ("sd15+dinov2-base", "spair/patch-nn", "tale-of-two", {"pck@0.1_bbox": 63.73, "pck@0.1_bbox_per_image": 72.31}),
+        ("cleandift-sd15+dinov2-base", "spair/patch-nn", "cleandift-fusion",
+         {"pck@0.1_bbox": 64.81, "pck@0.1_bbox_per_image": 73.35})]
     for suite in ("ci.yaml", "demo.yaml"):                  # the other shipped suites check out too
         assert not [problem for spec in load_suite(folder.parent / suite) for problem in spec_problems(spec)]

@@ -51,23 +51,14 @@ SOURCE_OPTIONS = ("resolution", "weight", "pca")
 
 
 def option_value(key: str, value: Any, kind: type) -> Any:
-    """A backbone option as ``kind`` (strings from the command line are converted); else one line."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-    elif kind is str and isinstance(value, str):
-        return value
-    elif not isinstance(value, bool):
-        try:
-            converted = kind(value)
-            if kind is int and float(value) != converted:
-                raise ValueError
-            return converted
-        except (TypeError, ValueError):
-            pass
-    raise DfbenchInputError(f"backbone option {key}={value!r}: expected {kind.__name__}")
+    """A backbone option as ``kind`` (strings from the command line are converted, as protocol options are);
+    else one line."""
+    from dfbench.benchmarks.base import convert_option
+
+    try:
+        return convert_option(value, kind)
+    except (TypeError, ValueError):
+        raise DfbenchInputError(f"backbone option {key}={value!r}: expected {kind.__name__}") from None
 
 
 def pca_pair(first: torch.Tensor, second: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

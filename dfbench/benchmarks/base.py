@@ -156,7 +156,7 @@ class Task:
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def _convert(value: Any, kind: Any) -> Any:
+def convert_option(value: Any, kind: Any) -> Any:
     """``value`` (a CLI string or a YAML value) as ``kind`` (int, float, str, bool or ``X | None``)."""
     args = typing.get_args(kind)
     if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
@@ -202,7 +202,7 @@ def parse_options(options_class: type, values: dict[str, Any] | None, where: str
         if key not in fields:
             raise DfbenchInputError(f"{where}: unknown option {key!r}; valid options: {valid}")
         try:
-            typed[key] = _convert(value, fields[key])
+            typed[key] = convert_option(value, fields[key])
         except (TypeError, ValueError):
             raise DfbenchInputError(f"{where} option {key}={value!r}: expected {type_name(fields[key])}; "
                                     f"valid options: {valid}") from None

@@ -1,5 +1,5 @@
-"""SPair-71k semantic correspondence: protocols ``spair/dift-nn`` (v1) and ``spair/gdf-conv`` (v1,
-see :mod:`dfbench.benchmarks.spair_gdf_conv`).
+"""SPair-71k semantic correspondence: protocols ``spair/dift-nn`` (v1), ``spair/patch-nn`` (v1) and
+``spair/gdf-conv`` (v1, see :mod:`dfbench.benchmarks.spair_gdf_conv`).
 
 Each image's features are extracted once (not once per pair), with the prompt filled by the
 image's category. For every pair, each source keypoint is matched to the target pixel of highest
@@ -17,6 +17,15 @@ per location, and concatenated along channels; a single activation is used as it
 that defines its own descriptor (``combine``: a fusion, :mod:`dfbench.backbones.fusion`) gets it
 instead, and one whose descriptor depends on the pair (``pair_fitted``: Tale of Two Features' PCA fitted
 on each pair's tokens) is combined pair by pair at matching time (``combine_pair``; not cached).
+
+``spair/patch-nn`` is Tale of Two Features' matching (Junyi42/sd-dino ``pck_spair_pascal.py``): the
+descriptor maps of the whole model input (the letterbox included: nothing is cropped, and a pair-fitted
+PCA sees every token), a source keypoint mapped into the input as Tale maps it (``preprocess_kps_pad``,
+lines 23-45: × res / max(W, H) plus the letterbox offset; ``squash``: per axis) takes the vector of the
+grid cell it falls in (lines 184-187), the target cell of highest cosine wins, and the prediction is that
+cell's centre less half a pixel (``(i - 1)·stride + stride + patch // 2 - 0.5``, line 377; option
+``cell_offset=0``: the centre, as CleanDIFT's GeoAware-SC evaluation), mapped back to the original
+pixels. It may lie in the letterbox, as in Tale. Scored like dift-nn.
 
 Saved predictions (``run --save-predictions``, ``dfbench score``): ``predictions.json`` maps each
 pair's annotation file stem (``000001-2008_006481-2008_007698:aeroplane``) to its predicted target
@@ -53,11 +62,20 @@ from dfbench.benchmarks.spair_gdf_conv import GdfConvOptions, SpairSubsetOptions
 from dfbench.datasets.spair import DOWNLOAD_HINT, SpairPair, load_spair, read_pair_list, spair_images
 from dfbench.errors import DfbenchInputError
 from dfbench.features import ImageFeatures, combine_activations, image_features
-from dfbench.heads.nn_matcher import match_points, upsampled_norm
+from dfbench.heads.nn_matcher import match_patch_grid, match_points, upsampled_norm
 
 ALPHAS = (0.05, 0.1, 0.15)
 PRIMARY = "pck@0.1_bbox"
 PREDICTIONS_FILE = "predictions.json"
+
+
+@dataclass(frozen=True)
+class PatchNnOptions(SpairSubsetOptions):
+    """``spair/patch-nn``'s options: the subset ones, and ``cell_offset``, where a matched cell's point lies
+    (input pixels from the cell's centre): -0.5 in Tale of Two Features (``pck_spair_pascal.py:377``), 0 in
+    GeoAware-SC / CleanDIFT's evaluation (``utils/utils_correspondence.py:376``, ``i·stride + stride // 2``)."""
+
+    cell_offset: float = -0.5
 
 
 def _metric_specs() -> dict[str, MetricSpec]:
@@ -160,6 +178,8 @@ class SpairTask(Task):
     sweep_protocol = "dift-nn"
     protocols = {
         "dift-nn": ProtocolSpec("dift-nn", 1, SpairSubsetOptions, "DIFT's zero-shot nearest neighbour, PCK"),
+        "patch-nn": ProtocolSpec("patch-nn", 1, PatchNnOptions,
+                                 "Tale of Two Features' zero-shot nearest patch on the whole (letterboxed) grid"),
         "gdf-conv": ProtocolSpec("gdf-conv", 1, GdfConvOptions, "Meng et al.'s trained 3×3-conv readout"),
     }
     default_protocol = "dift-nn"
@@ -181,11 +201,15 @@ class SpairTask(Task):
             return self._train_gdf_conv(context, backbone, selection, settings, data_root, split, options, started)
         pairs = self.evaluated_pairs(data_root, split, context.limit, options, context.seed)
         found = image_features(backbone, pair_images(pairs), selection, settings, context.cache, context.progress,
-                               keep=descriptor_keeper(backbone))
+                               keep=descriptor_keeper(backbone), crop=protocol == "dift-nn")
         extracted = time.perf_counter()
         combine_pair = backbone.combine_pair if getattr(backbone, "pair_fitted", False) else None
-        predictions = self.match(pairs, found.features, found.sizes, context.progress, device=backbone.device,
-                                 combine_pair=combine_pair)
+        if protocol == "patch-nn":
+            predictions = self.match_patches(pairs, found, settings, context.progress, backbone.device, combine_pair,
+                                             options.cell_offset)
+        else:
+            predictions = self.match(pairs, found.features, found.sizes, context.progress, device=backbone.device,
+                                     combine_pair=combine_pair)
         metrics, categories = score_predictions(predictions)
         return TaskOutput(metrics, categories, predictions, selection=found.selection, split=split,
                           timings={"extract_s": extracted - started, "match_s": time.perf_counter() - extracted,
@@ -299,6 +323,32 @@ class SpairTask(Task):
             predictions[index] = PairPrediction(pair, predicted.cpu())
         return [prediction for prediction in predictions if prediction is not None]
 
+    @staticmethod
+    def match_patches(pairs: Sequence[SpairPair], found: ImageFeatures, settings: Any, progress: bool,
+                      device: torch.device | str = "cpu",
+                      combine_pair: Callable[[dict, dict], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                      cell_offset: float = -0.5) -> list[PairPrediction]:
+        """``spair/patch-nn`` predictions (see the module docstring) from descriptor maps of the whole input
+        (or, with ``combine_pair``, each image's activations); a matched cell stands for its centre +
+        ``cell_offset`` input pixels."""
+        resolution = settings.resolution
+        predictions = []
+        for pair in tqdm(pairs, desc="match", unit="pair", disable=not progress):
+            if combine_pair is not None:
+                source, target = combine_pair(*({name: value.to(device) for name, value in found.features[key].items()}
+                                                for key in (pair.src_key, pair.trg_key)))
+            else:
+                source, target = (found.features[key].to(device) for key in (pair.src_key, pair.trg_key))
+            src_scale, src_offset = input_placement(found.sizes[pair.src_key], resolution, settings.resize_mode)
+            trg_scale, trg_offset = input_placement(found.sizes[pair.trg_key], resolution, settings.resize_mode)
+            points = torch.tensor(pair.src_kps, dtype=torch.float64) * src_scale + src_offset   # input pixels
+            grid = torch.tensor([source.shape[2], source.shape[1]], dtype=torch.float64)
+            cells = match_patch_grid(source, target, (points * grid / resolution).to(device)).cpu().double()
+            target_grid = torch.tensor([target.shape[2], target.shape[1]], dtype=torch.float64)
+            centres = (cells + 0.5) * resolution / target_grid + cell_offset                    # input pixels
+            predictions.append(PairPrediction(pair, (centres - trg_offset) / trg_scale))
+        return predictions
+
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
         from dfbench.benchmarks.spair_plots import plot_matches
@@ -320,7 +370,9 @@ class SpairTask(Task):
         if missing:
             raise DfbenchInputError(f"predictions {Path(folder) / PREDICTIONS_FILE}: no prediction for "
                                     f"{len(missing)} of {len(pairs)} pairs of SPair {split} (first: {missing[0]})")
-        predictions = [PairPrediction(pair, checked_points(table[pair.pair_id], pair, folder)) for pair in pairs]
+        inside = protocol != "patch-nn"        # Tale's nearest patch may lie in the letterbox
+        predictions = [PairPrediction(pair, checked_points(table[pair.pair_id], pair, folder, inside))
+                       for pair in pairs]
         metrics, categories = score_predictions(predictions)
         return TaskOutput(metrics, categories, predictions, split=split)
 
@@ -344,8 +396,24 @@ def load_predictions(folder: Path) -> dict[str, Any]:
     return table
 
 
-def checked_points(value: Any, pair: SpairPair, folder: Path) -> torch.Tensor:
-    """A pair's predicted points as K×2, checked: K = the pair's keypoint count, finite, inside the image."""
+def input_placement(size: tuple[int, int], resolution: int, resize_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """How an image of ``size`` (H, W) sits in the res×res model input: (scale, offset) as (x, y) tensors,
+    input = original × scale + offset. ``pad``: Tale's ``preprocess_kps_pad`` (× res / max(W, H), the
+    letterbox offset of :func:`~dfbench.images.content_box`); ``squash``: res / W and res / H, no offset."""
+    from dfbench.images import content_box
+
+    height, width = size
+    if resize_mode == "squash":
+        scale, offset = [resolution / width, resolution / height], [0.0, 0.0]
+    else:
+        left, top, _, _ = content_box(width, height, resolution, resize_mode)
+        scale, offset = [resolution / max(width, height)] * 2, [float(left), float(top)]
+    return torch.tensor(scale, dtype=torch.float64), torch.tensor(offset, dtype=torch.float64)
+
+
+def checked_points(value: Any, pair: SpairPair, folder: Path, inside: bool = True) -> torch.Tensor:
+    """A pair's predicted points as K×2, checked: K = the pair's keypoint count, finite, inside the image
+    (``inside=False``: anywhere, e.g. ``spair/patch-nn``'s predictions in the letterbox)."""
     where = f"predictions {Path(folder) / PREDICTIONS_FILE}: pair {pair.pair_id}"
     count = len(pair.src_kps)
     try:
@@ -356,7 +424,7 @@ def checked_points(value: Any, pair: SpairPair, folder: Path) -> torch.Tensor:
         raise DfbenchInputError(f"{where}: {len(points)} points, expected {count} (one per source keypoint)")
     width, height = pair.trg_size
     for x, y in points:
-        if not (math.isfinite(x) and math.isfinite(y) and 0 <= x <= width and 0 <= y <= height):
+        if not (math.isfinite(x) and math.isfinite(y) and (not inside or 0 <= x <= width and 0 <= y <= height)):
             raise DfbenchInputError(f"{where}: point ({x}, {y}) is outside the {width}×{height} target image")
     return torch.tensor(points, dtype=torch.float64)
 

@@ -104,3 +104,17 @@ def match_points(src: torch.Tensor, trg: torch.Tensor, src_points: torch.Tensor,
     flat = scores.flatten(1).argmax(dim=1)
     width = trg_size[1]
     return torch.stack([flat % width, flat // width], dim=1)
+
+
+def match_patch_grid(src: torch.Tensor, trg: torch.Tensor, src_points: torch.Tensor) -> torch.Tensor:
+    """Tale of Two Features' zero-shot matching on the feature grid: each source point (K×2, x y, in
+    cells of ``src``'s grid, fractional) takes the vector of the cell it falls in (truncated, as
+    ``astype(np.int32)``), and is matched to the target cell of highest cosine. Returns K×2 long (column,
+    row) cells of ``trg``. ``src``, ``trg``: C×h×w maps of the whole model input."""
+    rows, cols = src.shape[1:]
+    x = src_points[:, 0].floor().long().clamp(0, cols - 1)
+    y = src_points[:, 1].floor().long().clamp(0, rows - 1)
+    vectors = F.normalize(src.float()[:, y, x].T, dim=1)                     # K×C
+    target = F.normalize(trg.float().flatten(1), dim=0)                      # C×(h·w)
+    flat = (vectors @ target).argmax(dim=1)
+    return torch.stack([flat % trg.shape[2], flat // trg.shape[2]], dim=1)
