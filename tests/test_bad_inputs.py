@@ -34,7 +34,7 @@ CASES = [
     (RUN + ["--option", "per_category=-1"], "option per_category=-1: must be ≥ 1"),
     (RUN + ["--option", "per_category=three"], "option per_category='three': expected int or none"),
     (RUN + ["--option", "colour=red"], "unknown option 'colour'; valid options: per_category (int or none)"),
-    (RUN[:4] + ["spair/nearest"] + RUN[5:], "spair protocol 'nearest': available: dift-nn, gdf-conv"),
+    (RUN[:4] + ["spair/nearest"] + RUN[5:], "spair protocol 'nearest': available: dift-nn, patch-nn, gdf-conv"),
     (RUN + ["--resolution", "500"], "tiny-sd15 needs a positive multiple of 8"),
     (RUN + ["--timestep", "1000"], "settings.timestep=1000"),
     (["run", "--backbone"],

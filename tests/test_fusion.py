@@ -162,6 +162,9 @@ def test_pair_pca_keeps_at_most_the_rank_bound_and_centres():
 
 # ----------------------------------------------------------------------------------------------- backbone
 def test_fusion_extract_is_each_source_at_its_own_size(fusion):
+    from dfbench.backbones.protocol import Backbone
+
+    assert isinstance(fusion, Backbone)                                     # the backbone contract, as a whole
     images = [photo(0), photo(1, (50, 70))]
     settings = ExtractSettings(resolution=56, timestep=100, resize_mode="pad", pad_color="black", resample="lanczos")
     fused = fusion.extract(images, ["1:up_blocks.1", "tiny-dinov2:blocks.11"], settings, categories=["cat", "dog"])
