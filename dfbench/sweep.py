@@ -137,7 +137,7 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
         spec = RunSpec(backbone=backbone.name, task=f"{task.name}/{protocol.name}", selection=selection,
                        settings={**(settings or {}), "timestep": timestep, "prompt": prompt}, data_root=data_root,
                        split=split, limit=limit, options=sweep_options,
-                       cache_dir=str(cache.root))
+                       cache_dir=str(cache.root), backbone_options=dict(getattr(backbone, "options", None) or {}))
         record = recorded.get(spec.config_hash())
         if record is None:
             record, _ = run_one(spec, results_dir, progress=False, figures=False, backbone=backbone)

@@ -430,3 +430,16 @@ def test_patch_nn_runs_scores_its_saved_predictions_and_finds_each_photos_own_ce
         scale = 56 / max(pair.trg_size)
         error = (torch.tensor(table[pair.pair_id]) - torch.tensor(pair.trg_kps, dtype=torch.float64)).norm(dim=1)
         assert (error <= (14 / 2 * 2 ** 0.5 + 0.5) / scale + 1e-6).all(), pair.pair_id
+
+
+@pytest.mark.slow
+def test_a_sweep_over_a_fusions_candidates_records_its_options(tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["sweep", "--backbone", TINY, "--task", "spair", "--candidates", "tiny-sd15:up_blocks.1",
+                 "tiny-dinov2:blocks.1?", "--resolution", "56", "--limit", "3", "--results", str(results),
+                 "--cache-dir", str(tmp_path / "cache"), "--no-progress", *TINY_SIZES]) == 0
+    assert "best:" in capsys.readouterr().out
+    records = [json.loads(path.read_text()) for path in results.glob("runs/*/record.json")]
+    assert sorted(record["selection"][0] for record in records) == [
+        "tiny-dinov2:blocks.10", "tiny-dinov2:blocks.11", "tiny-sd15:up_blocks.1"]
+    assert {record["details"]["backbone_options"]["resolution.tiny-sd15"] for record in records} == {64}

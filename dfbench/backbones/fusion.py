@@ -184,6 +184,10 @@ class FusionBackbone:
                 chosen.append(name)
         return chosen
 
+    def activation_names(self) -> list[str]:
+        """Every source's activation names, as ``<source>:<name>``."""
+        return [f"{source}:{name}" for source, backbone in self.sources.items() for name in backbone.activation_names()]
+
     def by_source(self, names: Sequence[str]) -> dict[str, list[str]]:
         """Canonical names grouped by source, in the order of the fusion's name (sources not asked for left out)."""
         grouped: dict[str, list[str]] = {source: [] for source in self.sources}

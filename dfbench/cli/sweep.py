@@ -33,6 +33,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded sample of N items")
     sweep.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="protocol option")
     sweep.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
+    sweep.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="backbone option (a fusion's resolution.<source>, weight.<source>, …)")
     sweep.add_argument("--device", help="cpu, cuda, … (default: cuda if available)")
     sweep.add_argument("--cache-dir", help="feature cache (default $DFBENCH_CACHE or ~/.cache/dfbench/features)")
     sweep.add_argument("--results", default="results", help="results folder (default ./results)")
@@ -65,6 +67,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = {"weights": args.weights} if args.weights else {}
     if args.device:
         overrides["device"] = args.device
+    backbone_options = parse_options(args.backbone_option, "--backbone-option")
+    if backbone_options:
+        overrides["options"] = backbone_options
     backbone = create_backbone(args.backbone, torch_dtype=settings.get("dtype", "float32"), **overrides)
     result = run_sweep(backbone, args.task, args.candidates, timesteps, args.prompts, args.combine_top,
                        args.data_root, args.split, args.limit, settings, parse_options(args.option), args.results,
