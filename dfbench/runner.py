@@ -152,14 +152,14 @@ def create_spec_backbone(spec: RunSpec, init: str | None = None) -> Any:
     (``init="meta"``: weightless, to check names)."""
     from dfbench.registry import create_backbone
 
-    options: dict[str, Any] = {"weights": spec.weights} if spec.weights else {}
+    backbone_options = spec_backbone_options(spec)
+    options: dict[str, Any] = {"options": backbone_options} if backbone_options else {}
+    if init is not None:
+        return create_backbone(spec.backbone, init=init, **options)
+    if spec.weights:
+        options["weights"] = spec.weights
     if spec.device:
         options["device"] = spec.device
-    backbone_options = spec_backbone_options(spec)
-    if backbone_options:
-        options["options"] = backbone_options
-    if init is not None:
-        return create_backbone(spec.backbone, init=init, **({"options": backbone_options} if backbone_options else {}))
     return create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
 
 

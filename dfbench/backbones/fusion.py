@@ -47,7 +47,6 @@ from dfbench.errors import DfbenchInputError, UnknownNameError
 
 UPSAMPLE_MODES = ("direct", "progressive")
 GLOBAL_OPTIONS = {"renormalize": False, "upsample": "direct"}
-SOURCE_OPTIONS = ("resolution", "weight", "pca")
 
 
 def option_value(key: str, value: Any, kind: type) -> Any:

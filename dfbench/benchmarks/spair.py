@@ -149,19 +149,13 @@ def pair_images(pairs: Sequence[SpairPair]) -> dict[str, tuple[Path, str]]:
     return images
 
 
-def keep_combined(activations: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One image's activations as one combined float32 C×h×w map on the CPU (dift-nn)."""
-    return combine_activations({name: value[None] for name, value in activations.items()})[0].cpu()
-
-
 def descriptor_keeper(backbone: Any) -> Callable[[dict[str, torch.Tensor]], Any]:
-    """What dift-nn keeps of one image: the backbone's own descriptor (``combine``) or the combined map; the
-    activations themselves (float16) when the descriptor is fitted per pair."""
+    """What dift-nn and patch-nn keep of one image: one float32 C×h×w map on the CPU, the backbone's own
+    descriptor (``combine``) or else :func:`~dfbench.features.combine_activations`'s; the activations
+    themselves (float16) when the descriptor is fitted per pair."""
     if getattr(backbone, "pair_fitted", False):
         return keep_half
-    combine = getattr(backbone, "combine", None)
-    if combine is None:
-        return keep_combined
+    combine = getattr(backbone, "combine", combine_activations)
     return lambda activations: combine({name: value[None] for name, value in activations.items()})[0].cpu()
 
 
@@ -310,8 +304,7 @@ class SpairTask(Task):
         for index in tqdm(order, desc="match", unit="pair", disable=not progress):
             pair = pairs[index]
             if combine_pair is not None:
-                source, target = combine_pair(*({name: value.to(device) for name, value in features[key].items()}
-                                                for key in (pair.src_key, pair.trg_key)))
+                source, target = pair_maps(features, pair, device, combine_pair)
                 norm_key, norm = None, upsampled_norm(target, sizes[pair.trg_key])
             else:
                 source = features[pair.src_key].to(device)
@@ -334,11 +327,7 @@ class SpairTask(Task):
         resolution = settings.resolution
         predictions = []
         for pair in tqdm(pairs, desc="match", unit="pair", disable=not progress):
-            if combine_pair is not None:
-                source, target = combine_pair(*({name: value.to(device) for name, value in found.features[key].items()}
-                                                for key in (pair.src_key, pair.trg_key)))
-            else:
-                source, target = (found.features[key].to(device) for key in (pair.src_key, pair.trg_key))
+            source, target = pair_maps(found.features, pair, device, combine_pair)
             src_scale, src_offset = input_placement(found.sizes[pair.src_key], resolution, settings.resize_mode)
             trg_scale, trg_offset = input_placement(found.sizes[pair.trg_key], resolution, settings.resize_mode)
             points = torch.tensor(pair.src_kps, dtype=torch.float64) * src_scale + src_offset   # input pixels
@@ -394,6 +383,17 @@ def load_predictions(folder: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise DfbenchInputError(f"predictions {path}: expected an object {{pair id: [[x, y], …]}}")
     return table
+
+
+def pair_maps(features: dict[str, Any], pair: SpairPair, device: torch.device | str,
+              combine_pair: Callable[[dict, dict], tuple[torch.Tensor, torch.Tensor]] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The source and target descriptor maps of ``pair`` on ``device``: as kept, or made by ``combine_pair``
+    from the two images' activations."""
+    if combine_pair is None:
+        return features[pair.src_key].to(device), features[pair.trg_key].to(device)
+    return combine_pair(*({name: value.to(device) for name, value in features[key].items()}
+                          for key in (pair.src_key, pair.trg_key)))
 
 
 def input_placement(size: tuple[int, int], resolution: int, resize_mode: str) -> tuple[torch.Tensor, torch.Tensor]:

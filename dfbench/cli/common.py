@@ -125,13 +125,11 @@ def write_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str]
 
 
 
-def backbone_for(args: argparse.Namespace, preset_settings: dict, device: str | None = None,
-                 backbone_options: dict | None = None):
-    """The backbone named on the command line and the settings (backbone defaults < preset < flags);
-    ``backbone_options`` (a preset's) are overridden by ``--backbone-option`` flags."""
-    from dfbench.registry import create_backbone
-    from dfbench.settings import resolve_settings
-
+def backbone_overrides(args: argparse.Namespace, device: str | None = None,
+                       backbone_options: dict | None = None) -> dict:
+    """The keyword overrides for ``create_backbone`` from the command line: ``--weights``, the device,
+    ``--unet-weights`` (where the command has it), and the backbone options (``backbone_options``, a
+    preset's, overridden by ``--backbone-option`` flags)."""
     overrides = {"weights": args.weights} if args.weights else {}
     options = {**(backbone_options or {}),
                **parse_options(getattr(args, "backbone_option", None) or [], "--backbone-option")}
@@ -139,8 +137,18 @@ def backbone_for(args: argparse.Namespace, preset_settings: dict, device: str | 
         overrides["options"] = options
     if device or args.device:
         overrides["device"] = device or args.device
-    if args.unet_weights:
+    if getattr(args, "unet_weights", None):
         overrides["unet_weights"] = args.unet_weights
+    return overrides
+
+
+def backbone_for(args: argparse.Namespace, preset_settings: dict, device: str | None = None,
+                 backbone_options: dict | None = None):
+    """The backbone named on the command line and the settings (backbone defaults < preset < flags)."""
+    from dfbench.registry import create_backbone
+    from dfbench.settings import resolve_settings
+
+    overrides = backbone_overrides(args, device, backbone_options)
     dtype = args.dtype or preset_settings.get("dtype", "float32")
     backbone = create_backbone(args.backbone, torch_dtype=dtype, **overrides)
     return backbone, resolve_settings(backbone, preset_settings, given_settings(args))

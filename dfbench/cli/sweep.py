@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dfbench.cli.common import add_settings_arguments, given_settings, parse_options
+from dfbench.cli.common import add_settings_arguments, backbone_overrides, given_settings, parse_options
 from dfbench.errors import DfbenchInputError
 
 
@@ -64,13 +64,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.combine_top < 0 or (args.limit is not None and args.limit < 1):
         raise DfbenchInputError("--combine-top must be ≥ 0 and --limit ≥ 1")
     settings = given_settings(args)
-    overrides = {"weights": args.weights} if args.weights else {}
-    if args.device:
-        overrides["device"] = args.device
-    backbone_options = parse_options(args.backbone_option, "--backbone-option")
-    if backbone_options:
-        overrides["options"] = backbone_options
-    backbone = create_backbone(args.backbone, torch_dtype=settings.get("dtype", "float32"), **overrides)
+    backbone = create_backbone(args.backbone, torch_dtype=settings.get("dtype", "float32"),
+                               **backbone_overrides(args))
     result = run_sweep(backbone, args.task, args.candidates, timesteps, args.prompts, args.combine_top,
                        args.data_root, args.split, args.limit, settings, parse_options(args.option), args.results,
                        args.cache_dir, progress=not args.no_progress,
