@@ -125,19 +125,72 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+#: packages whose versions a record and a baseline keep (what a moved number may come from)
+STACK_PACKAGES = ("torch", "diffusers", "transformers", "numpy", "scipy", "mmengine", "mmsegmentation", "mmcv-lite",
+                  "safetensors", "pillow", "scikit-image")
+#: environment variables that set the CPU's thread pools
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def environment(device: str = "") -> dict[str, Any]:
-    """Versions of the stack, the device and the git revision of the working tree."""
-    import diffusers
+    """Versions of the stack, the Python, platform, CPU, thread setup, device and git revision."""
+    import importlib.metadata
+
     import torch
-    import transformers
 
     from dfbench import __version__
 
+    packages = {}
+    for name in STACK_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
     return {
-        "dfbench": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "device": device, "git_revision": git_revision(),
+        "dfbench": __version__, "torch": torch.__version__, "diffusers": packages.get("diffusers", ""),
+        "transformers": packages.get("transformers", ""), "packages": packages,
+        "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name(),
+        "threads": thread_setup(), "device": device, "git_revision": git_revision(),
     }
+
+
+def thread_setup() -> dict[str, Any]:
+    """torch's intra-op thread count and the thread variables that are set."""
+    import os
+
+    import torch
+
+    return {"torch": torch.get_num_threads(), **{name: os.environ[name] for name in THREAD_VARIABLES
+                                                 if name in os.environ}}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_differences(reference: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two :func:`environment` dicts, as ``name: old → new`` (versions of every
+    stack package, Python, CPU, thread setup); keys absent from either side are left out."""
+    def flat(env: dict[str, Any]) -> dict[str, str]:
+        values = {name: str(version) for name, version in (env.get("packages") or {}).items()}
+        for key in ("torch", "diffusers", "transformers"):
+            if env.get(key):
+                values.setdefault(key, str(env[key]))
+        values.update({key: str(env[key]) for key in ("python", "cpu") if env.get(key)})
+        values.update({f"threads {key}": str(value) for key, value in (env.get("threads") or {}).items()})
+        return values
+
+    old, new = flat(reference), flat(current)
+    differences = [f"{key}: {old.get(key, 'unset')} → {new.get(key, 'unset')}" for key in sorted(set(old) | set(new))
+                   if old.get(key) != new.get(key) and (key in old and key in new or key.startswith("threads"))]
+    return differences
 
 
 def git_revision() -> str:
@@ -300,9 +353,39 @@ def write_baseline(records: list[Result], path: str | Path, tolerance: float | N
                         "metrics": {key: record.metrics[key] for key in keys if key in record.metrics},
                         "higher_is_better": {key: record.higher_is_better(key) for key in keys
                                              if key in record.metrics}})
+    made_with = max(records, key=lambda record: record.created).environment if records else {}
     document = {"baseline_version": BASELINE_VERSION, "tolerance": tolerance, "metric_tolerances": tolerances,
+                "environment": {key: value for key, value in made_with.items()
+                                if key not in ("device", "git_revision")},
                 "entries": entries}
     return atomic_write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n")
+
+
+def check_tolerance(name: str, value: float) -> float:
+    """A tolerance must be a finite number ≥ 0 (a negative one would flag every metric); else one line."""
+    import math
+
+    if not math.isfinite(value) or value < 0:
+        raise DfbenchInputError(f"{name} {value}: a tolerance is a number ≥ 0 in the metric's own units "
+                                "(e.g. 0.5 PCK points)")
+    return value
+
+
+def baseline_environment_note(records: list[Result], baseline_path: str | Path) -> str:
+    """One line on what differs between the environment the baseline was made in and that of the latest
+    run: the versions, CPU and thread setup a moved metric may come from."""
+    document = read_baseline(baseline_path)
+    made_with = document.get("environment")
+    if not made_with:
+        return "the baseline does not record its environment (rewrite it with --update to keep one)"
+    if not records:
+        return "no runs to compare environments with"
+    current = max(records, key=lambda record: record.created).environment
+    differences = environment_differences(made_with, current)
+    if not differences:
+        return ("the runs' versions, CPU and thread setup equal the baseline's: the change comes from the code, "
+                "the data or the settings")
+    return "the runs' environment differs from the baseline's: " + "; ".join(differences)
 
 
 def compare_to_baseline(records: list[Result], baseline_path: str | Path, tolerance: float | None = None,

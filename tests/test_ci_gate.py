@@ -15,6 +15,7 @@ from dfbench.runner import load_suite, run_one
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_SUITE, BASELINE = ROOT / "configs" / "ci.yaml", ROOT / "results" / "baselines" / "ci.json"
+FUSION = "tiny-sd15+tiny-dinov2"
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +45,9 @@ def flagged(statuses):
 def test_the_ci_rows_reproduce_the_committed_baseline(tmp_path):
     """Control: without a planted bug, the rows the mutation tests rerun are within tolerance (here: equal)."""
     for protocol, backbone in (("spair/dift-nn", "tiny-sd15"), ("ade20k/linear", None),
-                               ("nyuv2/cleandift-linear", None)):
-        statuses = gate(tmp_path / protocol.replace("/", "-"), protocol, backbone)
+                               ("nyuv2/cleandift-linear", None), ("spair/dift-nn", FUSION),
+                               ("spair/patch-nn", FUSION)):
+        statuses = gate(tmp_path / f"{protocol}-{backbone}".replace("/", "-"), protocol, backbone)
         assert set(statuses.values()) == {"ok"}, statuses
 
 
@@ -109,6 +111,105 @@ def test_metres_read_as_millimetres_in_depth_is_caught(tmp_path, monkeypatch):
 
     monkeypatch.setattr(depth, "load_depth", unconverted)
     assert "rmse" in flagged(gate(tmp_path, "nyuv2/cleandift-linear"))
+
+
+@pytest.mark.slow
+def test_pair_pca_without_centring_is_caught(tmp_path, monkeypatch):
+    """Tale's co_pca centres the pair's tokens by their joint mean before the SVD
+    (sd-dino utils/utils_correspondence.py:358-372); a PCA of the raw tokens moves the fusion row."""
+    from dfbench.backbones import fusion
+
+    def uncentred(first, second, dim):
+        channels = first.shape[0]
+        tokens = torch.cat([first.reshape(channels, -1), second.reshape(channels, -1)], dim=1).T.float()
+        dim = min(dim, *tokens.shape)
+        reduced = (tokens @ torch.linalg.svd(tokens, full_matrices=False)[2][:dim].T).T
+        split = first.shape[1] * first.shape[2]
+        return reduced[:, :split].reshape(dim, *first.shape[1:]), reduced[:, split:].reshape(dim, *second.shape[1:])
+
+    monkeypatch.setattr(fusion, "pca_pair", uncentred)
+    assert "aepe" in flagged(gate(tmp_path, "spair/dift-nn", FUSION))
+
+
+@pytest.mark.slow
+def test_letterbox_offset_left_in_patch_predictions_is_caught(tmp_path, monkeypatch):
+    """spair/patch-nn maps a matched cell back to original pixels by removing the letterbox offset (Tale's
+    pck_spair_pascal.py); a prediction left in letterboxed input coordinates moves every keypoint."""
+    from dfbench.benchmarks import spair
+
+    original = spair.input_placement
+
+    def no_offset(size, resolution, resize_mode):
+        scale, offset = original(size, resolution, resize_mode)
+        return scale, offset * 0
+    monkeypatch.setattr(spair, "input_placement", no_offset)
+    assert "aepe" in flagged(gate(tmp_path, "spair/patch-nn", FUSION))
+
+
+@pytest.mark.slow
+def test_the_fusion_row_is_the_same_at_one_and_two_threads(tmp_path):
+    """The gate's fusion rows run in subprocesses with OMP_NUM_THREADS=1 and 2: the features differ in their
+    last bits (the thread count changes the reduction order), the metrics must not. Before the matcher's
+    border plateaus were made exact, aepe was 47.034 at one thread and 47.228 at two."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    suite = yaml.safe_load(CI_SUITE.read_text())
+    suite["runs"] = [run for run in suite["runs"] if run["backbone"] == FUSION]
+    assert len(suite["runs"]) == 2
+    path = tmp_path / "fusion.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    metrics = {}
+    for threads in (1, 2):
+        results = tmp_path / f"threads{threads}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run([sys.executable, "-m", "dfbench", "suite", str(path), "--results", str(results),
+                        "--no-progress"], env=env, check=True, capture_output=True, timeout=600)
+        records = load_results(results)
+        assert {record.environment["threads"]["torch"] for record in records} == {threads}
+        metrics[threads] = {record.protocol: record.metrics for record in records}
+    assert metrics[1] == metrics[2]
+    rows, _ = compare_to_baseline(load_results(tmp_path / "threads1"), BASELINE, two_sided=True)
+    ran = [row for row in rows if row[-1] != "MISSING"]           # the suite's other rows did not run here
+    assert {row[0] for row in ran} == {"spair/dift-nn", "spair/patch-nn"}
+    assert {row[-1] for row in ran} == {"ok"}, ran
+
+
+def test_compare_names_what_differs_from_the_baselines_environment(tmp_path):
+    """The baseline keeps the environment its runs were made in; compare names the versions and thread
+    setup that differ from the latest run's, or says they are equal."""
+    from dfbench.results import Result, baseline_environment_note
+
+    def record(created, folder, torch_version, threads):
+        environment = {"torch": torch_version, "packages": {"torch": torch_version, "numpy": "2.4.6"},
+                       "python": "3.11.7", "cpu": "Some CPU", "threads": {"torch": threads}}
+        save_result(Result(task="spair", protocol="spair/dift-nn", protocol_version=1, backbone="tiny-sd15",
+                           selection=["up_blocks.1"], settings={"resolution": 64}, metrics={"aepe": 40.0},
+                           created=created, details={"split": "val"}, environment=environment,
+                           metric_specs={"aepe": {"higher_is_better": False, "primary": False, "unit": "px"}}),
+                    folder)
+
+    record("2026-01-01T00:00:00", tmp_path / "base", "2.13.0", 2)
+    baseline = write_baseline(load_results(tmp_path / "base"), tmp_path / "ci.json", 0.5)
+    import json
+    assert json.loads(baseline.read_text())["environment"]["threads"] == {"torch": 2}
+    record("2026-01-02T00:00:00", tmp_path / "same", "2.13.0", 2)
+    assert "equal the baseline's" in baseline_environment_note(load_results(tmp_path / "same"), baseline)
+    record("2026-01-02T00:00:00", tmp_path / "other", "2.14.1", 1)
+    note = baseline_environment_note(load_results(tmp_path / "other"), baseline)
+    assert "torch: 2.13.0 → 2.14.1" in note and "threads torch: 2 → 1" in note and "numpy" not in note
+
+
+def test_a_negative_tolerance_is_refused(tmp_path, capsys):
+    from dfbench.cli import main
+
+    for args in (["--tolerance", "-1"], ["--metric-tolerance", "aepe=-0.1"], ["--tolerance", "nan"]):
+        assert main(["compare", str(tmp_path), "--baseline", str(BASELINE), *args]) == 2
+        error = capsys.readouterr().err.strip()
+        assert "tolerance" in error and "≥ 0" in error and "\n" not in error
 
 
 def test_a_planted_one_point_drop_fails_and_a_tenth_passes(tmp_path):

@@ -1,5 +1,7 @@
 """PCK, scoring and matching against hand-worked cases and a literal DIFT implementation."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,7 @@ import torch.nn.functional as F
 from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
 from dfbench.benchmarks.spair import PairPrediction, score_predictions
 from dfbench.datasets.spair import SpairPair
-from dfbench.heads.nn_matcher import bilinear_weights, match_points, upsample, upsampled_norm
+from dfbench.heads.nn_matcher import bilinear_taps, bilinear_weights, match_points, upsample, upsampled_norm
 
 
 def test_point_exactly_on_the_threshold_counts():
@@ -117,3 +119,36 @@ def test_known_flip_is_mirrored():
     predicted = match_points(features, flipped, points, (6, 8), (6, 8))
     expected = torch.stack([7 - points[:, 0], points[:, 1]], dim=1)
     assert torch.equal(predicted, expected)
+
+
+def test_border_plateau_is_exactly_flat_and_its_first_pixel_wins():
+    """Past the outermost cell centres a bilinear upsampling (align_corners=False) repeats the cell's value:
+    for a 2×2 map brought to 20×20, rows and columns 15…19 ((p + 0.5)·2/20 − 0.5 ≥ 1) all equal cell (1, 1).
+    With orthogonal cell vectors the cosine to cell (1, 1) is 1 only on that 5×5 plateau, so the match is its
+    first pixel (x 15, y 15) in row-major order, as torch.argmax breaks ties — and stays there whatever
+    last-bit noise the features carry (PyTorch's kernel computes those pixels as (1 − λ)·a + λ·a, which the
+    thread count and CPU round differently: the CI gate's fusion row moved by 0.37 px of AEPE that way)."""
+    trg = torch.eye(4).reshape(4, 2, 2)                          # cell (y, x) holds e_{2y + x}
+    src = torch.eye(4).reshape(4, 2, 2)
+    point = torch.tensor([[19, 19]])                              # source pixel on its own (1, 1) plateau
+    assert match_points(src, trg, point, (20, 20), (20, 20)).tolist() == [[15, 15]]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        noisy = trg * (1 + 1e-6 * torch.randn(trg.shape, generator=generator))
+        assert match_points(src, noisy, point, (20, 20), (20, 20)).tolist() == [[15, 15]]
+    # the plateau's values are bit-identical: the norm map repeats cell (1, 1)'s norm exactly
+    norm = upsampled_norm(trg * 3.0, (20, 20))
+    assert torch.equal(norm[15:, 15:], torch.full((5, 5), 3.0))
+
+
+@pytest.mark.parametrize("in_size,out_size", [(2, 20), (3, 400), (48, 375)])
+def test_clamped_taps_weigh_one_cell_exactly(in_size, out_size):
+    """Output pixels whose taps clamp to the last cell get weight exactly 1.0 on it and a high-tap weight of
+    exactly 0 (PyTorch's kernel keeps λ = p·in/out − (in − 1) > 0 there, on the same cell twice)."""
+    weights = bilinear_weights(torch.arange(out_size), in_size, out_size)
+    start = math.ceil((in_size - 0.5) * out_size / in_size - 0.5)   # first p with (p + 0.5)·in/out − 0.5 ≥ in − 1
+    assert torch.equal(weights[start:, -1], torch.ones(out_size - start))
+    assert (weights[start - 1, -1] < 1).item()
+    low, high, frac = bilinear_taps(torch.arange(out_size), in_size, out_size)
+    assert (low[start:] == in_size - 1).all() and (high[start:] == in_size - 1).all()
+    assert torch.equal(frac[start:], torch.zeros(out_size - start))

@@ -15,7 +15,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "e.g. PCK points; the direction comes from each metric's spec: lower is better for RMSE, AbsRel, AEPE) or "
         "has no run; with --two-sided also if one is better by more than its tolerance (a deterministic CI "
         "baseline: the numbers changed, update it deliberately). Each change is printed beside the run's "
-        "bootstrap standard error. --update rewrites the baseline from the current runs, keeping its tolerances.",
+        "bootstrap standard error; when a metric moves, the line after the table names what differs between the "
+        "baseline's environment (package versions, CPU, thread setup, recorded by --update) and the runs'. "
+        "--update rewrites the baseline from the current runs, keeping its tolerances.",
     )
     compare.add_argument("results", nargs="?", default="results", help="results folder (default ./results)")
     compare.add_argument("--baseline", required=True, help="baseline JSON, e.g. results/baselines/ci.json")
@@ -31,7 +33,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from dfbench.results import compare_to_baseline, load_results, write_baseline
+    from dfbench.results import (
+        baseline_environment_note,
+        check_tolerance,
+        compare_to_baseline,
+        load_results,
+        write_baseline,
+    )
 
     metric_tolerances = {}
     for item in args.metric_tolerance:
@@ -40,6 +48,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             metric_tolerances[metric.strip()] = float(value)
         except ValueError:
             raise DfbenchInputError(f"--metric-tolerance {item!r}: expected METRIC=NUMBER, e.g. aepe=0.1") from None
+        check_tolerance(f"--metric-tolerance {metric.strip()}=", metric_tolerances[metric.strip()])
+    if args.tolerance is not None:
+        check_tolerance("--tolerance", args.tolerance)
     records = load_results(args.results)
     if args.update:
         path = write_baseline(records, args.baseline, args.tolerance, metric_tolerances)
@@ -50,4 +61,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                   "current", "change", "±stderr", "tolerance", "status"], floatfmt=".3f"))
     failed = sum(row[-1] not in ("ok", "improved") for row in rows)
     print("no regression" if passed else f"{failed} metric(s) regressed, changed or missing")
+    if not passed:
+        print(baseline_environment_note(records, args.baseline))
     return 0 if passed else 1

@@ -14,7 +14,14 @@ linear:
   the 4×4 Gram matrix of that cell's corner vectors: 16 products of C×h×w maps instead of a
   C×H×W upsampling (≈ 1 ms instead of ≈ 1 s for 1280×48×48 → 500×375 on a CPU core).
 
-The result equals DIFT's to float rounding (tested against a literal implementation).
+The result equals DIFT's to float rounding (tested against a literal implementation), with one
+difference that makes it reproducible: with ``align_corners=False`` every output pixel beyond the
+outermost cell centres repeats that cell's value (the taps clamp to one cell), so a border band of
+about half a cell is a plateau of equal scores. PyTorch's kernel computes those pixels as
+``(1 − λ)·a + λ·a``, equal to ``a`` only up to rounding, so which plateau pixel wins DIFT's argmax
+depends on the last bits of the features (the thread count, the CPU). Here a clamped tap has weight
+exactly 1 and the numerator is upsampled by explicit separable weights, so a plateau is exactly flat
+and the argmax takes its first pixel (row-major), as ``torch.argmax`` does for ties.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ def bilinear_taps(positions: torch.Tensor, in_size: int, out_size: int) -> tuple
     source = ((positions.float() + 0.5) * scale - 0.5).clamp(min=0)
     low = source.floor().long().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
-    return low, high, source - low.float()
+    # past the last cell centre both taps are the same cell: weight exactly 1 on it (see the module docstring)
+    frac = torch.where(high == low, torch.zeros_like(source), source - low.float())
+    return low, high, frac
 
 
 def bilinear_weights(positions: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
@@ -98,7 +107,9 @@ def match_points(src: torch.Tensor, trg: torch.Tensor, src_points: torch.Tensor,
     points[:, 1] = points[:, 1].clamp(0, src_size[0] - 1)
     vectors = sample_at(src.float(), points, src_size)                      # K×C
     numerator = torch.einsum("kc,chw->khw", vectors, trg.float())           # K×h×w
-    numerator = upsample(numerator[None], trg_size)[0]                      # K×H×W
+    wy = bilinear_weights(torch.arange(trg_size[0]), trg.shape[1], trg_size[0]).to(numerator)
+    wx = bilinear_weights(torch.arange(trg_size[1]), trg.shape[2], trg_size[1]).to(numerator)
+    numerator = torch.einsum("Hh,khw,Ww->kHW", wy, numerator, wx)           # K×H×W, = upsample(numerator)
     norm = trg_norm if trg_norm is not None else upsampled_norm(trg, trg_size)
     scores = numerator / norm.clamp(min=1e-12)                               # ∝ cosine (‖s‖ is constant per k)
     flat = scores.flatten(1).argmax(dim=1)
