@@ -63,9 +63,23 @@ class Result:
         return f"{self.backbone} / {self.preset or ', '.join(self.selection)}" + (f" [{variant}]" if variant else "")
 
     @property
+    def data_name(self) -> str:
+        """Which data the run read: ``mini:<set>`` for an embedded mini set (``mini:spair-v2``), else
+        ``<task>:<the data root's folder name>`` (``spair:SPair-71k``); empty for records that do not say."""
+        root = str(self.details.get("data_root") or "")
+        if not root:
+            return ""
+        if root.startswith("mini:"):
+            name = Path(root[len("mini:"):]).parts[0]        # the mini set's folder under $DFBENCH_HOME
+            return f"mini:{name[len('mini-'):] if name.startswith('mini-') else name}"
+        if ":" in root.split("/")[0]:                    # a hub source such as hf:scene_parse_150
+            return root
+        return f"{self.task}:{Path(root).name or root}"
+
+    @property
     def data_label(self) -> str:
-        """Split, ``--limit`` and the protocol options that differ from their defaults."""
-        parts = [str(self.details.get("split", ""))]
+        """The data, split, ``--limit`` and the protocol options that differ from their defaults."""
+        parts = [self.data_name, str(self.details.get("split", ""))]
         limit = self.details.get("limit", self.details.get("limit_pairs"))
         if limit:
             parts.append(f"limit={limit}")
@@ -241,36 +255,72 @@ def latest_records(records: list[Result]) -> dict[str, Result]:
     return latest
 
 
-def leaderboard_table(records: list[Result], metrics: tuple[str, ...] | None = None):
-    """A pandas DataFrame: one row per run identity, one column per task metric.
-
-    The latest record of each identity wins. A record with published values (a paper suite's row)
-    adds, per published metric, the measured value, ``<metric> (published)`` and ``<metric> Δ``
-    (measured − published). ``metrics`` keeps only those metric keys (default:
-    every record's ``details['leaderboard_metrics']``, else all metrics)."""
-    import pandas as pd
-
+def leaderboard_rows(records: list[Result], metrics: tuple[str, ...] | None = None,
+                     prefix: bool = True) -> list[dict[str, Any]]:
+    """One row per run identity (its latest record): the labels, then per metric the value under
+    ``"<protocol> <metric>"`` (``prefix``) or ``"<metric>"``; a paper-suite row adds ``<metric> (published)``
+    and, on real data (not a mini set), ``<metric> Δ`` (measured − published)."""
     rows = []
     for identity, record in latest_records(records).items():
         chosen = metrics or tuple(record.details.get("leaderboard_metrics") or record.metrics)
         detail = record.details.get("backbone_detail")
-        row = {"backbone / selection": record.row_label, "data": record.data_label,
-               "settings": settings_label(record.settings) + (f" | {detail}" if detail else ""), "id": identity}
-        row.update({f"{record.protocol} {metric}": record.metrics[metric] for metric in chosen
-                    if metric in record.metrics})
-        # a paper-table row: measured, published and their difference side by side
+        head = f"{record.protocol} " if prefix else ""
+        row: dict[str, Any] = {"backbone / selection": record.row_label, "data": record.data_label,
+                               "settings": settings_label(record.settings) + (f" | {detail}" if detail else ""),
+                               "id": identity}
+        row.update({f"{head}{metric}": record.metrics[metric] for metric in chosen if metric in record.metrics})
+        mini = record.data_name.startswith("mini:")
         for metric, published in (record.details.get("published") or {}).items():
             measured = record.metrics.get(metric)
-            row[f"{record.protocol} {metric}"] = measured
-            row[f"{record.protocol} {metric} (published)"] = published
-            row[f"{record.protocol} {metric} Δ"] = None if measured is None else measured - published
+            row[f"{head}{metric}"] = measured
+            row[f"{head}{metric} (published)"] = published
+            if not mini:            # a mini set's number is no measurement of the paper's: no difference shown
+                row[f"{head}{metric} Δ"] = None if measured is None else measured - published
         rows.append(row)
+    return rows
+
+
+LABEL_COLUMNS = ["backbone / selection", "data", "settings", "id"]
+
+
+def _frame(rows: list[dict[str, Any]]):
+    import pandas as pd
+
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    labels = ["backbone / selection", "data", "settings", "id"]
-    frame = frame.sort_values(labels).reset_index(drop=True)
-    return frame[[*labels, *sorted(column for column in frame.columns if column not in labels)]]
+    frame = frame.sort_values(LABEL_COLUMNS).reset_index(drop=True)
+    return frame[[*LABEL_COLUMNS, *sorted(column for column in frame.columns if column not in LABEL_COLUMNS)]]
+
+
+def leaderboard_table(records: list[Result], metrics: tuple[str, ...] | None = None):
+    """A pandas DataFrame of every run identity (the latest record of each), one column per
+    ``"<protocol> <metric>"``: the form ``leaderboard.csv`` keeps. ``metrics`` keeps only those metric keys
+    (default: every record's ``details['leaderboard_metrics']``, else all metrics); see :func:`leaderboard_rows`."""
+    return _frame(leaderboard_rows(records, metrics))
+
+
+def leaderboard_tables(records: list[Result]) -> dict[str, Any]:
+    """One DataFrame per protocol (``spair/dift-nn``, ``ade20k/linear``, …), in protocol order, each with only
+    its own metric columns (no protocol prefix): the tables of ``leaderboard.md``."""
+    by_protocol: dict[str, list[Result]] = {}
+    for record in records:
+        by_protocol.setdefault(record.protocol, []).append(record)
+    return {protocol: _frame(leaderboard_rows(by_protocol[protocol], prefix=False)) for protocol in sorted(by_protocol)}
+
+
+def markdown_cell(value: Any) -> Any:
+    """A value safe inside a Markdown table cell: ``|`` escaped, line breaks as spaces."""
+    if isinstance(value, str):
+        return value.replace("|", "\\|").replace("\n", " ")
+    return value
+
+
+def markdown_table(frame) -> str:
+    """A DataFrame as a pipe table: numbers to 2 decimals, empty cells blank, ``|`` in cells escaped."""
+    shown = frame.round(2).astype(object).where(frame.notna(), None)
+    shown = shown.map(markdown_cell)
+    return shown.to_markdown(index=False, missingval="")
 
 
 def settings_label(settings: dict[str, Any]) -> str:
@@ -301,15 +351,16 @@ def settings_label(settings: dict[str, Any]) -> str:
 
 
 def write_leaderboard(results_dir: str | Path = "results") -> tuple[Path, Path, str]:
-    """Render ``leaderboard.md`` and ``leaderboard.csv`` in ``results_dir``; returns paths and markdown."""
+    """Render ``leaderboard.md`` (one table per protocol) and ``leaderboard.csv`` (every run, one column per
+    protocol and metric) in ``results_dir``; returns the paths and the Markdown."""
     results_dir = Path(results_dir)
-    frame = leaderboard_table(load_results(results_dir))
-    shown = frame.round(2).astype(object).where(frame.notna(), None)   # a task's cells blank in other tasks' rows
-    table = shown.to_markdown(index=False, missingval="") if not frame.empty else "(no runs)"
-    markdown = "# dfbench leaderboard\n\n" + table + "\n"
+    records = load_results(results_dir)
+    sections = [f"## {protocol}\n\n{markdown_table(frame)}\n"
+                for protocol, frame in leaderboard_tables(records).items()]
+    markdown = "# dfbench leaderboard\n\n" + ("\n".join(sections) if sections else "(no runs)\n")
     md_path, csv_path = results_dir / "leaderboard.md", results_dir / "leaderboard.csv"
     atomic_write_text(md_path, markdown)
-    atomic_write_text(csv_path, frame.to_csv(index=False))
+    atomic_write_text(csv_path, leaderboard_table(records).to_csv(index=False))
     return md_path, csv_path, markdown
 
 

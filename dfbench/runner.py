@@ -107,10 +107,11 @@ def split_task(name: str) -> tuple[str, str | None]:
     return task, protocol or None
 
 
-def data_label(spec: RunSpec, data_root: Path) -> str:
-    """How a run's data enters its identity: the folder, or for an embedded mini set ``mini:<its folder
-    under $DFBENCH_HOME>`` (its version included), so the same mini set built elsewhere is the same data."""
-    if spec.data_root not in (None, "", "mini"):
+def data_label(given: str | None, data_root: Path) -> str:
+    """How a run's data enters its identity (``given``: the data root as the user gave it, ``data_root``: the
+    folder it resolved to): the folder, or for an embedded mini set ``mini:<its folder under $DFBENCH_HOME>``
+    (its version included), so the same mini set built elsewhere is the same data."""
+    if given not in (None, "", "mini"):
         return str(data_root)
     from dfbench.home import dfbench_home
 
@@ -268,7 +269,8 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
         if ranks.rank == 0 and not any(folder.iterdir()):  # nothing (checkpoints, logs) worth keeping for a resume
             folder.rmdir()
         raise
-    details = {"split": output.split or spec.split or task.default_split, "data_root": data_label(spec, data_root),
+    details = {"split": output.split or spec.split or task.default_split,
+               "data_root": data_label(spec.data_root, data_root),
                "data_path": str(data_root),
                "limit": spec.limit,
                **option_details(protocol, options), "recipe_version": getattr(backbone, "recipe_version", None),
@@ -322,7 +324,7 @@ def score_predictions_folder(task_name: str, data_root: str | None, split: str |
     result = Result(
         task=task.name, protocol=f"{task.name}/{protocol.name}", protocol_version=protocol.version,
         backbone=label, selection=[], settings={}, metrics=output.metrics, per_category=output.per_category,
-        details={"split": output.split or split, "data_root": str(root), "limit": limit,
+        details={"split": output.split or split, "data_root": data_label(data_root, root), "limit": limit,
                  **option_details(protocol, parsed), "scored_from": str(folder),
                  "leaderboard_metrics": list(task.leaderboard_metrics)},
         preset="saved predictions", environment=environment(), created=now(),
@@ -333,25 +335,67 @@ def score_predictions_folder(task_name: str, data_root: str | None, split: str |
     return result, save_result(result, results_dir)
 
 
+#: the keys a suite file may have at its top level
+SUITE_KEYS = ("defaults", "runs")
+
+
+def yaml_error_line(path: Path, error: Exception) -> str:
+    """A YAML parse error as one line: the file, line and column, the problem, and a word on tabs (YAML
+    indents with spaces only) when the offending line holds one."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return f"suite {path}: not valid YAML ({problem})"
+    where = f"suite {path}:{mark.line + 1}:{mark.column + 1}"
+    lines = path.read_text().splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    tab = "; that line holds a tab: YAML indents with spaces only" if "\t" in line else ""
+    return f"{where}: not valid YAML ({problem}){tab}"
+
+
 def load_suite(path: str | Path) -> list[RunSpec]:
-    """Read a YAML suite: ``runs:`` a list of RunSpec fields; ``defaults:`` applied to each run."""
+    """Read a YAML suite: ``runs:`` a list of RunSpec fields; ``defaults:`` applied to each run. Every run
+    names its data (``data_root: mini`` for a task's embedded mini set, else a folder); an unknown
+    top-level key, a run without ``data_root`` or a YAML error is one line."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise DfbenchInputError(f"suite {path}: no such file")
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        document = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise DfbenchInputError(f"suite {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise DfbenchInputError(yaml_error_line(path, error)) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise DfbenchInputError(f"suite {path}: expected a mapping with {' and '.join(SUITE_KEYS)}, "
+                                f"found a {type(document).__name__}")
+    unknown = sorted(str(key) for key in document if key not in SUITE_KEYS)
+    if unknown:
+        import difflib
+
+        guesses = [f"{key} → {close[0]}?" for key in unknown
+                   if (close := difflib.get_close_matches(key, SUITE_KEYS, 1))]
+        raise DfbenchInputError(f"suite {path}: unknown top-level key(s) {', '.join(unknown)}"
+                                + (f" ({'; '.join(guesses)})" if guesses else "")
+                                + f"; a suite has {' and '.join(SUITE_KEYS)} only")
     runs = document.get("runs")
     if not isinstance(runs, list) or not runs:
         raise DfbenchInputError(f"suite {path}: needs a non-empty list under 'runs:'")
     defaults = document.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise DfbenchInputError(f"suite {path}: defaults must be a mapping of run fields (defaults: {{key: value}})")
     specs = []
     for number, run in enumerate(runs, start=1):
+        if not isinstance(run, dict):
+            raise DfbenchInputError(f"suite {path}: run {number} must be a mapping of run fields, "
+                                    f"found {run!r}")
         merged = {**defaults, **run, "settings": {**defaults.get("settings", {}), **run.get("settings", {})},
                   "options": {**defaults.get("options", {}), **run.get("options", {})}}
+        if merged.get("data_root") in (None, ""):
+            raise DfbenchInputError(f"suite {path}: run {number} names no data; give data_root: mini (the task's "
+                                    "embedded mini set) or a folder, in the run or under defaults:")
         if isinstance(merged.get("data_root"), str):
             merged["data_root"] = expand_data_root(merged["data_root"])
         specs.append(RunSpec.from_dict(merged, f"suite {path}: run {number}"))
