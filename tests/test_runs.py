@@ -39,7 +39,8 @@ def test_run_writes_record_figures_and_leaderboard(tmp_path, capsys):
     for figure in record["details"]["figures"]:
         assert Path(figure).parent == record_path.parent / "figures" and Path(figure).stat().st_size
     markdown = (results / "leaderboard.md").read_text()
-    assert "tiny-sd15 / up_blocks.1" in markdown and "spair/dift-nn pck@0.1_bbox" in markdown
+    assert "tiny-sd15 / up_blocks.1" in markdown and "## spair/dift-nn\n" in markdown and "pck@0.1_bbox" in markdown
+    assert "mini:spair-v2 test" in markdown
     assert (results / "leaderboard.csv").read_text().startswith("backbone / selection,data,settings,id,")
     assert "pck@0.1_bbox" in capsys.readouterr().out
 
@@ -84,9 +85,10 @@ def test_different_experiments_never_share_a_row(tmp_path):
     frame = leaderboard_table([full, *variants])
     assert len(frame) == 1 + len(variants) and frame["id"].is_unique
     full_row = frame[frame["id"] == full.identity_hash].iloc[0]
-    assert full_row["spair/dift-nn pck@0.1_bbox"] == 77.78 and full_row["data"] == "test"
-    assert frame["data"].tolist().count("test limit=1") == 1
-    assert "test per_category=20" in frame["data"].tolist()
+    assert full_row["spair/dift-nn pck@0.1_bbox"] == 77.78 and full_row["data"] == "spair:SPair-71k test"
+    assert frame["data"].tolist().count("spair:SPair-71k test limit=1") == 1
+    assert "spair:SPair-71k test per_category=20" in frame["data"].tolist()
+    assert "spair:elsewhere test" in frame["data"].tolist()
     # batch size changes no value: the same experiment
     rerun = _record("sd21", 78.0, "2026-01-03T00:00:00", data_root="SPair-71k")
     rerun.settings = {**rerun.settings, "batch_size": 2}
@@ -122,8 +124,8 @@ def test_suite_runs_once_then_skips(tmp_path, capsys):
 
 @pytest.mark.parametrize("text,fragment", [
     ("runs: []\n", "non-empty list under 'runs:'"),
-    ("runs:\n  - {backbone: tiny-sd15, task: spair, colour: red}\n", "unknown field(s) colour"),
-    ("runs:\n  - {backbone: tiny-sd15}\n", "needs 'backbone' and 'task'"),
+    ("runs:\n  - {backbone: tiny-sd15, task: spair, colour: red, data_root: mini}\n", "unknown field(s) colour"),
+    ("runs:\n  - {backbone: tiny-sd15, data_root: mini}\n", "needs 'backbone' and 'task'"),
     ("runs: [\n", "not valid YAML"),
 ])
 def test_bad_suites_are_one_line_exit_2(tmp_path, capsys, text, fragment):
@@ -273,8 +275,8 @@ def test_paper_suite_skips_what_is_missing_and_checks_published_values(tmp_path,
     from dfbench.results import leaderboard_table, load_results
 
     row = leaderboard_table(load_results(results)).iloc[0]
-    assert row["spair/dift-nn pck@0.1_bbox (published)"] == 40.0
-    assert row["spair/dift-nn pck@0.1_bbox Δ"] == pytest.approx(measured - 40.0)
+    assert row["spair/dift-nn pck@0.1_bbox (published)"] == 40.0 and row["data"] == "mini:spair-v2 test limit=2"
+    assert "spair/dift-nn pck@0.1_bbox Δ" not in row          # a mini set's number is no measurement of the paper's
 
     # the published values are not part of the run's identity: the recorded run is reused and checked
     suite = write_suite(f"{{pck@0.1_bbox: {measured + 0.5}}}")
@@ -325,3 +327,69 @@ def test_paper_suites_parse_and_name_their_sources():
          {"pck@0.1_bbox": 64.81, "pck@0.1_bbox_per_image": 73.35})]
     for suite in ("ci.yaml", "demo.yaml"):                  # the other shipped suites check out too
         assert not [problem for spec in load_suite(folder.parent / suite) for problem in spec_problems(spec)]
+
+
+def _markdown_cells(line: str) -> list[str]:
+    """The cells of one Markdown table row, split on unescaped pipes (GFM: ``\\|`` is a pipe inside a cell)."""
+    import re
+
+    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def test_leaderboard_names_the_data_and_keeps_one_table_per_protocol(tmp_path):
+    """The same selection on the mini set and on a real folder: two rows that say which is which; a depth run
+    gets its own table with its own columns; a fusion's settings cell (with a '|') parses back to one cell."""
+    mini = _record("sd21", 40.0, "2026-01-01T00:00:00", data_root="mini:mini-spair-v2")
+    real = _record("sd21", 59.6, "2026-01-01T00:00:01", data_root="/data/SPair-71k", limit=200,
+                   published={"pck@0.1_bbox": 59.57})
+    fused = _record("sd15+dinov2-base", 61.0, "2026-01-01T00:00:02", preset="tale-of-two",
+                    data_root="/data/SPair-71k", backbone_detail="sd15@960 pca256 ×1 ⊕ dinov2-base@840 ×1")
+    depth = Result(task="nyuv2", protocol="nyuv2/cleandift-linear", protocol_version=1, backbone="sd21",
+                   selection=["up_blocks.1"], settings={"resolution": 768, "timestep": 261},
+                   metrics={"rmse": 0.47, "delta1": 0.8}, created="2026-01-01T00:00:03",
+                   details={"split": "test", "data_root": "mini:mini-nyuv2-v1/nyuv2",
+                            "leaderboard_metrics": ["rmse", "delta1"]})
+    for record in (mini, real, fused, depth):
+        save_result(record, tmp_path)
+    assert main(["leaderboard", "--results", str(tmp_path)]) == 0
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    sections = markdown.split("\n## ")[1:]
+    assert [section.splitlines()[0] for section in sections] == ["nyuv2/cleandift-linear", "spair/dift-nn"]
+    depth_table, spair_table = ([line for line in section.splitlines() if line.startswith("|")]
+                                for section in sections)
+    header = _markdown_cells(spair_table[0])
+    assert header == ["backbone / selection", "data", "settings", "id", "pck@0.1_bbox", "pck@0.1_bbox (published)",
+                      "pck@0.1_bbox Δ"]
+    assert _markdown_cells(depth_table[0]) == ["backbone / selection", "data", "settings", "id", "delta1", "rmse"]
+    rows = [_markdown_cells(line) for line in spair_table[2:]]
+    assert len(rows) == 3 and all(len(cells) == len(header) for cells in rows)
+    fused_row = next(cells for cells in rows if cells[0] == "sd15+dinov2-base / tale-of-two")
+    assert fused_row[2] == "768px t=261 ens=8 | sd15@960 pca256 ×1 ⊕ dinov2-base@840 ×1"
+    data = sorted(cells[1] for cells in rows)
+    assert data == ["mini:spair-v2 test", "spair:SPair-71k test", "spair:SPair-71k test limit=200"]
+    real_row = next(cells for cells in rows if cells[1].endswith("limit=200"))
+    assert real_row[4:] == ["59.6", "59.57", "0.03"]
+    assert _markdown_cells(depth_table[2])[1] == "mini:nyuv2-v1 test"
+
+
+def test_a_suite_refuses_typos_instead_of_running_the_mini_set(tmp_path, capsys):
+    """``default:`` for ``defaults:`` used to be ignored, every row falling back to the embedded set (exit 0)."""
+    results = tmp_path / "results"
+    cases = {
+        "default: {data_root: X}\nruns:\n  - {backbone: tiny-sd15, task: spair, selection: [us6]}\n":
+            "unknown top-level key(s) default (default → defaults?)",
+        "runs:\n  - {backbone: tiny-sd15, task: spair, selection: [us6]}\n":
+            "run 1 names no data; give data_root: mini",
+        "runs:\n\t- {backbone: tiny-sd15}\n": ":2:1: not valid YAML (found character '\\t' that cannot start any token); "
+                                             "that line holds a tab",
+        "runs:\n  - {backbone: tiny-sd15, task: spair\n  - {backbone: x}\n": ":3:5: not valid YAML (expected ',' or '}', but got '{')",
+        "- just a list\n": "expected a mapping with defaults and runs, found a list",
+    }
+    for number, (text, fragment) in enumerate(cases.items()):
+        suite = tmp_path / f"suite{number}.yaml"
+        suite.write_text(text)
+        assert main(["suite", str(suite), "--results", str(results), "--no-progress"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert fragment in error and "\n" not in error, error
+        assert error.startswith(f"dfbench: error: suite {suite}")
+    assert not (results / "runs").exists()
