@@ -183,18 +183,24 @@ def used_settings(backbone: Any, settings: Any) -> dict[str, Any]:
     return {key: value for key, value in settings.value_dict().items() if names is None or key in names}
 
 
-def check_results_folder(results_dir: str | Path) -> None:
-    """``results_dir/runs`` can be made and written: every existing part of the path is a folder, and
-    the nearest existing one is writable. Nothing is created."""
-    path = Path(results_dir) / "runs"
+def check_writable_folder(folder: str | Path, flag: str, given: str | Path | None = None) -> None:
+    """``folder`` can be made and written: every existing part of the path is a folder, and the nearest
+    existing one is writable (``flag`` and ``given``, default ``folder``, name the option in the one-line
+    error). Nothing is created."""
+    path = Path(folder)
+    folder = folder if given is None else given
     for part in [path, *path.parents]:
         if part.exists():
             if not part.is_dir():
-                raise DfbenchInputError(f"--results {results_dir}: {part} is a file, not a folder; choose another "
-                                        "--results")
+                raise DfbenchInputError(f"{flag} {folder}: {part} is a file, not a folder; choose another {flag}")
             if not os.access(part, os.W_OK | os.X_OK):
-                raise DfbenchInputError(f"--results {results_dir}: {part} is not writable; choose another --results")
+                raise DfbenchInputError(f"{flag} {folder}: {part} is not writable; choose another {flag}")
             return
+
+
+def check_results_folder(results_dir: str | Path) -> None:
+    """``results_dir/runs`` can be made and written (see :func:`check_writable_folder`)."""
+    check_writable_folder(Path(results_dir) / "runs", "--results", results_dir)
 
 
 def new_run_folder(results_dir: str | Path, protocol: str, backbone: str, digest: str) -> tuple[str, Path]:
@@ -248,6 +254,8 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
         raise DfbenchInputError("no activations selected: pass --select NAME… or --preset P")
     data_root = resolve_data_root(task, spec.data_root)
     check_results_folder(results_dir)  # before the weights load and the extraction, not after
+    if isinstance(spec.save_predictions, str):
+        check_writable_folder(spec.save_predictions, "--save-predictions")
     if backbone is None:
         backbone = create_spec_backbone(dataclasses.replace(spec, device=spec.device or ranks.device))
     settings = resolve_settings(backbone, preset.settings if preset else {}, spec.settings)

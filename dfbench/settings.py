@@ -22,6 +22,31 @@ RESAMPLE_FILTERS = ("bicubic", "lanczos", "bilinear")
 #: they are off these defaults, so the identity of every earlier run and every cached feature stays the same
 LATER_FIELDS = {"pad_color": "grey", "resample": "bicubic"}
 MAX_RESOLUTION = 8192
+
+
+def check_resolution_bounds(resolution: int, where: str) -> int:
+    """The one bound every command applies to an input size: an integer in 1…MAX_RESOLUTION (each backbone
+    adds its own rule on top, e.g. a multiple of 8 for Stable Diffusion); else one line naming ``where``."""
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= MAX_RESOLUTION:
+        raise DfbenchInputError(f"{where}={resolution}: must be an integer in 1…{MAX_RESOLUTION} (each backbone "
+                                "adds its own rule, e.g. a multiple of 8 for Stable Diffusion)")
+    return resolution
+
+
+def resolution_flag(text: str) -> int:
+    """argparse type of every ``--resolution`` flag: the bound of :func:`check_resolution_bounds`."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer number of pixels") from None
+    if not 1 <= value <= MAX_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"{value} is not in 1…{MAX_RESOLUTION} (each backbone adds its own rule, "
+                                         "e.g. a multiple of 8 for Stable Diffusion)")
+    return value
+
+
 #: the type each field must have (bool is accepted only where listed: it is an int subclass)
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "resolution": (int, type(None)), "resize_mode": (str,), "timestep": (int,), "add_noise": (bool,),
@@ -73,11 +98,8 @@ class ExtractSettings:
                 expected = " or ".join("none" if kind is type(None) else kind.__name__ for kind in kinds)
                 raise DfbenchInputError(f"settings.{name}={value!r}: expected {expected}, got {type(value).__name__}"
                                         " (in YAML write numbers and true/false without quotes)")
-        if self.resolution is not None and not 1 <= self.resolution <= MAX_RESOLUTION:
-            raise DfbenchInputError(
-                f"settings.resolution={self.resolution}: must be an integer in 1…{MAX_RESOLUTION} (each backbone "
-                "adds its own rule, e.g. a multiple of 8 for Stable Diffusion)"
-            )
+        if self.resolution is not None:
+            check_resolution_bounds(self.resolution, "settings.resolution")
         if self.resize_mode not in RESIZE_MODES:
             raise DfbenchInputError(f"settings.resize_mode={self.resize_mode!r}: choose one of {RESIZE_MODES}")
         if not 0 <= self.timestep <= 999:

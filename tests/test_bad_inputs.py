@@ -27,6 +27,15 @@ def _files(root):
 CASES = [
     (RUN + ["--limit", "-3"], "--limit -3: must be ≥ 1"),
     (RUN + ["--results", "{tmp}/deep.tif"], "deep.tif is a file, not a folder"),
+    # checked before the backbone loads or any image is extracted (it used to fail after the whole run)
+    (RUN + ["--save-predictions", "{tmp}/deep.tif"],
+     "--save-predictions {tmp}/deep.tif: {tmp}/deep.tif is a file, not a folder; choose another --save-predictions"),
+    (["activations", "sd15", "--resolution", "0"], "argument --resolution: 0 is not in 1…8192"),
+    (["activations", "sd15", "--resolution", "1000000"], "argument --resolution: 1000000 is not in 1…8192"),
+    (["extract", "tiny-sd15", "--images", "{tmp}/deep.tif", "--select", "us6", "--out", "{tmp}/f.safetensors",
+      "--resolution", "0"], "argument --resolution: 0 is not in 1…8192"),
+    (["activations", "tiny-sd15+tiny-dinov2", "--backbone-option", "resolution.1=1000000"],
+     "backbone option resolution.tiny-sd15=1000000: must be an integer in 1…8192"),
     (RUN + ["--prompt", "a photo of a {categroy}"], "unknown placeholder {categroy}; the only placeholder is"),
     (RUN + ["--prompt", "a photo of a {"], "Single '{' encountered"),
     (RUN + ["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
@@ -59,6 +68,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, tmp_pat
     Image.fromarray(np.arange(20 * 30, dtype=np.int32).reshape(20, 30) * 167).save(tmp_path / "deep.tif")
     before = _files(tmp_path)
     argv = [part.replace("{tmp}", str(tmp_path)) for part in argv]
+    fragment = fragment.replace("{tmp}", str(tmp_path))
     if argv[0] == "run" and len(argv) > 2 and "--results" not in argv:
         argv += ["--results", str(tmp_path / "results")]
     try:
@@ -125,7 +135,7 @@ def test_a_suite_is_checked_whole_before_anything_runs(tmp_path, capsys):
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["run 2", "run 3", "run 4", "run 4", "run 5"]
     assert "'up_blocks.9'" in lines[1] and "'tiny-sdx'" in lines[2] and "settings.timestep='50'" in lines[4]
     assert not (tmp_path / "results").exists()
-    suite.write_text("runs:\n  - {backbone: tiny-sd15, task: spair, selection: up_blocks.1}\n")
+    suite.write_text("runs:\n  - {backbone: tiny-sd15, task: spair, selection: up_blocks.1, data_root: mini}\n")
     assert main(["suite", str(suite), "--results", str(tmp_path / "results")]) == 2
     assert "selection='up_blocks.1' must be of type list (a YAML list: [up_blocks.1])" in capsys.readouterr().err
 
@@ -154,3 +164,26 @@ def test_out_of_memory_is_one_line_with_what_to_lower(tiny_sd15, photos, monkeyp
     with pytest.raises(DfbenchInputError, match="out of memory extracting at 64px with 8 UNet rows per forward; "
                                                 "lower --batch-size or --resolution"):
         tiny_sd15.extract(photos[:1], ["us6"], ExtractSettings(resolution=64))
+
+
+def test_a_resized_spair_image_is_refused_before_extraction(tmp_path, capsys, monkeypatch):
+    """Keypoints, boxes and thresholds are in the pixels of the pair files' src_imsize / trg_imsize: a
+    resized copy of an image would be scored wrongly without a sound (it used to be)."""
+    import shutil
+
+    from dfbench.benchmarks import spair
+    from dfbench.datasets.mini_spair import mini_spair_root
+
+    root = tmp_path / "SPair-71k"
+    shutil.copytree(mini_spair_root(), root)
+    image = sorted((root / "JPEGImages" / "cat").glob("*.jpg"))[0]
+    with Image.open(image) as opened:
+        width, height = opened.size
+        opened.resize((width // 2, height // 2)).save(image)
+    monkeypatch.setattr(spair, "image_features", lambda *a, **k: pytest.fail("extracted before the check"))
+    code = main(RUN[:8] + [str(root)] + RUN[9:] + ["--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"SPair image {image}: {width // 2}×{height // 2} px, but pair " in err
+    assert f"{width}×{height}; keypoints are in the original pixels" in err
+    assert not list((tmp_path / "results").rglob("record.json"))

@@ -380,9 +380,10 @@ def test_a_suite_refuses_typos_instead_of_running_the_mini_set(tmp_path, capsys)
             "unknown top-level key(s) default (default → defaults?)",
         "runs:\n  - {backbone: tiny-sd15, task: spair, selection: [us6]}\n":
             "run 1 names no data; give data_root: mini",
-        "runs:\n\t- {backbone: tiny-sd15}\n": ":2:1: not valid YAML (found character '\\t' that cannot start any token); "
-                                             "that line holds a tab",
-        "runs:\n  - {backbone: tiny-sd15, task: spair\n  - {backbone: x}\n": ":3:5: not valid YAML (expected ',' or '}', but got '{')",
+        "runs:\n\t- {backbone: tiny-sd15}\n":
+            ":2:1: not valid YAML (found character '\\t' that cannot start any token); that line holds a tab",
+        "runs:\n  - {backbone: tiny-sd15, task: spair\n  - {backbone: x}\n":
+            ":3:5: not valid YAML (expected ',' or '}', but got '{')",
         "- just a list\n": "expected a mapping with defaults and runs, found a list",
     }
     for number, (text, fragment) in enumerate(cases.items()):

@@ -53,7 +53,10 @@ def test_run_save_predictions_then_score_gives_the_runs_metrics(saved_run, capsy
     (lambda t: t.pop(sorted(t)[0]), "no prediction for 1 of 5 pairs of SPair test (first: "),
     (lambda t: t.__setitem__(sorted(t)[0], t[sorted(t)[0]][:-1]), "points, expected"),
     (lambda t: t.__setitem__(sorted(t)[0], [[1e6, 0]] * len(t[sorted(t)[0]])), "is outside the"),
-    (lambda t: t.__setitem__(sorted(t)[0], "here"), "expected"),
+    (lambda t: t.__setitem__(sorted(t)[0], "here"), "expected a list of"),
+    (lambda t: t[sorted(t)[0]].__setitem__(1, ["12", 3]), "point 1 ['12', 3] has '12', not a number (write"),
+    (lambda t: t[sorted(t)[0]].__setitem__(0, [float("nan"), 3]), "point 0 [nan, 3] is not finite (NaN or Infinity)"),
+    (lambda t: t[sorted(t)[0]].__setitem__(2, [4]), "point 2 is [4], expected [x, y]"),
 ])
 def test_bad_predictions_are_one_line(saved_run, tmp_path, capsys, mutate, fragment):
     _, folder = saved_run

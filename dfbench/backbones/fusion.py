@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from dfbench.activations import ActivationInfo
 from dfbench.errors import DfbenchInputError, UnknownNameError
+from dfbench.settings import check_resolution_bounds
 
 UPSAMPLE_MODES = ("direct", "progressive")
 GLOBAL_OPTIONS = {"renormalize": False, "upsample": "direct"}
@@ -96,6 +97,7 @@ class FusionBackbone:
         self.name = "+".join(sources)
         self.options = self.resolve_options(options or {})
         for name, backbone in sources.items():
+            check_resolution_bounds(self.options[f"resolution.{name}"], f"backbone option resolution.{name}")
             backbone.check_resolution(self.options[f"resolution.{name}"])
         self.default_resolution = self.options[f"resolution.{list(sources)[-1]}"]
         self.default_settings: dict[str, Any] = {}

@@ -59,7 +59,14 @@ from dfbench.benchmarks.base import (
 )
 from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
 from dfbench.benchmarks.spair_gdf_conv import GdfConvOptions, SpairSubsetOptions
-from dfbench.datasets.spair import DOWNLOAD_HINT, SpairPair, load_spair, read_pair_list, spair_images
+from dfbench.datasets.spair import (
+    DOWNLOAD_HINT,
+    SpairPair,
+    check_image_sizes,
+    load_spair,
+    read_pair_list,
+    spair_images,
+)
 from dfbench.errors import DfbenchInputError
 from dfbench.features import ImageFeatures, combine_activations, image_features
 from dfbench.heads.nn_matcher import match_patch_grid, match_points, upsampled_norm
@@ -194,6 +201,7 @@ class SpairTask(Task):
         if protocol == "gdf-conv":
             return self._train_gdf_conv(context, backbone, selection, settings, data_root, split, options, started)
         pairs = self.evaluated_pairs(data_root, split, context.limit, options, context.seed)
+        check_image_sizes(pairs)
         found = image_features(backbone, pair_images(pairs), selection, settings, context.cache, context.progress,
                                keep=descriptor_keeper(backbone), crop=protocol == "dift-nn")
         extracted = time.perf_counter()
@@ -237,6 +245,7 @@ class SpairTask(Task):
                                     "noise_draws=1, or --latent-mode sample / noise on")
         train = load_spair(data_root, "trn", options.train_limit, seed=settings.seed)
         val, unmatched = self._validation_pairs(data_root, options, context.log)
+        check_image_sizes([*pairs, *train, *val])
         draws: list[dict[str, Any]] = []
         found = ImageFeatures()
         for draw in range(options.noise_draws):  # draw 0: every image; further draws: training images only
@@ -416,15 +425,25 @@ def checked_points(value: Any, pair: SpairPair, folder: Path, inside: bool = Tru
     (``inside=False``: anywhere, e.g. ``spair/patch-nn``'s predictions in the letterbox)."""
     where = f"predictions {Path(folder) / PREDICTIONS_FILE}: pair {pair.pair_id}"
     count = len(pair.src_kps)
-    try:
-        points = [(float(x), float(y)) for x, y in value]
-    except (TypeError, ValueError):
-        raise DfbenchInputError(f"{where}: expected {count} points [[x, y], …]") from None
-    if len(points) != count:
-        raise DfbenchInputError(f"{where}: {len(points)} points, expected {count} (one per source keypoint)")
+    if not isinstance(value, list):
+        raise DfbenchInputError(f"{where}: expected a list of {count} points [[x, y], …], found {value!r:.60}")
+    if len(value) != count:
+        raise DfbenchInputError(f"{where}: {len(value)} points, expected {count} (one per source keypoint)")
     width, height = pair.trg_size
-    for x, y in points:
-        if not (math.isfinite(x) and math.isfinite(y) and (not inside or 0 <= x <= width and 0 <= y <= height)):
-            raise DfbenchInputError(f"{where}: point ({x}, {y}) is outside the {width}×{height} target image")
+    points = []
+    for index, point in enumerate(value):
+        if not isinstance(point, list) or len(point) != 2:
+            raise DfbenchInputError(f"{where}: point {index} is {point!r:.60}, expected [x, y]")
+        for coordinate in point:
+            if isinstance(coordinate, bool) or not isinstance(coordinate, (int, float)):
+                raise DfbenchInputError(f"{where}: point {index} {point!r:.60} has {coordinate!r:.30}, not a number "
+                                        "(write coordinates as JSON numbers, without quotes)")
+            if not math.isfinite(coordinate):
+                raise DfbenchInputError(f"{where}: point {index} {point!r:.60} is not finite (NaN or Infinity); every "
+                                        "keypoint needs a predicted position")
+        x, y = float(point[0]), float(point[1])
+        if inside and not (0 <= x <= width and 0 <= y <= height):
+            raise DfbenchInputError(f"{where}: point {index} ({x}, {y}) is outside the {width}×{height} target image")
+        points.append((x, y))
     return torch.tensor(points, dtype=torch.float64)
 

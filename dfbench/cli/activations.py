@@ -7,6 +7,7 @@ import json
 import re
 
 from dfbench.errors import DfbenchInputError
+from dfbench.settings import resolution_flag
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -17,7 +18,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "are downloaded or loaded.",
     )
     activations.add_argument("backbone", help="backbone name, e.g. sd15, sd21, sdxl, tiny-sd15")
-    activations.add_argument("--resolution", type=int, help="input size in pixels (default: the backbone's)")
+    activations.add_argument("--resolution", type=resolution_flag,
+                             help="input size in pixels, 1…8192 (default: the backbone's)")
     activations.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
                              help="backbone option (a fusion's input sizes: resolution.<source>=N)")
     activations.add_argument("--grep", metavar="PATTERN", help="keep names matching this regular expression")

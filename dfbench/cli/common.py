@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dfbench.errors import DfbenchInputError
+from dfbench.settings import resolution_flag
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -15,7 +16,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """The ExtractSettings flags; unset flags keep the preset's or the default value."""
     group = parser.add_argument_group("extraction settings (override the preset)")
-    group.add_argument("--resolution", type=int, help="square input size in pixels (default: backbone's)")
+    group.add_argument("--resolution", type=resolution_flag, help="square input size in pixels (default: backbone's)")
     group.add_argument("--resize-mode", choices=["squash", "pad"], help="squash (DIFT/GDF) or pad (keep aspect)")
     group.add_argument("--timestep", type=int, help="diffusion timestep t, 0…999 (default 261)")
     group.add_argument("--no-noise", dest="add_noise", action="store_const", const=False,

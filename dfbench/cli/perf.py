@@ -9,6 +9,7 @@ from dfbench.cli.common import (
     check_output_path,
 )
 from dfbench.errors import DfbenchInputError
+from dfbench.settings import resolution_flag
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -41,7 +42,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       default="recipes")
     perf.add_argument("--backbone", nargs="+", default=None, help="recipes: one (default sd15); "
                       "throughput: several (default sd15 sd21 sdxl)")
-    perf.add_argument("--resolution", type=int, help="recipes: input size (default: the backbone's)")
+    perf.add_argument("--resolution", type=resolution_flag, help="recipes: input size (default: the backbone's)")
     perf.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default float32 (recipes), "
                       "bfloat16 (throughput)")
     perf.add_argument("--repeats", type=int, default=1, help="timed runs per step; the median is reported")

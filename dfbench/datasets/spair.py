@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,31 @@ class SpairPair:
     @property
     def trg_key(self) -> str:
         return f"{self.category}/{self.raw['trg_imname']}"
+
+
+def check_image_sizes(pairs: Sequence[SpairPair]) -> None:
+    """Every image of ``pairs`` has the size its pair file gives (``src_imsize`` / ``trg_imsize``, [W, H]):
+    keypoints, boxes and PCK thresholds are in those pixels, so a resized copy would be scored wrongly
+    without a sound. Reads image headers only; a mismatch is one line."""
+    from PIL import Image
+
+    checked: set[Path] = set()
+    for pair in pairs:
+        for path, size, field_name in ((pair.src_image, pair.src_size, "src_imsize"),
+                                       (pair.trg_image, pair.trg_size, "trg_imsize")):
+            if path in checked or not any(size):        # a pair file without src_imsize: nothing to check
+                continue
+            checked.add(path)
+            try:
+                with Image.open(path) as image:
+                    actual = image.size
+            except (OSError, ValueError) as error:
+                raise DfbenchInputError(f"SPair image {path}: unreadable ({error})") from None
+            if tuple(actual) != tuple(size):
+                raise DfbenchInputError(
+                    f"SPair image {path}: {actual[0]}×{actual[1]} px, but pair {pair.pair_id} gives {field_name} "
+                    f"{size[0]}×{size[1]}; keypoints are in the original pixels: use SPair-71k's own JPEGImages, "
+                    "not resized copies")
 
 
 def _check_root(root: Path, split: str) -> Path:
