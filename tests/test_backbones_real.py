@@ -130,6 +130,53 @@ def test_cleandift_weight_errors(tmp_path, tiny_sd15):
         load_unet_weights(unet, tmp_path / "absent.safetensors")
 
 
+@pytest.mark.slow
+def test_an_unreachable_hub_costs_one_line_not_thirty_seconds_of_retries(hub_cache, tmp_path, photos):
+    """Without HF_HUB_OFFLINE and with the hub unreachable (HF_ENDPOINT on a closed local port: refused at
+    once, on any machine): ids in the cache load from it, an id that is not there and a local path that does
+    not exist are one line each, and nothing is retried (diffusers alone retries for about 30 s)."""
+    root, _ = hub_cache
+    image = tmp_path / "cat.png"
+    photos[0].save(image)
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    env.update({"HF_HUB_CACHE": str(root), "HF_ENDPOINT": "http://127.0.0.1:9"})
+
+    def extract(backbone, *extra):
+        return subprocess.run([sys.executable, "-m", "dfbench", "extract", backbone, "--images", str(image),
+                               "--select", "us6", "--resolution", "64", "--out", str(tmp_path / "f.safetensors"),
+                               "--no-progress", *extra], capture_output=True, text=True, env=env)
+
+    for backbone in ("sd15", "cleandift-sd15"):         # in the cache: loaded from it
+        done = extract(backbone)
+        assert done.returncode == 0 and "Retry" not in done.stderr, done.stderr
+    done = extract("sdxl", "--resolution", "64")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert ("cannot load backbone sdxl: stabilityai/stable-diffusion-xl-base-1.0 is not in the Hugging Face cache "
+            "and the hub cannot be reached (127.0.0.1:9: Connection refused); get it with `hf download "
+            "stabilityai/stable-diffusion-xl-base-1.0`") in done.stderr
+    done = extract("sd15", "--weights", "/a/local/path")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--weights /a/local/path: no such file or folder (backbone sd15)" in done.stderr
+    assert "hf download" not in done.stderr
+
+
+def test_a_loading_script_dataset_is_one_line_naming_a_source_that_works(tmp_path, capsys, monkeypatch):
+    """datasets ≥ 4 refuses loading scripts with a RuntimeError (scene_parse_150 is one); it used to escape."""
+    from dfbench.cli import main
+
+    script = tmp_path / "scene_parse_150"
+    script.mkdir()
+    (script / "scene_parse_150.py").write_text("import datasets\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
+    code = main(["run", "--backbone", "tiny-sd15", "--task", "ade20k", "--select", "us6", "--data-root",
+                 f"hf:{script}", "--results", str(tmp_path / "results"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"--data-root hf:{script}: that hub dataset is a loading script, which datasets" in err
+    assert "ADEChallengeData2016.zip" in err and "save_to_disk" in err
+
+
 def test_cleandift_missing_offline_is_one_clear_error(tmp_path, monkeypatch, tiny_sd15):
     weights_dir = tmp_path / "base"
     tiny_sd15.save_pretrained(weights_dir)

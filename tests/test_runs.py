@@ -266,7 +266,7 @@ def test_paper_suite_skips_what_is_missing_and_checks_published_values(tmp_path,
     skipped = [line for line in captured.err.splitlines() if "skipped —" in line]
     assert len(skipped) == 2
     assert f"data_root {tmp_path / 'data' / 'SPair-71k'}: not found; get it: get SPair-71k from" in skipped[0]
-    assert "cannot load backbone tiny-sd21" in skipped[1] and "hf download" in skipped[1]
+    assert f"--weights {tmp_path / 'none'}: no such file or folder (backbone tiny-sd21)" in skipped[1]
     (record_path,) = (results / "runs").glob("*/record.json")
     record = json.loads(record_path.read_text())
     measured = record["metrics"]["pck@0.1_bbox"]

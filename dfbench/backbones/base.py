@@ -192,9 +192,12 @@ class DiffusionBackbone:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTokenizer
 
+        from dfbench.hub import hub_source
+
         dtype = TORCH_DTYPES[torch_dtype]
-        common = {"local_files_only": local_files_only} if local_files_only is not None else {}
         model_id = str(model_id)
+        local_files_only = hub_source(name, model_id, local_files_only)
+        common = {"local_files_only": local_files_only} if local_files_only is not None else {}
         try:
             unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype, **common)
             vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **common)

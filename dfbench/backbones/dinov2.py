@@ -233,7 +233,10 @@ def create_dinov2(name: str, config: dict[str, Any], hub_id: str, weights: str |
     registers = "num_register_tokens" in config
     config_class, model_class = _model_classes(registers)
     if weights is not None or init == "pretrained":
+        from dfbench.hub import hub_source
+
         source = weights or hub_id
+        local_files_only = hub_source(name, source, local_files_only)
         extra = {"local_files_only": local_files_only} if local_files_only is not None else {}
         try:
             model = model_class.from_pretrained(source, dtype=TORCH_DTYPES[torch_dtype], **extra)

@@ -26,6 +26,10 @@ from dfbench.errors import DfbenchInputError
 from dfbench.home import dfbench_home
 
 HUB_PREFIX = "hf:"
+#: what the error lines point to: sources that load with the installed stack
+WORKING_SOURCES = ("use the ADEChallengeData2016/ folder of ADEChallengeData2016.zip (the MIT Scene Parsing release, "
+                   "as mmseg reads it), or a save_to_disk folder made where datasets<4 is installed: "
+                   "load_dataset('scene_parse_150', trust_remote_code=True).save_to_disk(DIR), then --data-root DIR")
 SPLITS = {"train": ("train",), "val": ("validation", "val")}
 LABEL_COLUMNS = ("annotation", "label")
 
@@ -41,15 +45,27 @@ def load_hf(data_root: str | Path) -> dict[str, Any]:
     """The source's splits as ``datasets.Dataset`` objects by dfbench split name."""
     import datasets
 
+    from dfbench.hub import hub_dataset_reachable
+
     source = str(data_root)
     try:
         if source.startswith(HUB_PREFIX):
-            loaded = datasets.load_dataset(source.removeprefix(HUB_PREFIX))
+            name = source.removeprefix(HUB_PREFIX)
+            if not Path(name).exists() and not name.startswith(("/", ".", "~")):   # a hub id, not a local folder
+                hub_dataset_reachable(source, f"ade20k --data-root {source}")
+            loaded = datasets.load_dataset(name)
         else:
             loaded = datasets.load_from_disk(source)
-    except (FileNotFoundError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
+    except DfbenchInputError:
+        raise
+    except Exception as error:  # datasets raises many types (RuntimeError for loading scripts, since 4.0)
+        message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        if "scripts are no longer supported" in message:
+            raise DfbenchInputError(
+                f"ade20k --data-root {source}: that hub dataset is a loading script, which datasets "
+                f"{datasets.__version__} refuses (≥ 4.0); {WORKING_SOURCES}") from None
         raise DfbenchInputError(f"ade20k --data-root {source}: cannot load it with datasets "
-                                f"({error.__class__.__name__}: {str(error).splitlines()[0][:200]})") from None
+                                f"({error.__class__.__name__}: {message}); {WORKING_SOURCES}") from None
     if isinstance(loaded, datasets.Dataset):
         raise DfbenchInputError(f"ade20k --data-root {source}: one split without a name; save a DatasetDict with "
                                 "'train' and 'validation' splits")
