@@ -64,7 +64,7 @@ def test_bad_segmentation_predictions_are_one_line(tmp_path, capsys):
         Image.fromarray(np.ones((96, 128), np.uint8)).save(folder / f"{sample.stem}.png")
     base = ["score", "--task", "ade20k", "--data-root", "mini", "--predictions", str(folder)]
     assert main(base) == 2
-    assert f"no <stem>.png for 1 of 3 ade20k val images (first: {samples[0].stem}.png)" in capsys.readouterr().err
+    assert f"no prediction for 1 of 3 ade20k val images (first: {samples[0].stem}.png)" in capsys.readouterr().err
     Image.fromarray(np.zeros((96, 128), np.uint8)).save(folder / f"{samples[0].stem}.png")
     assert main(base) == 2
     assert "value 0 is not a class; predictions are 1…150" in capsys.readouterr().err
@@ -101,3 +101,33 @@ def test_figures_are_the_per_class_chart_and_image_truth_prediction_overlays(tmp
     assert [path.name for path in paths] == ["per-class-iou.png", "overlays.png"]
     with Image.open(paths[1]) as figure:
         assert figure.size[1] > figure.size[0] / 3 * 0.5 * 2 * 0.9   # two rows of three 2:1 panels
+
+
+def test_cityscapes_predictions_named_as_dfbench_or_as_mmseg_writes_them(tmp_path, capsys):
+    """mmseg's IoUMetric(output_dir=…) / format_only names a prediction after its image file,
+    <city>_<seq>_<frame>_leftImg8bit.png (mmseg/evaluation/metrics/iou_metric.py:89-92); dfbench saves
+    <city>_<seq>_<frame>.png. Both score alike: the ground truth itself (trainIds, ignore → 0) scores 100."""
+    from dfbench.datasets.segmentation import CITYSCAPES as LAYOUT
+    from dfbench.registry import TASKS
+
+    root = TASKS.get("cityscapes")().mini_root()
+    samples = load_samples(LAYOUT, root, "val")
+    scored = {}
+    for naming in ("dfbench", "mmseg"):
+        folder = tmp_path / naming
+        folder.mkdir()
+        for sample in samples:
+            label = np.asarray(Image.open(sample.label)).copy()
+            label[label == 255] = 0                                  # ignored pixels: any class, not counted
+            name = f"{sample.stem}.png" if naming == "dfbench" else sample.image.name
+            assert naming == "dfbench" or name.endswith("_leftImg8bit.png")
+            Image.fromarray(label).save(folder / name)
+        capsys.readouterr()
+        assert main(["score", "--task", "cityscapes", "--data-root", "mini", "--predictions", str(folder),
+                     "--format", "json"]) == 0
+        scored[naming] = json.loads(capsys.readouterr().out)
+    assert scored["dfbench"] == scored["mmseg"]
+    assert scored["mmseg"]["mIoU"] == pytest.approx(100.0) and scored["mmseg"]["images"] == len(samples)
+    (tmp_path / "mmseg" / samples[0].image.name).unlink()
+    assert main(["score", "--task", "cityscapes", "--data-root", "mini", "--predictions", str(tmp_path / "mmseg")]) == 2
+    assert f"(first: {samples[0].stem}.png or {samples[0].image.name})" in capsys.readouterr().err

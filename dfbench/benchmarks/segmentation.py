@@ -15,7 +15,11 @@ argmax of the upsampled logits on ``val``, scored exactly as mmseg's ``IoUMetric
 
 Saved predictions (``run --save-predictions``, ``dfbench score``): one single-channel PNG per image,
 ``<image stem>.png``, in the dataset's annotation encoding — ADE20K 1…150 as in its annotation
-files, Cityscapes trainIds 0…18 — at the image's size.
+files, Cityscapes trainIds 0…18 — at the image's size. ``dfbench score`` also accepts the names mmseg's
+``IoUMetric(output_dir=…)`` / ``format_only`` writes, ``<image file name without suffix>.png``
+(Cityscapes ``<city>_<seq>_<frame>_leftImg8bit.png``; for ADE20K the two names are the same); Cityscapes'
+own evaluation likewise matches files by the ``<city>_<seq>_<frame>`` prefix. (mmseg's
+``CityscapesMetric`` writes labelIds 0…33 instead of trainIds: those files are refused by the range check.)
 """
 
 from __future__ import annotations
@@ -190,15 +194,17 @@ class SegmentationTask(Task):
         if not folder.is_dir():
             raise DfbenchInputError(f"predictions {folder}: no such folder")
         samples = seeded_subset(load_samples(self.layout, data_root, split), limit, seed)
-        missing = [sample.stem for sample in samples if not (folder / f"{sample.stem}.png").is_file()]
+        paths = {sample.stem: prediction_file(folder, sample) for sample in samples}
+        missing = [sample for sample in samples if paths[sample.stem] is None]
         if missing:
             hint = " (it holds predictions.json: made for spair?)" if (folder / "predictions.json").exists() else ""
-            raise DfbenchInputError(f"predictions {folder}: no <stem>.png for {len(missing)} of {len(samples)} "
-                                    f"{self.layout.name} {split} images (first: {missing[0]}.png){hint}")
+            names = " or ".join(dict.fromkeys(path.name for path in prediction_names(folder, missing[0])))
+            raise DfbenchInputError(f"predictions {folder}: no prediction for {len(missing)} of {len(samples)} "
+                                    f"{self.layout.name} {split} images (first: {names}){hint}")
         labels = self.labels(samples)
         predictions = {}
         for stem, label in labels.items():
-            path = folder / f"{stem}.png"
+            path = paths[stem]
             # the label checks: readable, one channel, in range, at the image's size
             decoded = load_label(self.layout, path, label.shape[::-1])
             if self.layout.reduce_zero_label and (decoded == IGNORE_INDEX).any():
@@ -208,6 +214,17 @@ class SegmentationTask(Task):
         output.split = split
         return output
 
+
+
+def prediction_names(folder: Path, sample: Any) -> list[Path]:
+    """Where a sample's saved prediction may be: ``<stem>.png`` (dfbench's name), then mmseg's
+    ``<image file name without suffix>.png`` (``…_leftImg8bit.png`` for Cityscapes)."""
+    return [folder / f"{sample.stem}.png", folder / f"{Path(sample.image.name).stem}.png"]
+
+
+def prediction_file(folder: Path, sample: Any) -> Path | None:
+    """The first of :func:`prediction_names` that exists, else None."""
+    return next((path for path in prediction_names(folder, sample) if path.is_file()), None)
 
 
 def sample_at_pixels(maps: torch.Tensor, points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
