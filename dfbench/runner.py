@@ -477,7 +477,9 @@ def missing_data(spec: RunSpec) -> str | None:
         return None
     task = TASKS.get(split_task(spec.task)[0])()
     hint = f"; get it: {task.download_hint}" if task.download_hint else ""
-    return f"data_root {spec.data_root}: not found{hint}"
+    data = os.environ.get("DFBENCH_DATA", "data")
+    return (f"data_root {spec.data_root}: not found{hint}; put it there, or set DFBENCH_DATA (now {data}) to the "
+            "folder that holds the suite's ${DFBENCH_DATA}/… data")
 
 
 def recorded_runs(results_dir: str | Path) -> dict[str, Result]:

@@ -68,7 +68,7 @@ def expand_candidates(patterns: list[str], names: list[str]) -> list[str]:
         matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
         if not matched:
             raise DfbenchInputError(f"--candidates {pattern!r}: matches no activation of this backbone "
-                                    "(see `dfbench activations --backbone B`)")
+                                    "(see `dfbench activations B`)")
         chosen += [name for name in matched if name not in chosen]
     return [name for name in names if name in chosen]
 

@@ -122,7 +122,7 @@ class DptOptions(DepthProbeOptions):
 
 
 class NyuV2Task(Task):
-    """NYU Depth v2 monocular depth (see the module docstring)."""
+    """NYU Depth v2 monocular depth (795 train / 654 test labelled images): RMSE, AbsRel, δ1 of a probe."""
 
     name = "nyuv2"
     protocols = {

@@ -172,7 +172,7 @@ def keep_half(activations: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class SpairTask(Task):
-    """SPair-71k semantic correspondence: PCK@α of transferred keypoints (see the module docstring)."""
+    """SPair-71k semantic correspondence (18 categories, 12,234 test pairs): PCK@α of transferred keypoints."""
 
     name = "spair"
     download_hint = DOWNLOAD_HINT

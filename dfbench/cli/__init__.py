@@ -24,7 +24,7 @@ Typical session:
   dfbench run --backbone sd21 --task spair --preset dift --data-root SPair-71k --cache-dir cache/
   dfbench run --backbone sd15 --task horse21 --preset gdf-ours-sd15-horse21 --data-root datasets/horse_21
   dfbench leaderboard                          # results/leaderboard.md and .csv from every run
-  python run_bench.py                          # the offline demo suite
+  python run_bench.py                          # the offline demo: tiny backbones × every task's mini set
 
 Activation names are diffusers module paths (up_blocks.1, up_blocks.1.resnets.2.increment,
 up_blocks.1.attentions.1.transformer_blocks.0.attn2.q, …) or aliases: GDF
@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dfbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:        # the reader went away (`dfbench list tasks | head`): stop quietly
+        sys.stderr.close()
+        return 0
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

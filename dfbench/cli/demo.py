@@ -14,7 +14,8 @@ from dfbench.errors import DfbenchInputError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser("demo", help="the offline demo suite (configs/demo.yaml): tiny backbones × mini SPair")
+    demo = commands.add_parser("demo", help="the offline demo suite (configs/demo.yaml): tiny backbones × every "
+                                 "task's mini set (SPair, ADE20K, Horse-21, NYUv2)")
     demo.add_argument("--results", default="results", help="results folder (default ./results)")
     demo.add_argument("--force", action="store_true", help="rerun pairings already recorded")
     demo.set_defaults(handler=cmd_demo)

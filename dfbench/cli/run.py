@@ -29,7 +29,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run_choice.add_argument("--preset", help="a named recipe: selection + settings")
     run.add_argument("--data-root", help="dataset folder in its native layout ('mini': the embedded mini set)")
     run.add_argument("--split", help="dataset split (default: the task's evaluation split: spair test, "
-                     "ade20k / cityscapes val, horse21 test)")
+                     "ade20k / cityscapes val, horse21 test, nyuv2 test)")
     run.add_argument("--limit", "--limit-pairs", dest="limit", type=int, metavar="N",
                      help="evaluate N items of the split, a seeded random sample (SPair: pairs spread evenly over "
                      "the categories; the lists are grouped by category, so not the first N)")

@@ -27,7 +27,8 @@ from dfbench.errors import DfbenchInputError
 #: the release's image extensions (``_list_image_files_recursively``)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif")
 DOWNLOAD_HINT = ("get datasets.tar.gz (~47 MB) from https://github.com/yandex-research/ddpm-segmentation "
-                 "(datasets/download_datasets.sh) and pass its <set>/ folder, e.g. datasets/horse_21, as --data-root")
+                 "(datasets/download_datasets.sh) and unpack it (its <set>/ folder, e.g. datasets/horse_21, is the "
+                 "data root)")
 
 
 @dataclass(frozen=True)

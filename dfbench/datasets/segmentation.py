@@ -45,7 +45,8 @@ class SegmentationLayout:
 ADE20K = SegmentationLayout(
     "ade20k", "ADEChallengeData2016", "images/{split}", "annotations/{split}",
     {"train": "training", "val": "validation"}, ".jpg", ".png", 150, True,
-    "get ADEChallengeData2016.zip from http://sceneparsing.csail.mit.edu/ and pass its folder as --data-root",
+    "get ADEChallengeData2016.zip from http://sceneparsing.csail.mit.edu/ and unpack it (its ADEChallengeData2016/ "
+    "folder is the data root)",
 )
 CITYSCAPES = SegmentationLayout(
     "cityscapes", "cityscapes", "leftImg8bit/{split}", "gtFine/{split}",

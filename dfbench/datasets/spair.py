@@ -28,7 +28,8 @@ from dfbench.errors import DfbenchInputError
 
 SPLITS = ("trn", "val", "test")
 REQUIRED_FIELDS = ("src_imname", "trg_imname", "src_kps", "trg_kps", "trg_bndbox", "trg_imsize", "category")
-DOWNLOAD_HINT = "get SPair-71k from https://cvlab.postech.ac.kr/research/SPair-71k/ and pass --data-root SPair-71k"
+DOWNLOAD_HINT = ("get SPair-71k.tar.gz from https://cvlab.postech.ac.kr/research/SPair-71k/ and unpack it (its "
+                 "SPair-71k/ folder is the data root)")
 
 
 @dataclass(frozen=True)
