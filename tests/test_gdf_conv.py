@@ -263,7 +263,7 @@ def test_dift_nn_rejects_options(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_a_killed_training_resumes_from_its_run_folder(tmp_path, monkeypatch):
+def test_a_killed_training_resumes_from_its_run_folder(tmp_path, monkeypatch, capsys):
     """Interrupted after the step-3 validation (checkpoint saved), the same command again reuses the
     unfinished run folder and finishes with exactly the uninterrupted run's losses and metrics."""
     import dfbench.benchmarks.spair_gdf_conv as gdf
@@ -288,12 +288,75 @@ def test_a_killed_training_resumes_from_its_run_folder(tmp_path, monkeypatch):
     results = tmp_path / "killed"
     assert main([*args, "--results", str(results)]) == 130
     (folder,) = (results / "runs").iterdir()
-    assert (folder / "checkpoint.pt").is_file() and not (folder / "record.json").exists()
+    assert (folder / "checkpoint.json").is_file() and not (folder / "record.json").exists()
+    assert [path.name for path in folder.glob("checkpoint-*.safetensors")] == ["checkpoint-3.safetensors"]
+    assert not list(folder.glob("*.pt"))                                   # no pickle anywhere
     monkeypatch.setattr(gdf, "symmetric_clip_loss", original)
+    capsys.readouterr()
     assert main([*args, "--results", str(results)]) == 0
+    assert f"spair/gdf-conv: resumed from the checkpoint in {folder} at step 4 of 9 (validated up to step 3)" in (
+        capsys.readouterr().err)
     (resumed_path,) = (results / "runs").glob("*/record.json")
     resumed = json.loads(resumed_path.read_text())
     assert resumed_path.parent == folder and resumed["details"]["training"]["resumed_at_step"] == 4
     assert resumed["details"]["training"]["loss"] == whole["details"]["training"]["loss"]
     assert resumed["details"]["training"]["validations"] == whole["details"]["training"]["validations"]
     assert resumed["metrics"] == whole["metrics"]
+
+
+def test_a_pickle_in_a_run_folder_is_refused_never_unpickled(tmp_path):
+    """A run folder copied from a collaborator or a CI artifact may carry a crafted checkpoint.pt; resuming
+    must not unpickle it (torch.load(weights_only=False) would run the code it names)."""
+    import pickle
+
+    import dfbench.benchmarks.spair_gdf_conv as gdf
+    from dfbench.errors import DfbenchInputError
+
+    marker = tmp_path / "ran"
+
+    class Crafted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "checkpoint.pt").write_bytes(pickle.dumps(Crafted()))
+    with pytest.raises(DfbenchInputError, match=r"checkpoint.pt is a pickle .* does not unpickle files from a run "
+                                                r"folder, since that can run code: delete"):
+        gdf.load_checkpoint(tmp_path)
+    assert not marker.exists()
+
+
+def test_checkpoint_round_trip_is_tensors_and_json(tmp_path):
+    """What save_checkpoint writes loads back equal: head, optimizer moments, random states, best head and
+    predictions; a tensor file that does not match its recorded sha256 is one line."""
+    import random
+
+    import dfbench.benchmarks.spair_gdf_conv as gdf
+    from dfbench.errors import DfbenchInputError
+
+    head = torch.nn.Conv2d(4, 4, 3, bias=False)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=5e-4, weight_decay=0.01)
+    head(torch.randn(1, 4, 5, 5)).sum().backward()
+    optimizer.step()
+    order_rng, draw_rng = random.Random(3), random.Random("3:draws")
+    order_rng.random()
+    predictions = [torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0], [5.0, 6.0]])]
+    state = {"step": 7, "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+             "order_rng": order_rng.getstate(), "draw_rng": draw_rng.getstate(), "epoch": [4, 1],
+             "best": {"step": 7, "pck_img": 50.0, "pck_bbox": 40.0, "state": head.state_dict(),
+                      "predictions": predictions},
+             "history": {"loss": [0.5], "validations": [[7, 50.0, 40.0]]}}
+    gdf.save_checkpoint(tmp_path, state)
+    loaded = gdf.load_checkpoint(tmp_path)
+    assert loaded["step"] == 7 and loaded["epoch"] == [4, 1] and loaded["history"] == state["history"]
+    assert loaded["order_rng"] == order_rng.getstate() and loaded["draw_rng"] == draw_rng.getstate()
+    assert torch.equal(loaded["head"]["weight"], head.weight)
+    restored = torch.optim.AdamW(torch.nn.Conv2d(4, 4, 3, bias=False).parameters())
+    restored.load_state_dict(loaded["optimizer"])
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(restored.state_dict()["state"][0][key], optimizer.state_dict()["state"][0][key])
+    assert restored.param_groups[0]["lr"] == 5e-4 and restored.param_groups[0]["weight_decay"] == 0.01
+    assert all(torch.equal(a, b) for a, b in zip(loaded["best"]["predictions"], predictions, strict=True))
+    assert loaded["best"]["pck_bbox"] == 40.0 and torch.equal(loaded["best"]["state"]["weight"], head.weight)
+    (tmp_path / "checkpoint-7.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(DfbenchInputError, match="does not match its sha256"):
+        gdf.load_checkpoint(tmp_path)

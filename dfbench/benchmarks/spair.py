@@ -257,7 +257,7 @@ class SpairTask(Task):
             found.selection = found_draw.selection
         extracted = time.perf_counter()
         best, history = gdf.train(train, val, draws, options, settings.seed, backbone.device, context.progress,
-                                  checkpoint=context.folder / "checkpoint.pt")
+                                  checkpoint=context.folder, announce=context.log)
         details: dict[str, Any] = {"training": history, "train_pairs": len(train),
                                    "train_categories": sorted({p.category for p in train}),
                                    "val_pairs": len(val), "val_pairs_unmatched": unmatched}

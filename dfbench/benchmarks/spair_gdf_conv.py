@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -161,34 +162,112 @@ def gdf_report(history: Sequence[tuple[int, float, float]]) -> dict[str, float]:
             "best_step_img": float(best_img[0]), "best_step_bbox": float(best_bbox[0])}
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """The training state after a validation, written to a temp file and renamed (torch.save)."""
-    from dfbench.atomic import atomic_write
-
-    atomic_write(path, lambda temp: torch.save(state, temp))
+#: a pickle an earlier dfbench wrote (torch.save); never loaded: unpickling a copied run folder can run code
+LEGACY_CHECKPOINT = "checkpoint.pt"
 
 
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The training state a killed run left in its own folder, or ``None``. The file holds Python random
-    states and the optimizer's state, so it is read with ``weights_only=False`` — scoped to dfbench's
-    own checkpoint in the run's folder, never a downloaded file."""
+def random_state_to_json(state: tuple) -> list:
+    """``random.Random.getstate()`` as JSON: [version, [625 integers], gauss_next]."""
+    version, internal, gauss_next = state
+    return [version, list(internal), gauss_next]
+
+
+def random_state_from_json(value: list) -> tuple:
+    version, internal, gauss_next = value
+    return (int(version), tuple(int(number) for number in internal), gauss_next)
+
+
+def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
+    """The training state after a validation as safetensors + JSON (no pickle): ``checkpoint-<step>.safetensors``
+    holds the tensors (head, optimizer moments, best head, best predictions), ``checkpoint.json`` the rest
+    (step, epoch order, history, random states as integers) and the tensor file's name and sha256. Each file
+    is written to a temp file and renamed, the JSON last, and the previous tensor file is removed after it, so
+    the JSON always names a whole tensor file."""
+    from safetensors.torch import save_file
+
+    from dfbench.atomic import atomic_write, atomic_write_text
+
+    optimizer = state["optimizer"]
+    tensors = {f"head.{name}": value for name, value in state["head"].items()}
+    tensors.update({f"optimizer.{index}.{key}": value for index, moments in optimizer["state"].items()
+                    for key, value in moments.items()})
+    best = state["best"]
+    tensors.update({f"best.state.{name}": value for name, value in best.get("state", {}).items()})
+    tensors.update({f"best.predictions.{index}": value for index, value in enumerate(best.get("predictions", []))})
+    tensor_file = folder / f"checkpoint-{state['step']}.safetensors"
+    contiguous = {name: value.detach().cpu().clone().contiguous() for name, value in tensors.items()}   # unshared
+    atomic_write(tensor_file, lambda temp: save_file(contiguous, str(temp)))
+    document = {"format": 1, "step": state["step"], "epoch": state["epoch"], "history": state["history"],
+                "order_rng": random_state_to_json(state["order_rng"]),
+                "draw_rng": random_state_to_json(state["draw_rng"]),
+                "optimizer_param_groups": optimizer["param_groups"],
+                "optimizer_state_keys": {str(index): sorted(moments) for index, moments in optimizer["state"].items()},
+                "best": {key: value for key, value in best.items() if key not in ("state", "predictions")},
+                "best_predictions": len(best.get("predictions", [])),
+                "tensors": tensor_file.name,
+                "sha256": hashlib.sha256(tensor_file.read_bytes()).hexdigest()}
+    atomic_write_text(folder / "checkpoint.json", json.dumps(document) + "\n")
+    for old in folder.glob("checkpoint-*.safetensors"):
+        if old != tensor_file:
+            old.unlink()
+    return folder / "checkpoint.json"
+
+
+def load_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The training state a killed run left in its folder (see :func:`save_checkpoint`), or ``None``. A pickle
+    from an earlier dfbench (``checkpoint.pt``) is refused, never unpickled; a damaged checkpoint is one line."""
+    from safetensors.torch import load_file
+
+    if (folder / LEGACY_CHECKPOINT).exists():
+        raise DfbenchInputError(f"run folder {folder}: {LEGACY_CHECKPOINT} is a pickle (an earlier dfbench's "
+                                "checkpoint, or a file copied in); dfbench does not unpickle files from a run "
+                                f"folder, since that can run code: delete {folder / LEGACY_CHECKPOINT} to train "
+                                "from step 0")
+    path = folder / "checkpoint.json"
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        document = json.loads(path.read_text())
+        tensor_file = folder / document["tensors"]
+        if Path(document["tensors"]).name != document["tensors"]:
+            raise ValueError("the tensor file must lie in the run folder")
+        if hashlib.sha256(tensor_file.read_bytes()).hexdigest() != document["sha256"]:
+            raise ValueError(f"{tensor_file.name} does not match its sha256")
+        tensors = load_file(str(tensor_file))
+
+        def group(prefix: str) -> dict[str, torch.Tensor]:
+            return {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
+
+        optimizer_state = {int(index): {key: tensors[f"optimizer.{index}.{key}"] for key in keys}
+                           for index, keys in document["optimizer_state_keys"].items()}
+        best = dict(document["best"])
+        if best:
+            best["state"] = group("best.state.")
+            best["predictions"] = [tensors[f"best.predictions.{index}"]
+                                   for index in range(document["best_predictions"])]
+        return {"step": int(document["step"]), "epoch": [int(index) for index in document["epoch"]],
+                "history": document["history"], "head": group("head."),
+                "optimizer": {"state": optimizer_state, "param_groups": document["optimizer_param_groups"]},
+                "order_rng": random_state_from_json(document["order_rng"]),
+                "draw_rng": random_state_from_json(document["draw_rng"]), "best": best}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DfbenchInputError(f"run folder {folder}: checkpoint.json cannot be resumed ({error}); delete "
+                                "checkpoint.json and checkpoint-*.safetensors there to train from step 0") from None
 
 
 def train(train_pairs: Sequence[SpairPair], val: Sequence[SpairPair], draws: Sequence[Features],
           options: GdfConvOptions, seed: int, device: torch.device, progress: bool = True,
-          log: Callable[[str], None] | None = None, checkpoint: Path | None = None
-          ) -> tuple[dict[str, Any], dict[str, Any]]:
+          log: Callable[[str], None] | None = None, checkpoint: Path | None = None,
+          announce: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the conv head on ``train_pairs`` and validate it on ``val`` at :func:`validation_steps`.
 
     ``draws[k]`` are the features of noise realisation k (``draws[0]`` also holds the validation
     images). Returns the validation of best PCK@0.1 bbox (the first on ties) — ``step``,
     ``pck_img``, ``pck_bbox``, the head's ``state`` and its ``predictions`` on ``val`` — and the
-    history: losses and ``validations`` [(step, pck_img, pck_bbox), …]. With ``checkpoint``, the
-    whole training state is saved there after every validation, and a run killed after one resumes
-    from it with the same result as an uninterrupted run."""
+    history: losses and ``validations`` [(step, pck_img, pck_bbox), …]. With ``checkpoint`` (the run's
+    folder), the whole training state is saved there after every validation (:func:`save_checkpoint`), and a
+    run killed after one resumes from it with the same result as an uninterrupted run, saying so through
+    ``announce``; ``log`` receives each validation."""
     if not train_pairs or not val:
         raise DfbenchInputError("spair/gdf-conv needs training pairs (trn) and validation pairs")
     channels = _grid(draws[0], train_pairs[0].src_key, device).shape[1]
@@ -209,6 +288,9 @@ def train(train_pairs: Sequence[SpairPair], val: Sequence[SpairPair], draws: Seq
         draw_rng.setstate(saved["draw_rng"])
         best, history, epoch, start = saved["best"], saved["history"], saved["epoch"], saved["step"] + 1
         history["resumed_at_step"] = start
+        if announce:
+            announce(f"spair/gdf-conv: resumed from the checkpoint in {checkpoint} at step {start} of "
+                     f"{options.max_steps} (validated up to step {saved['step']})")
     for step in tqdm(range(start, options.max_steps), desc="gdf-conv train", unit="step", disable=not progress,
                      initial=start, total=options.max_steps):
         if not epoch:  # task-corres.py:153: np.random.permutation(train_anns)[:max_steps_per_epoch]
