@@ -27,9 +27,10 @@ def save_figure(figure: Any, path: Path) -> Path:
 
 
 def plot_per_category(per_category: dict[str, dict[str, float]], metric: str, title: str, path: Path,
-                      pooled: float | None = None) -> Path:
-    """A bar per category of ``metric`` (percent), with two labelled lines: the mean over categories
-    (each category counts once) and, if given, the ``pooled`` value over all items (the headline)."""
+                      pooled: float | None = None, items: str = "categories") -> Path:
+    """A bar per category (``items="classes"`` for segmentation) of ``metric`` (percent), with two labelled
+    lines: the mean over them (each counts once) and, if given, the ``pooled`` value over all keypoints (the
+    headline). The legend sits to the right of the axes, so it never covers a bar."""
     plt = pyplot()
     names = list(per_category)
     values = [per_category[name][metric] for name in names]
@@ -37,12 +38,13 @@ def plot_per_category(per_category: dict[str, dict[str, float]], metric: str, ti
     axis.bar(names, values, color="#4c72b0")
     if values:
         mean = float(np.mean(values))
-        axis.axhline(mean, color="#dd8452", linestyle="--", label=f"mean over categories {mean:.1f}")
+        axis.axhline(mean, color="#dd8452", linestyle="--", label=f"mean over {items} {mean:.1f}")
         if pooled is not None:
             axis.axhline(pooled, color="#55a868", linestyle=":", label=f"pooled over keypoints {pooled:.1f}")
-        axis.legend(loc="lower right", fontsize=7)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     axis.set_ylim(0, 100)
     axis.set_ylabel(metric + " (%)")
+    axis.set_xlabel(items)
     axis.set_title(title, fontsize=9)
     axis.tick_params(axis="x", rotation=45)
     path = save_figure(figure, path)

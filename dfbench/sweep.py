@@ -203,6 +203,13 @@ def write_sweep(result: SweepResult, task: str, protocol: str, backbone: str, re
     return folder
 
 
+def text_colour(rgba: tuple[float, ...]) -> str:
+    """Black on a light cell, white on a dark one: by the cell's relative luminance (sRGB weights; the
+    threshold 0.5 keeps viridis' yellow and green end black-on-light)."""
+    red, green, blue = rgba[:3]
+    return "black" if 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.5 else "white"
+
+
 def plot_heatmap(result: SweepResult, timesteps: list[int], candidates: list[str], title: str, path: Path) -> Path:
     """Activation × timestep image of the primary metric (the first prompt's runs)."""
     import numpy as np
@@ -223,7 +230,8 @@ def plot_heatmap(result: SweepResult, timesteps: list[int], candidates: list[str
     for row in range(len(candidates)):
         for column in range(len(timesteps)):
             if np.isfinite(grid[row, column]):
-                axis.text(column, row, f"{grid[row, column]:.1f}", ha="center", va="center", fontsize=6, color="w")
+                axis.text(column, row, f"{grid[row, column]:.1f}", ha="center", va="center", fontsize=6,
+                          color=text_colour(shown.cmap(shown.norm(grid[row, column]))))
     figure.colorbar(shown, ax=axis, label=result.metric)
     axis.set_title(title, fontsize=9)
     path = save_figure(figure, path)

@@ -92,7 +92,10 @@ def test_damaged_shard_is_detected_and_recomputed(tmp_path, tiny_sd15, items, ca
     recomputed = load_features(tiny_sd15, items, NAMES, SETTINGS, fresh_store)
     assert shard.name in fresh_store.damaged
     assert all(torch.equal(clean[k][n], recomputed[k][n]) for k in clean for n in NAMES)
+    capsys.readouterr()
     assert main(["cache", "verify", "--cache-dir", str(tmp_path), "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed: {shard}" in out and "--repair removed 1 shard(s)" in out       # says what it deleted
     assert not shard.exists()
     assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0
 
@@ -206,6 +209,14 @@ def test_two_processes_writing_the_same_keys(tmp_path, reference_cache):
     expected = _all_tensors(reference)
     for name, value in _all_tensors(cache_dir).items():
         assert torch.equal(value, expected[name])
+
+
+def test_cache_ls_on_a_new_machine_says_empty(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "new-home"))
+    assert main(["cache", "ls"]) == 0
+    assert capsys.readouterr().out.strip() == (f"feature cache {tmp_path / 'new-home' / 'features'}: empty (the folder "
+                                               "does not exist yet; `run --cache-dir` and `extract --dataset` fill it)")
+    assert not (tmp_path / "new-home").exists()                   # reading never creates the folder
 
 
 def test_cache_ls_and_prune(tmp_path, tiny_sd15, items, capsys):

@@ -297,7 +297,8 @@ class LabelScarceTask(Task):
         from dfbench.images import image_size
         from dfbench.plots import plot_per_category
 
-        figures = [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png")]
+        figures = [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png",
+                                     items="classes")]
         first = output.predictions[min(output.predictions)]
         rows = []
         for key, image, label in output.details.get("overlay_images", []):
@@ -306,7 +307,7 @@ class LabelScarceTask(Task):
                          resize_nearest(first[key], shape)))
         if rows:
             figures.append(plot_overlays(rows, class_palette(self.dataset.num_classes), title,
-                                         folder / "overlays.png"))
+                                         folder / "overlays.png", list(self.dataset.class_names)))
         return figures
 
     def save_predictions(self, output: TaskOutput, folder: Path) -> Path:

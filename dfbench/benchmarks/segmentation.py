@@ -172,12 +172,13 @@ class SegmentationTask(Task):
         from dfbench.benchmarks.segmentation_plots import plot_overlays
         from dfbench.plots import plot_per_category
 
-        figures = [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png")]
+        figures = [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png",
+                                     items="classes")]
         rows = [(stem, Path(image), load_label(self.layout, label), output.predictions[stem])
                 for stem, image, label in output.details.get("overlay_images", [])]
         if rows:
             palette = mmseg_metainfo(self.layout)["palette"]
-            figures.append(plot_overlays(rows, palette, title, folder / "overlays.png"))
+            figures.append(plot_overlays(rows, palette, title, folder / "overlays.png", class_names(self.layout)))
         return figures
 
     def save_predictions(self, output: TaskOutput, folder: Path) -> Path:

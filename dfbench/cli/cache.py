@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dfbench.errors import DfbenchInputError
 
@@ -28,8 +29,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from dfbench.cache import FeatureCache
+    from dfbench.cache import FeatureCache, default_cache_root
 
+    if args.action == "ls":
+        root = Path(args.cache_dir) if args.cache_dir else default_cache_root()
+        if not root.is_dir():        # a new machine: nothing extracted yet is not an error
+            print(f"feature cache {root}: empty (the folder does not exist yet; `run --cache-dir` and "
+                  "`extract --dataset` fill it)")
+            return 0
     cache = FeatureCache(args.cache_dir, create=False)
     stores = cache.stores()
     if args.action == "ls":
@@ -45,7 +52,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
                                       "images", "entries", "MiB"]))
         return 0
     if args.action == "verify":
-        bad = 0
+        bad = removed = 0
         for store in stores:
             recorded = set(store.recorded_shards())
             on_disk = {path.name for path in (store.folder / "shards").glob("*.safetensors")}
@@ -58,13 +65,18 @@ def cmd_cache(args: argparse.Namespace) -> int:
             if args.repair:
                 for shard in [*damaged, *unrecorded]:
                     (store.folder / "shards" / shard).unlink(missing_ok=True)
+                    print(f"removed: {store.folder / 'shards' / shard}")
                 store.merge_manifest()
+                removed += len(damaged) + len(unrecorded)
             bad += len(damaged)
             print(f"{store.config['backbone']}/{store.folder.name}: {len(recorded) - len(damaged)} shards ok, "
                   f"{len(damaged)} damaged, {len(unrecorded)} unrecorded")
         if bad and not args.repair:
             print(f"{bad} damaged shard(s): their features are recomputed on next use; `--repair` deletes them")
             return 1
+        if args.repair:
+            print(f"--repair removed {removed} shard(s)" + (": their features are recomputed on next use"
+                                                              if removed else ""))
         return 0
     chosen = [store for store in stores if args.all or store.config["backbone"] == args.backbone
               or store.folder.name == args.config]
