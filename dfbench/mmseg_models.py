@@ -1,4 +1,4 @@
-"""dfbench's two pieces in mmsegmentation's ``MODELS`` registry, for the ``gdf-uper`` protocol.
+"""dfbench's pieces in mmsegmentation's registries, for the ``gdf-uper`` protocol.
 
 - ``FrozenFeatureBackbone``: any registered dfbench backbone + activation selection + settings as an
   mmseg backbone. Each input crop (N×3×H×W in [-1, 1], from ``SegDataPreProcessor``) is resized
@@ -13,12 +13,16 @@
   then one on each level's concatenation. Every conv and BatchNorm weight and bias starts at zero, as
   GDF initialises them, so each block starts as the identity.
 
+- ``SignCheckpointsHook`` (``HOOKS``): signs each checkpoint mmengine saves (:mod:`dfbench.signing`), so a
+  resume loads only checkpoints this machine's dfbench wrote.
+
 mmseg's own ``EncoderDecoder``, decode heads, losses and slide inference do everything else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,8 +33,9 @@ from dfbench.mmseg_compat import ensure_mmcv_ops
 
 ensure_mmcv_ops()
 
-from mmengine.model import BaseModule  # noqa: E402  (after the mmcv.ops stand-in)
-from mmseg.registry import MODELS  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402  (after the mmcv.ops stand-in)
+from mmengine.model import BaseModule  # noqa: E402
+from mmseg.registry import HOOKS, MODELS  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
 register_all_modules(init_default_scope=False)   # mmseg's models, datasets, transforms, metrics, hooks
@@ -102,3 +107,34 @@ class GdfResidualAdapter(BaseModule):
             parts = torch.split(level, counts, dim=1)
             outputs.append(block(torch.cat([each(part) for each, part in zip(blocks, parts, strict=True)], dim=1)))
         return outputs
+
+
+@HOOKS.register_module()
+class SignCheckpointsHook(Hook):
+    """After mmengine's ``CheckpointHook`` (this hook runs last), sign the newest checkpoint of the work
+    folder once (main process only: only it saves checkpoints)."""
+
+    priority = "LOWEST"
+
+    def __init__(self) -> None:
+        self.signed: str | None = None
+
+    def _sign_latest(self, runner: Any) -> None:
+        from mmengine.dist import is_main_process
+        from mmengine.runner import find_latest_checkpoint
+
+        from dfbench.signing import sign
+
+        latest = find_latest_checkpoint(runner.work_dir) if is_main_process() else None
+        if latest and latest != self.signed:
+            sign(Path(latest))
+            self.signed = latest
+            for signature in Path(runner.work_dir).glob("*.hmac"):       # of checkpoints mmengine deleted
+                if not signature.with_suffix("").exists():
+                    signature.unlink()
+
+    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        self._sign_latest(runner)
+
+    def after_train(self, runner: Any) -> None:
+        self._sign_latest(runner)

@@ -219,6 +219,7 @@ def test_resume_continues_at_the_checkpointed_iteration(tmp_path):
     (folder / "mmseg" / "iter_4.pth").unlink()
     (folder / "mmseg" / "last_checkpoint").write_text(str(folder / "mmseg" / "iter_2.pth"))
     shutil.rmtree(next(folder.glob("mmseg/2*/")))
+    assert (folder / "mmseg" / "iter_2.pth.hmac").is_file()                  # signed when mmengine saved it
     resumed, again = run_one(spec, tmp_path, progress=False, figures=False)
     assert again.parent == folder and resumed.details["resumed_from"] == "iter_2.pth"
     assert resumed.details["iterations"] == 4
@@ -264,3 +265,39 @@ def test_perf_segmentation_times_a_gdf_uper_training_step(tiny_sd15):
 
     row = _gdf_uper_iteration_s(tiny_sd15, "cityscapes", "gdf-ours-sd15-cityscapes", 64, 1, lambda message: None)
     assert row["crop"] == 64 and row["batch"] == 2 and row["s_per_iter"] > 0 and row["peak_rss_gib"] > 0
+
+
+def test_a_checkpoint_this_machine_did_not_sign_is_never_unpickled(tmp_path, monkeypatch):
+    """A run folder copied from elsewhere may carry a crafted mmengine checkpoint (a pickle): resume_point
+    refuses it in one line before mmengine's loader could unpickle it; a signed one is resumed, a signed one
+    changed afterwards is refused again."""
+    import pickle
+
+    from dfbench.benchmarks.segmentation_uper import RUN_CHECKPOINT, resume_point
+    from dfbench.signing import sign
+
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
+    marker = tmp_path / "ran"
+
+    class Crafted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    work = tmp_path / "run" / "mmseg"
+    work.mkdir(parents=True)
+    checkpoint = work / "iter_8000.pth"
+    checkpoint.write_bytes(pickle.dumps(Crafted()))
+    (work / "last_checkpoint").write_text(str(checkpoint))
+    with pytest.raises(DfbenchInputError, match=r"iter_8000.pth has no valid signature of this machine's dfbench .* "
+                                                r"it is not loaded: delete"):
+        resume_point(work)
+    assert not marker.exists()
+    sign(checkpoint)
+    assert resume_point(work) == RUN_CHECKPOINT + str(checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"\x00")
+    with pytest.raises(DfbenchInputError, match="no valid signature"):
+        resume_point(work)
+    sign(checkpoint)
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "other-machine"))    # another machine: another key
+    with pytest.raises(DfbenchInputError, match="no valid signature"):
+        resume_point(work)

@@ -184,19 +184,31 @@ RUN_CHECKPOINT = "dfbench-run://"
 def load_run_checkpoint(filename: str, map_location: Any = None) -> Any:
     """Load one of the run's own mmengine checkpoints. They pickle message-hub objects (bound methods
     among them) that torch's ``weights_only=True`` refuses, so this one loader — reached only through
-    the :data:`RUN_CHECKPOINT` prefix that :func:`resume_point` puts on a checkpoint dfbench wrote in
-    the run folder — loads with an explicit ``weights_only=False``. Nothing else changes."""
+    the :data:`RUN_CHECKPOINT` prefix that :func:`resume_point` puts on a checkpoint whose signature
+    (:mod:`dfbench.signing`) shows this machine's dfbench wrote it — loads with an explicit
+    ``weights_only=False``. Nothing else changes."""
     return torch.load(filename.removeprefix(RUN_CHECKPOINT), map_location=map_location, weights_only=False)
 
 
 def resume_point(work_dir: Path) -> str | None:
     """The latest checkpoint in ``work_dir`` (mmengine's ``last_checkpoint``) as a ``RUN_CHECKPOINT``
-    path for the Runner's ``load_from``, or ``None`` for a fresh start."""
+    path for the Runner's ``load_from``, or ``None`` for a fresh start. A checkpoint without this
+    machine's signature (copied in, changed, or written by another dfbench) is refused in one line:
+    unpickling it could run code."""
     from mmengine.runner import CheckpointLoader, find_latest_checkpoint
+
+    from dfbench.signing import is_signed
 
     CheckpointLoader.register_scheme(RUN_CHECKPOINT, load_run_checkpoint, force=True)
     latest = find_latest_checkpoint(str(work_dir)) if work_dir.is_dir() else None
-    return RUN_CHECKPOINT + latest if latest else None
+    if latest is None:
+        return None
+    if not is_signed(Path(latest)):
+        raise DfbenchInputError(
+            f"run folder {work_dir.parent}: checkpoint {latest} has no valid signature of this machine's dfbench "
+            "(copied from elsewhere, changed, or left by an older dfbench); it is a pickle, which can run code, so "
+            f"it is not loaded: delete {work_dir} to train from iteration 0")
+    return RUN_CHECKPOINT + latest
 
 
 def runner_config(context: RunContext, options: GdfUperOptions, train_set: Any, val_set: Any,
@@ -225,6 +237,7 @@ def runner_config(context: RunContext, options: GdfUperOptions, train_set: Any, 
             checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=options.checkpoint_interval,
                             max_keep_ckpts=2),
             sampler_seed=dict(type="DistSamplerSeedHook")),
+        custom_hooks=[dict(type="SignCheckpointsHook")],
         log_processor=dict(by_epoch=False),
         launcher="pytorch" if distributed else "none",
         # on CPU (gloo) DDP takes no device_ids; mmengine's default passes [LOCAL_RANK], meant for GPUs
