@@ -290,7 +290,7 @@ class Ade20kTask(SegmentationTask):
 
     name = "ade20k"
     layout = ADE20K
-    download_hint = ADE20K.download_hint + " (or --data-root hf:scene_parse_150)"
+    download_hint = ADE20K.download_hint + " (or a Hugging Face datasets copy: hf:<id> or a save_to_disk folder)"
 
     def data_folder(self, data_root: str) -> Path:
         """The folder layout, or a Hugging Face source (``hf:<id>``, a ``save_to_disk`` folder) written

@@ -1,5 +1,6 @@
-"""ADE20K from Hugging Face ``datasets``: a hub id (``hf:scene_parse_150``, any id or folder that
-``datasets.load_dataset`` reads) or a ``save_to_disk`` folder, written once into mmseg's
+"""ADE20K from Hugging Face ``datasets``: a hub id (``hf:<id>``, any id or folder of data files that
+``datasets.load_dataset`` reads — not ``scene_parse_150``, a loading script that datasets ≥ 4 refuses) or a
+``save_to_disk`` folder, written once into mmseg's
 ``ADEChallengeData2016`` layout so every protocol (and mmseg's own dataset class) reads it as files.
 
 Rows need an ``image`` column and an ``annotation`` (or ``label``) column, both ``Image`` features
