@@ -7,9 +7,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(temp_path)`` and atomically rename the temp file to ``path``.
 
     The temp file lives beside ``path`` (same filesystem, so the rename is atomic) and keeps its
@@ -42,7 +43,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda temp: temp.write_text(text))
 
 
-def atomic_build_dir(target: str | Path, build: Callable[[Path], None]) -> Path:
+def atomic_write_png(path: str | Path, array: Any) -> Path:
+    """:func:`atomic_write` of a single-channel 8-bit PNG (a label map) from an integer array."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray(np.asarray(array).astype(np.uint8))
+    return atomic_write(path, lambda temp: image.save(temp, format="PNG"))
+
+
+def atomic_write_npy(path: str | Path, array: Any) -> Path:
+    """:func:`atomic_write` of a float32 ``.npy`` file."""
+    import numpy as np
+
+    values = np.asarray(array, dtype=np.float32)
+    return atomic_write(path, lambda temp: np.save(temp, values))
+
+
+def atomic_build_dir(target: str | Path, build: Callable[[Path], object]) -> Path:
     """Build a folder once: ``build(staging)`` in a temp folder beside ``target``, then rename it to
     ``target``. A reader never sees a half-built folder; if another process finished first, its
     folder is kept and this one discarded; on any failure nothing is left behind."""

@@ -8,4 +8,4 @@ from pathlib import Path
 
 def dfbench_home(home: str | Path | None = None) -> Path:
     """``home`` if given, else ``$DFBENCH_HOME``, else ``~/.cache/dfbench``."""
-    return Path(home or os.environ.get("DFBENCH_HOME", Path.home() / ".cache" / "dfbench"))
+    return Path(home or os.environ.get("DFBENCH_HOME") or Path.home() / ".cache" / "dfbench")

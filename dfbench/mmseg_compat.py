@@ -48,8 +48,6 @@ def ensure_mmcv_ops() -> None:
     if importlib.util.find_spec("mmcv._ext") is not None:
         return  # full mmcv: its own ops
     standin = types.ModuleType("mmcv.ops", "dfbench's stand-in for mmcv.ops on mmcv-lite (point_sample only)")
-    standin.point_sample = point_sample
-    standin.sigmoid_focal_loss = sigmoid_focal_loss
-    standin.__getattr__ = _missing_op  # type: ignore[attr-defined]
+    vars(standin).update(point_sample=point_sample, sigmoid_focal_loss=sigmoid_focal_loss, __getattr__=_missing_op)
     sys.modules["mmcv.ops"] = standin
     importlib.import_module("mmcv").ops = standin  # type: ignore[attr-defined]

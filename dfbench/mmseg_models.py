@@ -105,7 +105,8 @@ class GdfResidualAdapter(BaseModule):
         levels = zip(inputs, self.channels, self.per_activation, self.per_level, strict=True)
         for level, counts, blocks, block in levels:
             parts = torch.split(level, counts, dim=1)
-            outputs.append(block(torch.cat([each(part) for each, part in zip(blocks, parts, strict=True)], dim=1)))
+            outputs.append(block(torch.cat([each(part) for each, part in zip(blocks.children(), parts, strict=True)],
+                                           dim=1)))
         return outputs
 
 

@@ -30,7 +30,7 @@ import torch
 
 from dfbench.capture import ActivationCapture
 from dfbench.images import to_model_input
-from dfbench.settings import ExtractSettings
+from dfbench.settings import DTypeName, ExtractSettings
 
 
 def _sync(device: torch.device) -> None:
@@ -125,7 +125,7 @@ def machine_description(device: torch.device) -> str:
     return f"{name}; {torch.get_num_threads()} threads; torch {torch.__version__}"
 
 
-def run_recipes(backbone_name: str = "sd15", resolution: int | None = None, dtype: str = "float32",
+def run_recipes(backbone_name: str = "sd15", resolution: int | None = None, dtype: DTypeName = "float32",
                 repeats: int = 1, ensemble: int = 8, device: str = "cpu", measure_rss: bool = True,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time truncation, the ensemble recipe, DIFT-style encoding and a clean pass side by side."""
@@ -181,7 +181,7 @@ def run_recipes(backbone_name: str = "sd15", resolution: int | None = None, dtyp
     return results
 
 
-def run_throughput(backbones: list[str], dtype: str = "bfloat16", batch_size: int = 8, repeats: int = 5,
+def run_throughput(backbones: list[str], dtype: DTypeName = "bfloat16", batch_size: int = 8, repeats: int = 5,
                    device: str | None = None, peak_tflops: float | None = None,
                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Images/s of one clean pass (VAE encode + truncated UNet) per backbone at its default resolution."""

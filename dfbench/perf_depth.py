@@ -84,9 +84,9 @@ def measure_extract(device: str, steps: int) -> dict[str, Any]:
     from PIL import Image
 
     from dfbench.registry import create_backbone
-    from dfbench.settings import ExtractSettings
+    from dfbench.settings import DTypeName, ExtractSettings
 
-    dtype = "bfloat16" if device == "cuda" else "float32"
+    dtype: DTypeName = "bfloat16" if device == "cuda" else "float32"
     backbone = create_backbone("sd21", init="random", device=device, torch_dtype=dtype)
     settings = ExtractSettings(resolution=CROP, timestep=1, dtype=dtype, batch_size=BATCH)
     images = [Image.new("RGB", (CROP, CROP), (120, 90, 60))] * BATCH

@@ -8,6 +8,7 @@ one warm-up. The overhead of the fusion is its extraction time minus the sum of 
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -54,8 +55,8 @@ def run_fusion(preset_name: str = "tale-of-two", backbone: str | None = None, de
         log(f"  {source} alone: {', '.join(activations)} …")
         source_settings = fused.source_settings(source, settings)
         part = fused.sources[source]
-        seconds = _median_seconds(lambda part=part, names=activations, values=source_settings: part.extract(
-            [image], names, values, categories=["cat"]), repeats, device)
+        seconds = _median_seconds(functools.partial(part.extract, [image], activations, source_settings,
+                                                    categories=["cat"]), repeats, device)
         rows["sources"][source] = {"resolution": source_settings.resolution, "s_per_image": seconds}
     log("  the fusion …")
     rows["fused_s_per_image"] = _median_seconds(lambda: fused.extract([image], selection, settings, ["cat"]),

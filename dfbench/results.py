@@ -462,7 +462,7 @@ def compare_to_baseline(records: list[Result], baseline_path: str | Path, tolera
         for metric, reference in entry["metrics"].items():
             allowed = float(tolerances.get(metric, default))
             value = record.metrics.get(metric) if record else None
-            if value is None:
+            if record is None or value is None:
                 rows.append([*label, metric, reference, None, None, None, allowed, "MISSING"])
                 passed = False
                 continue

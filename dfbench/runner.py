@@ -488,7 +488,7 @@ def recorded_runs(results_dir: str | Path) -> dict[str, Result]:
         records = load_results(results_dir)
     except DfbenchInputError:
         return {}
-    return {record.details.get("config_hash"): record for record in records}
+    return {str(record.details.get("config_hash")): record for record in records}
 
 
 @dataclass

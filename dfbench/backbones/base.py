@@ -25,6 +25,7 @@ extracted it; the same seed gives bit-identical features on CPU.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import string
@@ -37,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
+from typing_extensions import Self
 
 from dfbench.activations import ActivationInfo, addressable_names, validate_selection
 from dfbench.capture import ActivationCapture, Features
@@ -160,10 +162,11 @@ class DiffusionBackbone:
         source: str = "",
     ) -> None:
         self.name = name
-        self.unet = unet.eval().requires_grad_(False)
-        self.vae = vae.eval().requires_grad_(False)
+        # diffusers models: their configs and call signatures are read dynamically, so typed as Any
+        self.unet: Any = unet.eval().requires_grad_(False)
+        self.vae: Any = vae.eval().requires_grad_(False)
         self.scheduler = scheduler
-        self.text_encoders = [encoder.eval().requires_grad_(False) for encoder in text_encoders]
+        self.text_encoders: list[Any] = [encoder.eval().requires_grad_(False) for encoder in text_encoders]
         self.tokenizers = list(tokenizers)
         self.default_resolution = default_resolution
         self.source = source
@@ -185,7 +188,7 @@ class DiffusionBackbone:
         torch_dtype: str = "float32",
         device: str | None = None,
         local_files_only: bool | None = None,
-    ) -> DiffusionBackbone:
+    ) -> Self:
         """Load every component with diffusers/transformers ``from_pretrained`` from a hub id or a
         local diffusers folder (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``)."""
         import transformers
@@ -206,7 +209,8 @@ class DiffusionBackbone:
             for model_folder, tokenizer_folder, class_name in cls.TEXT_ENCODERS:
                 encoder_class = getattr(transformers, class_name)
                 encoders.append(encoder_class.from_pretrained(model_id, subfolder=model_folder, dtype=dtype, **common))
-                tokenizers.append(CLIPTokenizer.from_pretrained(model_id, subfolder=tokenizer_folder, **common))
+                tokenizers.append(CLIPTokenizer.from_pretrained(model_id, subfolder=tokenizer_folder,
+                                                                local_files_only=bool(local_files_only)))
         except (OSError, ValueError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             if Path(model_id).is_dir():  # a local folder: say what is missing there, not how to download it
@@ -235,7 +239,7 @@ class DiffusionBackbone:
         seed: int = 0,
         device: str | None = None,
         torch_dtype: str = "float32",
-    ) -> DiffusionBackbone:
+    ) -> Self:
         """Build from architecture configs with seeded random weights (``init="random"``) or with no
         weights at all on the meta device (``init="meta"``: shapes only)."""
         import transformers
@@ -271,7 +275,7 @@ class DiffusionBackbone:
             encoder.save_pretrained(directory / model_folder)
             tokenizer.save_pretrained(directory / tokenizer_folder)
 
-    def to(self, device: str | torch.device, torch_dtype: str | None = None) -> DiffusionBackbone:
+    def to(self, device: str | torch.device, torch_dtype: str | None = None) -> Self:
         """Move every model to ``device`` (and cast to ``torch_dtype``); returns ``self``."""
         dtype = TORCH_DTYPES[torch_dtype] if torch_dtype else None
         for module in (self.unet, self.vae, *self.text_encoders):
@@ -490,11 +494,8 @@ class DiffusionBackbone:
             text = torch.cat([embedding.hidden_states for embedding in embeddings]).to(self.dtype)
             added = self.added_cond_kwargs_batch(embeddings, resolution)
             timesteps = torch.full((len(rows),), settings.timestep, dtype=torch.long, device=rows.device)
-            captured = capture.run(
-                lambda rows=rows, timesteps=timesteps, text=text, added=added: self.unet(
-                    rows, timesteps, encoder_hidden_states=text, added_cond_kwargs=added, return_dict=False
-                )
-            )
+            captured = capture.run(functools.partial(
+                self.unet, rows, timesteps, encoder_hidden_states=text, added_cond_kwargs=added, return_dict=False))
             for name in names:
                 pieces[name].append(captured[name])
         return {name: torch.cat(values) for name, values in pieces.items()}
@@ -502,6 +503,7 @@ class DiffusionBackbone:
     def added_cond_kwargs_batch(self, embeddings: list[PromptEmbedding], resolution: int) -> dict | None:
         """:meth:`added_cond_kwargs` for rows with possibly different prompts."""
         per_row = [self.added_cond_kwargs(embedding, 1, resolution) for embedding in embeddings]
-        if per_row[0] is None:
+        first = per_row[0]
+        if first is None:
             return None
-        return {key: torch.cat([row[key] for row in per_row]) for key in per_row[0]}
+        return {key: torch.cat([row[key] for row in per_row if row is not None]) for key in first}

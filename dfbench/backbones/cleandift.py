@@ -40,8 +40,7 @@ def cleandift_unet_file(family: str, local_files_only: bool | None = None) -> Pa
                 f"reached ({reason}); download it with `hf download {CLEANDIFT_REPO} {filename}` on a machine with "
                 "internet, or pass unet_weights=FILE")
     try:
-        extra = {"local_files_only": local_files_only} if local_files_only is not None else {}
-        return Path(hf_hub_download(CLEANDIFT_REPO, filename, **extra))
+        return Path(hf_hub_download(CLEANDIFT_REPO, filename, local_files_only=bool(local_files_only)))
     except Exception as error:  # huggingface_hub raises several unrelated types offline / on 404
         raise DfbenchInputError(
             f"cannot get {CLEANDIFT_REPO}/{filename} ({type(error).__name__}); download it with "

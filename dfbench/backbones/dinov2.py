@@ -59,10 +59,12 @@ class Dinov2Backbone:
     setting_names = ("resolution", "resize_mode", "dtype", "batch_size", "pad_color", "resample")
 
     def __init__(self, name: str, model: torch.nn.Module, source: str, default_resolution: int = DEFAULT_RESOLUTION):
-        self.name, self.model, self.source = name, model.eval(), source
+        self.name, self.source = name, source
+        self.model: Any = model.eval()      # a transformers model: its config is read dynamically
         self.default_resolution = default_resolution
-        self.layers = model.config.num_hidden_layers
-        self.registers = getattr(model.config, "num_register_tokens", 0)
+        config: Any = model.config
+        self.layers: int = config.num_hidden_layers
+        self.registers: int = getattr(config, "num_register_tokens", 0)
 
     @property
     def device(self) -> torch.device:
@@ -178,6 +180,9 @@ class Dinov2Backbone:
         if name == "embeddings":
             return self.model.embeddings
         block = re.fullmatch(r"blocks\.(\d+)(?:\.attn\.([qkv]))?", name)
+        if block is None:
+            raise UnknownNameError(f"{name!r}: not an activation of {self.name} (see `dfbench activations "
+                                   f"{self.name}`)")
         layer = self.model.encoder.layer[int(block.group(1))]
         return qkv_linear(layer.attention, block.group(2)) if block.group(2) else layer
 

@@ -239,7 +239,7 @@ class FusionBackbone:
         """One descriptor map N×C×H×W from a fusion's activations (steps 2–4 of the module docstring; a
         pair-fitted PCA is :meth:`combine_pair`'s)."""
         maps = [value.float() for value in activations.values()]
-        size = max((tuple(m.shape[2:]) for m in maps), key=lambda grid: grid[0] * grid[1])
+        size: tuple[int, int] = max(((m.shape[2], m.shape[3]) for m in maps), key=lambda grid: grid[0] * grid[1])
         progressive = self.options["upsample"] == "progressive"
         parts = []
         for source, names in self.by_source(list(activations)).items():

@@ -30,6 +30,8 @@ class StableDiffusionXLBackbone(DiffusionBackbone):
 
     def added_cond_kwargs(self, embedding: PromptEmbedding, rows: int, resolution: int) -> dict:
         time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=self.dtype)
+        if embedding.pooled is None:
+            raise ValueError("SDXL needs the pooled text embedding (text_embeds)")
         return {
             "text_embeds": embedding.pooled.to(self.dtype).expand(rows, -1),
             "time_ids": time_ids.to(self.device).expand(rows, -1),

@@ -15,7 +15,7 @@ upgrade does not move the CI baseline.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -88,8 +88,11 @@ def name_seeded_init(model: torch.nn.Module, seed: int, prefix: str) -> None:
                     parameter.copy_((torch.rand(parameter.shape, generator=generator) * 2 - 1) * bound)
 
 
-def _create(cls: type[DiffusionBackbone], name: str, configs: dict, weights: str | None, init: str,
-            seed: int, device: str | None, torch_dtype: str, local_files_only: bool | None) -> DiffusionBackbone:
+BackboneT = TypeVar("BackboneT", bound=DiffusionBackbone)
+
+
+def _create(cls: type[BackboneT], name: str, configs: dict, weights: str | None, init: str,
+            seed: int, device: str | None, torch_dtype: str, local_files_only: bool | None) -> BackboneT:
     if weights is not None:
         return cls.from_pretrained(name, weights, TINY_RESOLUTION, torch_dtype, device or "cpu", local_files_only)
     init = "random" if init == "pretrained" else init

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dfbench.atomic import atomic_write
+from dfbench.atomic import atomic_write_npy
 from dfbench.benchmarks.base import (
     MetricSpec,
     ProtocolSpec,
@@ -57,7 +57,7 @@ from dfbench.benchmarks.depth_metrics import METRIC_KEYS, depth_metrics
 from dfbench.datasets.nyuv2 import DOWNLOAD_HINT, DepthSample, load_depth, load_samples
 from dfbench.errors import DfbenchInputError
 from dfbench.features import combine_to_grid, image_features
-from dfbench.heads.depth_probes import NORMALISATIONS
+from dfbench.heads.depth_probes import NORMALISATIONS, LinearBinsProbe
 
 #: test images whose features are held at once by ``cleandift-linear`` (they are predicted, then dropped)
 EVAL_CHUNK = 32
@@ -173,9 +173,11 @@ class NyuV2Task(Task):
         if protocol == "probe3d-dpt":
             for sample in evaluated:
                 self.crop_box(targets[sample.stem].shape, options, sample)
+            assert isinstance(options, DptOptions)
             predictions, details, timings = run_dpt(context, backbone, selection, settings, train, evaluated,
                                                     targets, options)
         else:
+            assert isinstance(options, LinearBinsOptions)
             predictions, details, timings = run_linear(context, backbone, selection, settings, train, evaluated,
                                                        targets, options)
         output = self.evaluate(predictions, targets, protocol, options)
@@ -221,7 +223,7 @@ class NyuV2Task(Task):
     def save_predictions(self, output: TaskOutput, folder: Path) -> Path:
         folder = Path(folder)
         for stem, prediction in output.predictions.items():
-            atomic_write(folder / f"{stem}.npy", lambda temp, p=prediction: np.save(temp, p.astype(np.float32)))
+            atomic_write_npy(folder / f"{stem}.npy", prediction)
         return folder
 
     def read_prediction(self, path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -305,7 +307,7 @@ def run_linear(context: RunContext, backbone: Any, selection: list[str], setting
 
 
 def train_linear_bins(maps: list[torch.Tensor], targets: list[torch.Tensor], options: DepthProbeOptions, seed: int,
-                      device: Any, progress: bool = False) -> tuple[torch.nn.Module, list[float]]:
+                      device: Any, progress: bool = False) -> tuple[LinearBinsProbe, list[float]]:
     """A :class:`LinearBinsProbe` trained with AdamW on CleanDIFT's SigLoss: ``maps`` C×h×w, ``targets``
     h×w metres (0 = invalid) at the maps' size; each step pools the valid pixels of ``batch_size`` images
     (a seeded shuffle per epoch). Returns the probe and the mean loss of each epoch."""
@@ -380,7 +382,10 @@ def run_dpt(context: RunContext, backbone: Any, selection: list[str], settings: 
     started = time.perf_counter()
     steps_per_epoch = math.ceil(len(train) / options.batch_size)
     total_steps = options.epochs * steps_per_epoch
-    probe, optimizer, scheduler, losses = None, None, None, []
+    probe: DptDepthProbe | None = None
+    optimizer: torch.optim.AdamW | None = None
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+    losses: list[float] = []
     bar = tqdm(total=total_steps, desc="DPT depth probe", unit="step", disable=not context.progress)
     for _ in range(options.epochs):
         order, epoch_losses = rng.permutation(len(train)), []
@@ -394,14 +399,17 @@ def run_dpt(context: RunContext, backbone: Any, selection: list[str], settings: 
                 optimizer = torch.optim.AdamW(probe.parameters(), lr=options.lr, weight_decay=options.weight_decay)
                 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine_factor(
                     step, total_steps, options.warmup_epochs * steps_per_epoch))
+            assert optimizer is not None and scheduler is not None
             predicted = probe(maps)
             sides = [depth.shape[0] for _, depth in pairs]
             truth = [torch.tensor(depth)[None, None].to(device) for _, depth in pairs]
             outputs = [F.interpolate(predicted[index : index + 1], size=(side, side), mode="bilinear",
                                      align_corners=True) for index, side in enumerate(sides)]
+            batch: list[torch.Tensor] | torch.Tensor = outputs
+            truths: list[torch.Tensor] | torch.Tensor = truth
             if len(set(sides)) == 1:   # one batch tensor, exactly as probe3d
-                outputs, truth = torch.cat(outputs), torch.cat(truth)
-            loss = probe3d_depth_loss(outputs, truth, options.max_depth)
+                batch, truths = torch.cat(outputs), torch.cat(truth)
+            loss = probe3d_depth_loss(batch, truths, options.max_depth)
             bar.update()
             if torch.isfinite(loss):
                 optimizer.zero_grad()
@@ -411,6 +419,8 @@ def run_dpt(context: RunContext, backbone: Any, selection: list[str], settings: 
             scheduler.step()
         losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
     bar.close()
+    if probe is None:
+        raise DfbenchInputError("nyuv2/probe3d-dpt: no training images to fit the probe on")
     trained = time.perf_counter()
     probe.eval()
     predictions = {}
@@ -429,6 +439,6 @@ def run_dpt(context: RunContext, backbone: Any, selection: list[str], settings: 
             predictions[sample.stem] = full
     details = {"selection": names, "grid": grid, "final_train_loss": losses[-1] if losses else float("nan"),
                "epochs": options.epochs, "steps": total_steps,
-               "head_parameters": sum(parameter.numel() for parameter in probe.parameters())}
+               "head_parameters": int(sum(parameter.numel() for parameter in probe.parameters()))}
     timings = {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
     return predictions, details, timings

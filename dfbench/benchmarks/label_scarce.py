@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dfbench.atomic import atomic_write
+from dfbench.atomic import atomic_write_png
 from dfbench.benchmarks.base import (
     MetricSpec,
     ProtocolSpec,
@@ -287,9 +287,9 @@ class LabelScarceTask(Task):
             rows, columns = np.nonzero(label != self.dataset.ignore_label)
             image = np.full(len(rows), index[feature_key(sample)])
             parts.append((image, rows, columns, label[rows, columns]))
-        image, rows, columns, labels = (torch.from_numpy(np.concatenate(values)) for values in zip(*parts,
-                                                                                                  strict=True))
-        return PixelSet(image.long(), rows.long(), columns.long(), labels.to(torch.uint8)), dropped
+        images, pixel_rows, pixel_columns, pixel_labels = (torch.from_numpy(np.concatenate(values))
+                                                           for values in zip(*parts, strict=True))
+        return PixelSet(images.long(), pixel_rows.long(), pixel_columns.long(), pixel_labels.to(torch.uint8)), dropped
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
@@ -311,15 +311,13 @@ class LabelScarceTask(Task):
         return figures
 
     def save_predictions(self, output: TaskOutput, folder: Path) -> Path:
-        from PIL import Image
 
         folder = Path(folder)
         first = min(output.predictions)
         for seed, predicted in output.predictions.items():
             target = folder if seed == first else folder / f"seed-{seed}"
             for key, prediction in predicted.items():
-                atomic_write(target / f"{key}.png", lambda temp, p=prediction: Image.fromarray(
-                    p.astype(np.uint8)).save(temp, format="PNG"))
+                atomic_write_png(target / f"{key}.png", prediction)
         return folder
 
     def read_prediction(self, folder: Path, key: str, resolution: int) -> np.ndarray:
@@ -390,7 +388,7 @@ def class_palette(num_classes: int) -> list[list[int]]:
     """Distinct RGB colours for ``num_classes`` classes (matplotlib's tab20, tab20b, tab20c)."""
     from matplotlib import colormaps
 
-    colours = [colour for name in ("tab20", "tab20b", "tab20c") for colour in colormaps[name].colors]
+    colours = [colour for name in ("tab20", "tab20b", "tab20c") for colour in colormaps[name].colors]  # type: ignore[attr-defined]  # ListedColormap
     return [[round(255 * channel) for channel in colours[index % len(colours)][:3]] for index in range(num_classes)]
 
 

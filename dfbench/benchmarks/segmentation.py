@@ -33,10 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
-from dfbench.atomic import atomic_write
+from dfbench.atomic import atomic_write_png
 from dfbench.benchmarks.base import (
     MetricSpec,
     ProtocolSpec,
@@ -115,6 +114,7 @@ class SegmentationTask(Task):
         train = seeded_subset(load_samples(self.layout, data_root, "train"), options.train_limit, context.seed)
         evaluated = seeded_subset(load_samples(self.layout, data_root, split), context.limit, context.seed)
         if protocol == "gdf-uper":
+            assert isinstance(options, GdfUperOptions)
             selection = backbone.canonical_selection(selection)
             predictions, details, timings = train_and_predict(self.layout, context, backbone, selection, settings,
                                                               data_root, split, train, evaluated, options)
@@ -122,6 +122,7 @@ class SegmentationTask(Task):
             output.selection, output.split, output.details = selection, split, details
             output.timings = {**timings, "images": float(len(evaluated))}
         else:
+            assert isinstance(options, LinearProbeOptions)
             output = self._run_linear(context, backbone, selection, settings, split, train, evaluated, options)
         # the figure's images: the first few evaluated ones
         output.details["overlay_images"] = [[sample.stem, str(sample.image), str(sample.label)]
@@ -185,8 +186,7 @@ class SegmentationTask(Task):
         folder = Path(folder)
         for stem, prediction in output.predictions.items():
             encoded = prediction + 1 if self.layout.reduce_zero_label else prediction
-            atomic_write(folder / f"{stem}.png", lambda temp, e=encoded: Image.fromarray(e.astype(np.uint8)).save(
-                temp, format="PNG"))
+            atomic_write_png(folder / f"{stem}.png", encoded)
         return folder
 
     def score(self, data_root: Path, split: str, protocol: str, options: Any, folder: Path,
@@ -206,6 +206,7 @@ class SegmentationTask(Task):
         predictions = {}
         for stem, label in labels.items():
             path = paths[stem]
+            assert path is not None                         # the missing ones were refused above
             # the label checks: readable, one channel, in range, at the image's size
             decoded = load_label(self.layout, path, label.shape[::-1])
             if self.layout.reduce_zero_label and (decoded == IGNORE_INDEX).any():
@@ -252,7 +253,7 @@ def train_probe(maps: list[torch.Tensor], labels: list[torch.Tensor], num_classe
     torch.manual_seed(seed)
     probe = torch.nn.Conv2d(maps[0].shape[0], num_classes, kernel_size=1).to(device)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    order_rng, order = random.Random(seed), []
+    order_rng, order = random.Random(seed), list[int]()
     pixel_rng = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(options.steps), desc="linear probe", unit="step", disable=not progress):
         vectors, targets = [], []
@@ -264,7 +265,8 @@ def train_probe(maps: list[torch.Tensor], labels: list[torch.Tensor], num_classe
                 continue
             chosen = labelled[index][torch.randint(len(labelled[index]), (options.pixels_per_image,),
                                                    generator=pixel_rng)]
-            vectors.append((sample_at_pixels(maps[index], chosen, tuple(labels[index].shape)) - mean) / std)
+            size = (labels[index].shape[0], labels[index].shape[1])
+            vectors.append((sample_at_pixels(maps[index], chosen, size) - mean) / std)
             targets.append(labels[index][chosen[:, 1], chosen[:, 0]])
         if not vectors:
             continue

@@ -309,7 +309,9 @@ class SpairTask(Task):
         are made from them first (the target norm is then the pair's own)."""
         order = sorted(range(len(pairs)), key=lambda i: pairs[i].trg_key)
         predictions: list[PairPrediction | None] = [None] * len(pairs)
-        norm_key, norm, target = None, None, None
+        norm_key: str | None = None
+        norm: torch.Tensor | None = None
+        target = torch.empty(0)
         for index in tqdm(order, desc="match", unit="pair", disable=not progress):
             pair = pairs[index]
             if combine_pair is not None:

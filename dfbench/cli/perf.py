@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from dfbench.cli.common import (
     check_output_path,
@@ -68,6 +69,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     if args.out:
         check_output_path(args.out, ".json")
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    results: dict[str, Any] | list[dict[str, Any]]
     if args.suite == "recipes":
         backbones = args.backbone or ["sd15"]
         if len(backbones) != 1:

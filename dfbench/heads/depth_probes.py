@@ -57,7 +57,7 @@ class LinearBinsProbe(nn.Module):
     def __init__(self, channels: int, min_depth: float = 0.1, max_depth: float = 10.0, bins: int = 256,
                  normalisation: str = "linear"):
         super().__init__()
-        self.conv_depth = nn.Conv2d(channels, bins, kernel_size=1)
+        self.conv_depth: nn.Conv2d = nn.Conv2d(channels, bins, kernel_size=1)
         self.predict = BinDepth(min_depth, max_depth, bins, normalisation)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -114,9 +114,10 @@ class DptHead(nn.Module):
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         projected = [_upsample(getattr(self, f"conv_{index}")(value), 2) for index, value in enumerate(maps)]
-        running = None
+        running: torch.Tensor | None = None
         for index in (3, 2, 1, 0):           # from the last map to the first
             running = getattr(self, f"ref_{index}")(projected[index], running)
+        assert running is not None
         return _upsample(self.out_conv(_upsample(running, 4)), 2)
 
 

@@ -62,6 +62,7 @@ class PixelClassifierEnsemble(torch.nn.Module):
         for index, width in enumerate(self.sizes[1:3]):
             self.register_buffer(f"running_mean{index}", torch.zeros(members, width))
             self.register_buffer(f"running_var{index}", torch.ones(members, width))
+        self.batches_tracked: torch.Tensor
         self.register_buffer("batches_tracked", torch.zeros((), dtype=torch.long))
 
     @property
