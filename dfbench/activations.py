@@ -1,7 +1,7 @@
 """Activation names: the canonical grammar, the aliases of the papers, and what a UNet offers.
 
 A canonical name is a stock diffusers module path, optionally followed by a signal suffix
-(DESIGN §4):
+(docs/activations.md):
 
 =====================================================  =============================================
 ``up_blocks.1``                                        the block's output (after its upsampler)

@@ -1,4 +1,4 @@
-"""The on-disk feature store: extract once, evaluate many times (DESIGN §7).
+"""The on-disk feature store: extract once, evaluate many times (docs/cache.md).
 
 Layout under the cache root (``--cache-dir``, ``$DFBENCH_CACHE``, default ``~/.cache/dfbench/features``)::
 

@@ -5,7 +5,7 @@ Only public PyTorch mechanisms are used: ``register_forward_hook`` and
 re-implemented, so the captured tensors are exactly those the stock forward computes, whatever
 attention processor is installed (SDPA, xformers, …).
 
-Where each signal is read (DESIGN §4):
+Where each signal is read (docs/activations.md):
 
 * a module name (``up_blocks.1``, ``…resnets.2``, ``…attentions.1``, ``…transformer_blocks.0``):
   the module's output (element 0 of a tuple or a ``BaseOutput``);

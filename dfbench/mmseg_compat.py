@@ -1,7 +1,7 @@
 """mmsegmentation on mmcv-lite (no compiled ``mmcv._ext``): a minimal stand-in ``mmcv.ops``.
 
 ``mmseg/utils/mask_classification.py`` imports ``mmcv.ops.point_sample`` unconditionally, so with
-mmcv-lite every ``import mmseg.models`` / ``mmseg.datasets`` fails on ``mmcv._ext`` (DESIGN §9).
+mmcv-lite every ``import mmseg.models`` / ``mmseg.datasets`` fails on ``mmcv._ext``.
 When — and only when — the compiled ops are missing, :func:`ensure_mmcv_ops` registers a module
 ``mmcv.ops`` holding a pure-PyTorch ``point_sample`` and a ``sigmoid_focal_loss`` that raises when
 called (mmseg imports it unconditionally but calls it only on CUDA, where full mmcv is expected);

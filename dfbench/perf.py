@@ -215,7 +215,7 @@ def run_throughput(backbones: list[str], dtype: DTypeName = "bfloat16", batch_si
 
 
 def format_report(results: dict[str, Any] | list[dict[str, Any]]) -> str:
-    """Pretty JSON for the console and for BENCHMARKS.md."""
+    """Pretty JSON for the console and for docs/performance.md."""
     return json.dumps(results, indent=1, sort_keys=False)
 
 

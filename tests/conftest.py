@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-# On a busy 2-core machine tiny forwards with 2 threads can stall by 100× (DESIGN §10).
+# On a busy 2-core machine tiny forwards with 2 threads can stall by 100×.
 torch.set_num_threads(1)
 
 

@@ -80,7 +80,7 @@ def _meta_unet(family: str):
 
 
 def _expected_count(config: dict) -> int:
-    """Count addressable names from the config alone (DESIGN §4), independently of the walker."""
+    """Count addressable names from the config alone (docs/activations.md), independently of the walker."""
     per_transformer_block = 1 + 4 + 2 + 1  # block, attn1 q/k/v/out, attn2 q/out, ff.inner
     layers = config["layers_per_block"]
     n_levels = len(config["block_out_channels"])
@@ -132,7 +132,7 @@ def test_every_alias_shown_resolves_back_to_its_name(backbone):
     for name in names:
         for alias in aliases_of(name):
             assert resolve_name(alias) == name, (name, alias)
-    # the names DESIGN §4 spells out, by hand
+    # the names docs/activations.md spells out, by hand
     assert aliases_of("up_blocks.1") == ["us6", "up_ft_index=1"]
     assert aliases_of("up_blocks.1.attentions.1.transformer_blocks.0.attn2.q") == [
         "up-level1-repeat1-vit-block0-cross-q"]

@@ -1,4 +1,4 @@
-"""The regression gate sees real bugs (issue 14): rows of configs/ci.yaml are rerun with a bug planted in
+"""The regression gate sees real bugs: rows of configs/ci.yaml are rerun with a bug planted in
 the code, and the comparison with the committed baseline (results/baselines/ci.json, two-sided) must
 flag some metric beyond its tolerance; the same rows without the bug must pass. And the gate's
 arithmetic: a planted 1-point drop fails, a 0.1-point change passes."""

@@ -1,4 +1,4 @@
-"""DINOv2 backbones (issue 15, first part): real configs' sizes, activation names against transformers'
+"""DINOv2 backbones: real configs' sizes, activation names against transformers'
 own outputs, token handling, preprocessing, resolution rule, weights round trip, a leaderboard with
 DINOv2 and SD rows."""
 

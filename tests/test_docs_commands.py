@@ -11,7 +11,7 @@ import pytest
 from dfbench.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md")),
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
              *sorted((ROOT / "configs").rglob("*.yaml"))]
 #: backbones whose weights the command loads (``activations`` needs none: its catalog is weightless)
 WEIGHTLESS_COMMANDS = {"list", "activations"}
@@ -26,7 +26,7 @@ def quoted_commands() -> list[tuple[str, str]]:
     for path in DOCUMENTS:
         text = path.read_text()
         if path.suffix == ".md":
-            chunks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+            chunks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S)    # not ```text synopses
         else:                                   # a suite's comments quote commands indented: "#   dfbench …"
             chunks = ["\n".join(line.lstrip("#").strip() for line in text.splitlines()
                                 if re.match(r"#\s{2,}dfbench ", line))]

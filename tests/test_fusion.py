@@ -1,4 +1,4 @@
-"""Stable Diffusion ⊕ DINOv2 fusion (issue 15, second part): Tale of Two Features' letterbox, the fusion
+"""Stable Diffusion ⊕ DINOv2 fusion: Tale of Two Features' letterbox, the fusion
 arithmetic by hand, the pair-fitted PCA against torch.pca_lowrank (Tale's co_pca), per-source extraction,
 options, the cache (re-weighting extracts nothing), the pair-fitted matcher against a literal version, and an
 SPair mini leaderboard with DINOv2, SD and fused rows.

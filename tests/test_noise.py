@@ -1,4 +1,4 @@
-"""Noise is drawn per image (issue 8.1): independent across images, and an image's draws do not depend
+"""Noise is drawn per image: independent across images, and an image's draws do not depend
 on its batch, the cache or the rank that extracted it.
 
 DIFT draws a fresh posterior sample and fresh noise for every image and member

@@ -42,7 +42,7 @@ def test_dift_style_reference_matches_recipe_in_distribution(tiny_sd15, photos):
 
 
 def test_truncation_saves_the_flops_measured_in_the_design():
-    """FLOPs of SD1.5 at 512 px on the meta device (no compute) against DESIGN §5's measured table:
+    """FLOPs of SD1.5 at 512 px on the meta device (no compute) against the measured table of docs/performance.md:
     VAE encode 1117, full UNet 803, UNet up to the end of up_blocks.1 439 GFLOP."""
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -1,4 +1,4 @@
-"""Presets reproduce the authors' own code (issue 8.2, 8.3): prompts, timesteps, latent mode.
+"""Presets reproduce the authors' own code: prompts, timesteps, latent mode.
 
 The timesteps are computed here by diffusers' own img2img ``get_timesteps`` on the schedulers of the
 real checkpoints, the way GDF's ``feature/diffusion_feature.py:290-295`` calls it:

@@ -320,7 +320,7 @@ def test_paper_suites_parse_and_name_their_sources():
     assert dift.published == {"pck@0.1_bbox": 59.57, "pck@0.1_bbox_per_image": 66.53}
     cleandift = load_suite(folder / "cleandift.yaml")
     assert [spec.published.get("rmse") for spec in cleandift[2:4]] == [0.469, 0.444]
-    # the DINOv2 and fused rows (issue 15), as the issue quotes CleanDIFT's table
+    # the DINOv2 and fused rows, as the issue quotes CleanDIFT's table
     assert [(spec.backbone, spec.task, spec.preset, spec.published) for spec in cleandift[4:]] == [
         ("dinov2-base", "spair/patch-nn", None, {"pck@0.1_bbox": 55.6}),
         ("sd15+dinov2-base", "spair/patch-nn", "tale-of-two", {"pck@0.1_bbox": 63.73, "pck@0.1_bbox_per_image": 72.31}),

@@ -1,4 +1,4 @@
-"""Segmentation metrics against mmsegmentation's own IoUMetric (DESIGN §3: "Scoring equals the
+"""Segmentation metrics against mmsegmentation's own IoUMetric ("Scoring equals the
 reference formula exactly: mmseg IoUMetric (pooled areas, ignore excluded, empty-union classes left
 out of the mean)") and against a hand-worked case."""
 

@@ -1,4 +1,4 @@
-"""dfbench sweep (issue 14): one forward per image per timestep, a planted best candidate ranked first,
+"""dfbench sweep: one forward per image per timestep, a planted best candidate ranked first,
 the heatmap and table written, a re-run computing nothing."""
 
 import json

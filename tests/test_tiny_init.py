@@ -1,4 +1,4 @@
-"""Tiny backbones' weights come from the backbone's seed and each parameter's name alone (issue 14): the
+"""Tiny backbones' weights come from the backbone's seed and each parameter's name alone: the
 CI baseline must not move when diffusers or transformers change how or in which order they initialise."""
 
 import hashlib

