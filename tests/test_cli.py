@@ -127,3 +127,26 @@ def test_console_script_and_run_bench_agree():
     assert via_script.stdout == via_module.stdout and "dift" in via_script.stdout
     bad = subprocess.run([sys.executable, "-m", "dfbench", "activations", "sd99"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("dfbench: error: unknown backbone 'sd99'")
+
+
+@pytest.mark.parametrize("command", ["run", "score", "sweep"])
+def test_help_lists_every_task_protocol_and_option_from_the_metadata(command, capsys):
+    """The help of the commands that take --task / --option is generated from the registered tasks, so it
+    names every protocol with every option (it was written by hand and had drifted: --split omitted nyuv2)."""
+    import dataclasses
+
+    from dfbench import registry
+
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in registry.TASKS.names("*"):
+        task = registry.TASKS.get(name)()
+        assert f"  {name} (default split: {task.default_split})" in lines
+        for protocol in task.protocols.values():
+            (index,) = [i for i, line in enumerate(lines) if line.strip().startswith(
+                f"{name}/{protocol.name} v{protocol.version}:")]
+            options = lines[index + 1]
+            for option in dataclasses.fields(protocol.options):
+                assert f" {option.name}: " in options, (name, protocol.name, option.name)

@@ -53,10 +53,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors are one line (what is wrong, and where the help is), exit 2 — no usage block."""
+    """Usage errors are one line (what is wrong, and where the help is), exit 2 — no usage block.
+    ``help_appendix``: a function whose text ends ``--help``, built only when help is shown (it may import
+    every task, which the other commands need not pay for)."""
+
+    def __init__(self, *args: typing.Any, help_appendix: typing.Callable[[], str] | None = None,
+                 **kwargs: typing.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_appendix = help_appendix
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return text + "\n" + self.help_appendix() if self.help_appendix else text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,17 +35,39 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def print_protocols(task) -> None:
     """Each protocol of a task with its version and options (name, type, default)."""
+    for line in protocol_lines(task):
+        print(f"    {line}")
+
+
+def protocol_lines(task) -> list[str]:
+    """Two lines per protocol of ``task``, from its metadata: ``task/protocol vN: description`` and its
+    options (name: type = default)."""
     import dataclasses
     import typing
 
     from dfbench.benchmarks.base import type_name
 
+    lines = []
     for protocol in task.protocols.values():
         hints = typing.get_type_hints(protocol.options)
         fields = ", ".join(f"{f.name}: {type_name(hints[f.name])} = {f.default!r}"
                            for f in dataclasses.fields(protocol.options))
-        print(f"    {task.name}/{protocol.name} v{protocol.version}: {protocol.description}")
-        print(f"      options: {fields or 'none'}")
+        lines += [f"{task.name}/{protocol.name} v{protocol.version}: {protocol.description}",
+                  f"  options: {fields or 'none'}"]
+    return lines
+
+
+def tasks_help() -> str:
+    """The end of ``run`` / ``score`` / ``sweep`` ``--help``, generated from the registered tasks: each task's
+    default split and every protocol with its options."""
+    from dfbench import registry
+
+    lines = ["tasks (default split; protocols, the first is the default; --option KEY=VALUE sets their options):"]
+    for name in registry.TASKS.names("*"):
+        task = registry.TASKS.get(name)()
+        lines.append(f"  {name} (default split: {task.default_split})")
+        lines += [f"    {line}" for line in protocol_lines(task)]
+    return "\n".join(lines) + "\n"
 
 
 def describe(entry: object) -> str:

@@ -12,6 +12,7 @@ from dfbench.cli.common import (
     parse_options,
     print_leaderboard,
 )
+from dfbench.cli.listing import tasks_help
 from dfbench.errors import DfbenchInputError
 
 
@@ -20,7 +21,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "run", help="run one backbone × task pairing and record it under results/",
         description="Evaluate a backbone with an activation selection on a task; make the run's folder "
         "results/runs/<run id>/ with its record (record.json), figures and (--save-predictions) predictions, and "
-        "refresh the leaderboard. Protocol options: `dfbench list tasks`.",
+        "refresh the leaderboard. Every task, its default split, protocols and options are listed at the end.",
+        help_appendix=tasks_help,
     )
     run.add_argument("--backbone", required=True, help="backbone name (see `dfbench list backbones`)")
     run.add_argument("--task", required=True, help="task or task/protocol, e.g. spair or spair/dift-nn")
@@ -28,22 +30,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run_choice.add_argument("--select", nargs="+", metavar="NAME", help="activation names or aliases")
     run_choice.add_argument("--preset", help="a named recipe: selection + settings")
     run.add_argument("--data-root", help="dataset folder in its native layout ('mini': the embedded mini set)")
-    run.add_argument("--split", help="dataset split (default: the task's evaluation split: spair test, "
-                     "ade20k / cityscapes val, horse21 test, nyuv2 test)")
+    run.add_argument("--split", help="dataset split (default: the task's evaluation split, listed at the end of "
+                     "this help)")
     run.add_argument("--limit", "--limit-pairs", dest="limit", type=int, metavar="N",
                      help="evaluate N items of the split, a seeded random sample (SPair: pairs spread evenly over "
                      "the categories; the lists are grouped by category, so not the first N)")
     run.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
     run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="protocol option, repeatable (`dfbench list tasks` shows each protocol's options). "
-                     "spair: per_category=N, pairs_file=F; spair/gdf-conv also max_steps, eval_every, "
-                     "steps_per_epoch, lr, weight_decay, train_limit (seeded sample across categories), "
-                     "val_pairs_file (pair ids, or GDF's spair_71k_val-360.json), report=select|gdf (gdf: GDF's "
-                     "max over validations on its list, never test), noise_draws=K (noise realisations per "
-                     "training image); ade20k / cityscapes linear: steps, lr, batch_size, pixels_per_image, "
-                     "train_limit; gdf-uper: iters, crop_size, batch_size, lr, val_interval, checkpoint_interval, "
-                     "workers, adapter, seg_pad_val, …; horse21 (ddpm, gdf-resplit): seeds, members, epochs, "
-                     "resolution, upsample, min_pixels, train_limit")
+                     help="protocol option, repeatable: every protocol's options, with their types and defaults, "
+                     "are listed at the end of this help (and by `dfbench list tasks`)")
     run.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
                      help="backbone option, repeatable, over the preset's. A fusion (--backbone A+B, e.g. "
                      "sd15+dinov2-base; activations named A:<name>): resolution.<source>=N, weight.<source>=W, "

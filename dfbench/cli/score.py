@@ -10,6 +10,7 @@ from dfbench.cli.common import (
     format_metrics,
     parse_options,
 )
+from dfbench.cli.listing import tasks_help
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -18,11 +19,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Score predictions saved by `dfbench run --save-predictions` (or written by any other method "
         "in the task's format, see the README) against the ground truth of a split, exactly as `run` scores "
         "them. Prints the metrics; with --results, also writes a run record whose leaderboard row is --name.",
+        help_appendix=tasks_help,
     )
     score.add_argument("--task", required=True, help="task or task/protocol, e.g. spair")
     score.add_argument("--data-root", required=True, help="dataset folder ('mini': the embedded mini set)")
-    score.add_argument("--split", help="dataset split (default: the task's evaluation split: spair test, "
-                     "ade20k / cityscapes val, horse21 test)")
+    score.add_argument("--split", help="dataset split (default: the task's evaluation split, listed at the end of "
+                       "this help)")
     score.add_argument("--predictions", required=True, metavar="DIR", help="folder holding the predictions")
     score.add_argument("--limit", type=int, metavar="N", help="the same --limit as the run (with its --seed)")
     score.add_argument("--seed", type=int, default=0, help="the run's seed, for --limit's sample (default 0)")

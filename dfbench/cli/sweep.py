@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dfbench.cli.common import add_settings_arguments, backbone_overrides, given_settings, parse_options
+from dfbench.cli.listing import tasks_help
 from dfbench.errors import DfbenchInputError
 
 
@@ -13,12 +14,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     sweep = commands.add_parser(
         "sweep", help="rank candidate activations × timesteps for a task (one forward per image per timestep)",
         description="Expand --candidates glob patterns over the backbone's activation catalog (`dfbench activations "
-        "--backbone B`), extract all of them in one forward per image per timestep into the feature cache, "
+        "B`), extract all of them in one forward per image per timestep into the feature cache, "
         "evaluate each alone with the task's cheapest protocol (spair dift-nn, ade20k / cityscapes linear, "
         "horse21 ddpm with 1 seed, nyuv2 cleandift-linear), optionally combine the best K greedily, and write a "
         "ranked table (metric ± bootstrap stderr, ≈ = within noise of the one above) and an activation × "
         "timestep heatmap into RESULTS/sweeps/<id>/. Every evaluation is a normal run record; a re-run or a "
         "killed sweep computes only what is missing. Under torchrun each rank extracts its share of the images.",
+        help_appendix=tasks_help,
     )
     sweep.add_argument("--backbone", required=True, help="backbone name (see `dfbench list backbones`)")
     sweep.add_argument("--task", required=True, help="task, or task/protocol to override the cheapest one")
