@@ -263,7 +263,7 @@ class FeatureCache:
         values.pop("batch_size")
         values["resolution"] = settings.resolution or backbone.default_resolution
         return {"cache_format": CACHE_FORMAT, "backbone": backbone.name,
-                "weights": backbone.weight_fingerprint(), "recipe": getattr(backbone, "recipe_version", 1),
+                "weights": backbone.weight_fingerprint(), "recipe": backbone.recipe_version,
                 "settings": values, "storage_dtype": storage_dtype}
 
     def open(self, backbone: Any, settings: ExtractSettings, writer: str | None = None) -> ConfigStore:

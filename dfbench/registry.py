@@ -165,7 +165,22 @@ def create_backbone(name: str, **overrides: Any) -> Any:
         )
     if overrides.get("device") is not None:
         check_device(str(overrides["device"]))
-    return factory(**overrides)
+    backbone = factory(**overrides)
+    from dfbench.backbones.protocol import missing_members  # torch: only once a backbone is made
+
+    missing = missing_members(backbone)
+    if missing:
+        raise DfbenchInputError(f"backbone {name}: its factory made a {type(backbone).__name__} without "
+                                f"{', '.join(missing)} (the Backbone contract: dfbench/backbones/protocol.py)")
+    return backbone
+
+
+def weightless_backbone(name: str, **overrides: Any) -> Any:
+    """The backbone ``name`` for its catalog and names only: built on the meta device (no weights, no compute)
+    when its factory takes ``init``, else built as usual (a small third-party model)."""
+    parameters = inspect.signature(BACKBONES.get(name)).parameters
+    takes_init = "init" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return create_backbone(name, **({"init": "meta"} if takes_init else {}), **overrides)
 
 
 def check_device(device: str) -> None:

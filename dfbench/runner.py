@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfbench.backbones.protocol import ConfiguredBackbone
 from dfbench.errors import DfbenchInputError
 from dfbench.results import RECORD_FILE, Result, environment, load_results, now, run_id, save_result
 
@@ -179,8 +180,7 @@ def option_details(protocol: Any, options: Any) -> dict[str, dict[str, Any]]:
 
 def used_settings(backbone: Any, settings: Any) -> dict[str, Any]:
     """The settings a backbone uses (all, for diffusion backbones), as recorded in its runs."""
-    names = getattr(backbone, "setting_names", None)
-    return {key: value for key, value in settings.value_dict().items() if names is None or key in names}
+    return {key: value for key, value in settings.value_dict().items() if key in backbone.setting_names}
 
 
 def check_writable_folder(folder: str | Path, flag: str, given: str | Path | None = None) -> None:
@@ -233,8 +233,9 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     Under torchrun (``ranks``: :class:`dfbench.distributed.Ranks` with world size > 1; only protocols
     declared ``distributed``) every rank runs the task in the run folder rank 0 made; rank 0 alone
     writes the record, figures and predictions."""
-    from dfbench.benchmarks.base import RunContext, parse_options
+    from dfbench.benchmarks.base import RunContext
     from dfbench.distributed import Ranks
+    from dfbench.options import parse_options
     from dfbench.registry import TASKS, get_preset
     from dfbench.settings import resolve_settings
 
@@ -281,10 +282,10 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
                "data_root": data_label(spec.data_root, data_root),
                "data_path": str(data_root),
                "limit": spec.limit,
-               **option_details(protocol, options), "recipe_version": getattr(backbone, "recipe_version", None),
+               **option_details(protocol, options), "recipe_version": backbone.recipe_version,
                "config_hash": spec.config_hash(), "leaderboard_metrics": list(task.leaderboard_metrics),
                **output.details}
-    if getattr(backbone, "options", None):
+    if isinstance(backbone, ConfiguredBackbone) and backbone.options:
         details["backbone_options"] = dict(backbone.options)
         details["backbone_detail"] = backbone.describe()
     if spec.published:
@@ -317,7 +318,7 @@ def score_predictions_folder(task_name: str, data_root: str | None, split: str |
                              ) -> tuple[Result, Path | None]:
     """Score saved predictions with the task's own scoring (no backbone); with ``results_dir``, record
     the result as a run whose leaderboard row is ``name``. Returns the result and the record path."""
-    from dfbench.benchmarks.base import parse_options
+    from dfbench.options import parse_options
     from dfbench.registry import TASKS
 
     task_part, protocol_name = split_task(task_name)
@@ -419,7 +420,7 @@ def spec_problems(spec: RunSpec, shapes_of: dict[str, Any] | None = None) -> lis
     """Everything wrong with a spec that can be found without loading weights: backbone, task,
     protocol, options, preset, settings, activation names (from the weightless catalog), data root.
     ``shapes_of`` caches the weightless backbones by name across the specs of a suite."""
-    from dfbench.benchmarks.base import parse_options
+    from dfbench.options import parse_options
     from dfbench.registry import BACKBONES, TASKS, get_preset
     from dfbench.settings import ExtractSettings
 

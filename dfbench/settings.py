@@ -178,10 +178,10 @@ def resolve_settings(backbone: Any, preset_settings: dict[str, Any] | None = Non
     (flags or a suite's ``settings:``); the resolution is resolved to the backbone's default, so a
     record never says "default", and checked against the backbone's input size rule. A backbone that
     declares ``setting_names`` (e.g. a ViT: no timestep, noise, prompt) refuses values for the others."""
-    values = {**getattr(backbone, "default_settings", {}), **(preset_settings or {}), **(given or {})}
+    values = {**backbone.default_settings, **(preset_settings or {}), **(given or {})}
     settings = ExtractSettings.from_dict(values)
-    used = getattr(backbone, "setting_names", None)
-    if used is not None:
+    used = backbone.setting_names
+    if used:
         defaults = ExtractSettings().to_dict()
         foreign = sorted(key for key, value in settings.to_dict().items()
                          if key not in used and key != "resolution" and value != defaults[key])

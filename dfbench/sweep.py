@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfbench.backbones.protocol import ConfiguredBackbone
 from dfbench.errors import DfbenchInputError
 
 
@@ -90,9 +91,9 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
               options: dict[str, Any] | None = None, results_dir: str | Path = "results", cache_dir: str | None = None,
               progress: bool = False, log: Any = print) -> SweepResult:
     """Sweep ``patterns`` × ``timesteps`` × ``prompts`` on ``task_name`` (see the module docstring)."""
-    from dfbench.benchmarks.base import parse_options
     from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
     from dfbench.distributed import process_group
+    from dfbench.options import parse_options
     from dfbench.registry import TASKS
     from dfbench.runner import RunSpec, recorded_runs, resolve_data_root, run_one, split_task
     from dfbench.settings import resolve_settings
@@ -137,7 +138,8 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
         spec = RunSpec(backbone=backbone.name, task=f"{task.name}/{protocol.name}", selection=selection,
                        settings={**(settings or {}), "timestep": timestep, "prompt": prompt}, data_root=data_root,
                        split=split, limit=limit, options=sweep_options,
-                       cache_dir=str(cache.root), backbone_options=dict(getattr(backbone, "options", None) or {}))
+                       cache_dir=str(cache.root),
+                       backbone_options=dict(backbone.options) if isinstance(backbone, ConfiguredBackbone) else {})
         record = recorded.get(spec.config_hash())
         if record is None:
             record, _ = run_one(spec, results_dir, progress=False, figures=False, backbone=backbone)

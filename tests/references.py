@@ -41,9 +41,22 @@ class TextureBackbone:
     name, default_resolution, default_settings, source = "texture", 64, {}, "none"
     setting_names = ("resolution", "resize_mode", "dtype", "batch_size")
     device = torch.device("cpu")
+    recipe_version = 1
 
     def check_resolution(self, resolution):
         pass
+
+    def activation_names(self):
+        return ["texture"]
+
+    def catalog(self, resolution=None):
+        from dfbench.activations import ActivationInfo
+
+        side = (resolution or self.default_resolution) // 4
+        return [ActivationInfo("texture", 6, side, side)]
+
+    def to(self, device, torch_dtype=None):
+        return self
 
     def canonical_selection(self, selection):
         return list(selection)

@@ -56,7 +56,8 @@ def test_every_registered_task_runs_saves_scores_and_compares(task, tmp_path, ca
 
 @pytest.fixture
 def toy_plugins(tmp_path, monkeypatch):
-    """The toy backbone installed as an entry point (a dist-info on sys.path), the toy task registered."""
+    """The toy plugin installed as an entry point (a dist-info on sys.path): its backbone and its task both
+    arrive through it."""
     site = tmp_path / "site"
     dist = site / "toy_plugin-0.1.dist-info"
     dist.mkdir(parents=True)
@@ -64,9 +65,8 @@ def toy_plugins(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[dfbench.plugins]\ntoy = toy_plugin:register\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(registry, "_plugins_loaded", False)
-    monkeypatch.setattr(toy_plugin.BrightnessTask, "mini", toy_plugin.build_mini(tmp_path / "mini"))
-    TASKS.register(toy_plugin.TASK, toy_plugin.BrightnessTask, override=True)
-    yield toy_plugin
+    monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
+    yield toy_plugin                       # nothing registered by hand: the entry point brings both
     TASKS.unregister(toy_plugin.TASK)
     BACKBONES.unregister(toy_plugin.BACKBONE)
 
@@ -87,14 +87,14 @@ def _expected_accuracy(mini, threshold):
 
 
 def test_a_plugin_task_and_a_cnn_backbone_go_through_every_path(toy_plugins, tmp_path, capsys):
-    assert toy_plugins.BACKBONE in BACKBONES.names()  # found through the entry point
+    assert toy_plugins.BACKBONE in BACKBONES.names() and toy_plugins.TASK in TASKS.names()  # the entry point
     results, cache = tmp_path / "results", tmp_path / "cache"
     run = ["run", "--backbone", "toy-cnn", "--task", "toy-brightness", "--select", "conv2", "--data-root", "mini",
            "--results", str(results), "--no-progress", "--save-predictions", "--option", "threshold=0.4",
            "--cache-dir", str(cache)]
     assert main(run) == 0
     record, folder = _single_record(results)
-    expected = _expected_accuracy(toy_plugins.BrightnessTask.mini, 0.4)
+    expected = _expected_accuracy(toy_plugins.BrightnessTask().mini_root(), 0.4)
     assert record["metrics"]["accuracy"] == pytest.approx(expected, abs=1e-9)
     assert record["metric_specs"]["error"]["higher_is_better"] is False
     assert record["settings"] == {"resolution": 32, "resize_mode": "squash", "dtype": "float32", "batch_size": 8}
@@ -123,3 +123,51 @@ def test_diffusion_and_plugin_backbones_satisfy_the_backbone_protocol(tiny_sd15)
 
     assert isinstance(tiny_sd15, Backbone)
     assert isinstance(toy_plugin.ToyCNN(), Backbone)
+
+
+def test_the_plugin_backbone_works_with_activations_and_sweep(toy_plugins, tmp_path, capsys):
+    """The contract's catalog and activation names are all `dfbench activations` and `sweep` need: a 3×3
+    stride-2 conv with padding 1 brings 32 px to 16 and then 8 (⌈32/2⌉, ⌈16/2⌉), with 4 and 6 channels."""
+    assert main(["activations", "toy-cnn", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["name"], row["channels"], row["height"], row["width"]) for row in rows] == [
+        ("conv1", 4, 16, 16), ("conv2", 6, 8, 8)]
+    results = tmp_path / "results"
+    assert main(["sweep", "--backbone", "toy-cnn", "--task", "toy-brightness", "--candidates", "conv*",
+                 "--data-root", "mini", "--results", str(results), "--cache-dir", str(tmp_path / "cache"),
+                 "--no-progress", "--option", "threshold=0.4"]) == 0
+    (table,) = (results / "sweeps").glob("*/sweep.json")
+    ranked = json.loads(table.read_text())
+    assert json.dumps(ranked).count("conv1") >= 1 and json.dumps(ranked).count("conv2") >= 1
+    accuracy = {1: _expected_accuracy(toy_plugins.BrightnessTask().mini_root(), 0.4)}
+    records = [json.loads(path.read_text()) for path in (results / "runs").glob("*/record.json")]
+    by_selection = {tuple(record["selection"]): record["metrics"]["accuracy"] for record in records}
+    assert by_selection[("conv2",)] == pytest.approx(accuracy[1], abs=1e-9)
+
+
+def test_a_factory_that_breaks_the_contract_is_one_line():
+    from dfbench.errors import DfbenchInputError
+    from dfbench.registry import create_backbone
+
+    class Half:
+        name, default_resolution = "half", 32
+
+    BACKBONES.register("half-backbone", lambda: Half(), override=True)
+    try:
+        with pytest.raises(DfbenchInputError, match=r"backbone half-backbone: its factory made a Half without "
+                                                    r"activation_names, canonical_selection, catalog, "):
+            create_backbone("half-backbone")
+    finally:
+        BACKBONES.unregister("half-backbone")
+
+
+def test_the_test_doubles_satisfy_the_whole_contract():
+    """Every stand-in backbone the tests hand to the runner is a complete Backbone (so a test cannot pass on
+    a member the real contract does not promise)."""
+    from references import TextureBackbone
+    from test_geometry import ColourBackbone
+
+    from dfbench.backbones.protocol import Backbone, missing_members
+
+    for backbone in (TextureBackbone(), ColourBackbone(), toy_plugin.ToyCNN()):
+        assert missing_members(backbone) == [] and isinstance(backbone, Backbone)

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from dfbench import ExtractSettings
 from dfbench.backbones.base import DiffusionBackbone
-from dfbench.benchmarks.base import parse_options
 from dfbench.benchmarks.spair_gdf_conv import (
     GdfConvOptions,
     draw_settings,
@@ -24,6 +23,7 @@ from dfbench.datasets.mini_spair import mini_spair_root
 from dfbench.datasets.spair import SpairPair, load_spair
 from dfbench.errors import DfbenchInputError
 from dfbench.heads.conv_readout import grid_index_to_points, points_to_grid_index, symmetric_clip_loss
+from dfbench.options import parse_options
 
 
 def test_points_to_grid_and_back_by_hand():

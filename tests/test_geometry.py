@@ -43,10 +43,27 @@ class ColourBackbone:
     sines and cosines: unique per colour, so nearest neighbours match equal colours."""
 
     name, default_resolution, default_settings, source = "colour", 64, {}, "none"
+    setting_names = ("resolution", "resize_mode", "dtype", "batch_size")
     device = torch.device("cpu")
+    recipe_version = 1
 
     def check_resolution(self, resolution):
         pass
+
+    def activation_names(self):
+        return ["colour"]
+
+    def catalog(self, resolution=None):
+        from dfbench.activations import ActivationInfo
+
+        side = (resolution or self.default_resolution) // 4
+        return [ActivationInfo("colour", 12, side, side)]
+
+    def weight_fingerprint(self):
+        return "colour-v1"
+
+    def to(self, device, torch_dtype=None):
+        return self
 
     def canonical_selection(self, selection):
         return list(selection)

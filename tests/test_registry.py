@@ -68,7 +68,11 @@ def test_entry_point_plugins(tmp_path, monkeypatch):
             BACKBONES.register("plugin-backbone", "my_dfbench_plugin:factory", override=True)
 
         def factory(**kwargs):
-            return ("plugin", kwargs)
+            from toy_plugin import ToyCNN
+
+            backbone = ToyCNN()
+            backbone.kwargs = kwargs
+            return backbone
     """))
     dist = tmp_path / "my_dfbench_plugin-1.0.dist-info"
     dist.mkdir()
@@ -78,7 +82,7 @@ def test_entry_point_plugins(tmp_path, monkeypatch):
     monkeypatch.setattr(registry_module, "_plugins_loaded", False)
     try:
         assert "plugin-backbone" in registry_module.BACKBONES.names()
-        assert registry_module.create_backbone("plugin-backbone", x=1) == ("plugin", {"x": 1})
+        assert registry_module.create_backbone("plugin-backbone", x=1).kwargs == {"x": 1}
     finally:
         registry_module.BACKBONES._entries.pop("plugin-backbone", None)
         registry_module.BACKBONES._lazy.pop("plugin-backbone", None)

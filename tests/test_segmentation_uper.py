@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from references import TextureBackbone, hand_miou
 
 from dfbench import ExtractSettings
-from dfbench.benchmarks.base import parse_options
 from dfbench.benchmarks.segmentation_uper import (
     GDF_RECIPES,
     GdfRecipe,
@@ -30,6 +29,7 @@ from dfbench.datasets.segmentation import ADE20K, CITYSCAPES
 from dfbench.distributed import Ranks
 from dfbench.errors import DfbenchInputError
 from dfbench.mmseg_models import FrozenFeatureBackbone, GdfResidualAdapter, feature_levels
+from dfbench.options import parse_options
 from dfbench.runner import RunSpec, run_one
 
 QUICK = {"iters": 2, "val_interval": 2, "checkpoint_interval": 2, "crop_size": 64, "workers": 0, "head_channels": 16,

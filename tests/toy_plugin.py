@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dfbench.atomic import atomic_write_text
+from dfbench.activations import ActivationInfo
+from dfbench.atomic import atomic_build_dir, atomic_write_text
 from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, Task, TaskOutput
 from dfbench.errors import DfbenchInputError
 from dfbench.features import image_features
@@ -45,6 +46,18 @@ class ToyCNN:
     def check_resolution(self, resolution: int) -> None:
         if resolution < 4:
             raise DfbenchInputError(f"settings.resolution={resolution}: {self.name} needs at least 4 pixels")
+
+    def activation_names(self):
+        return ["conv1", "conv2"]
+
+    def catalog(self, resolution=None):
+        """Each conv (3×3, stride 2, padding 1) halves the side, rounding up."""
+        side = resolution or self.default_resolution
+        first, second = -(-side // 2), -(-side // 4)
+        return [ActivationInfo("conv1", 4, first, first), ActivationInfo("conv2", 6, second, second)]
+
+    def to(self, device, torch_dtype=None):
+        return self
 
     def canonical_selection(self, selection):
         unknown = [name for name in selection if name not in ("conv1", "conv2")]
@@ -99,10 +112,13 @@ class BrightnessTask(Task):
     default_protocol = "threshold"
     metrics = {"accuracy": MetricSpec(True, True, "%"), "error": MetricSpec(False, False, "%")}
     leaderboard_metrics = ("accuracy", "error")
-    mini = None
 
     def mini_root(self) -> Path:
-        return BrightnessTask.mini
+        """The mini set, built once under $DFBENCH_HOME (as the built-in tasks build theirs)."""
+        from dfbench.home import dfbench_home
+
+        root = dfbench_home() / "toy-brightness-mini-v1"
+        return root if root.is_dir() else atomic_build_dir(root, build_mini)
 
     def labels(self, data_root: Path, split: str) -> dict[str, int]:
         path = Path(data_root) / split / "labels.json"
@@ -142,7 +158,8 @@ class BrightnessTask(Task):
 
 
 def register() -> None:
-    """The `dfbench.plugins` entry point: register the toy backbone."""
-    from dfbench.registry import BACKBONES
+    """The `dfbench.plugins` entry point: register the toy backbone and the toy task."""
+    from dfbench.registry import BACKBONES, TASKS
 
     BACKBONES.register(BACKBONE, toy_cnn, override=True)
+    TASKS.register(TASK, BrightnessTask, override=True)

@@ -56,6 +56,8 @@ class Dinov2Backbone:
 
     default_resolution = DEFAULT_RESOLUTION
     default_settings: dict[str, Any] = {}
+    #: the extraction recipe's version (one recipe so far)
+    recipe_version = 1
     setting_names = ("resolution", "resize_mode", "dtype", "batch_size", "pad_color", "resample")
 
     def __init__(self, name: str, model: torch.nn.Module, source: str, default_resolution: int = DEFAULT_RESOLUTION):

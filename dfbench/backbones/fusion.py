@@ -53,7 +53,7 @@ GLOBAL_OPTIONS = {"renormalize": False, "upsample": "direct"}
 def option_value(key: str, value: Any, kind: type) -> Any:
     """A backbone option as ``kind`` (strings from the command line are converted, as protocol options are);
     else one line."""
-    from dfbench.benchmarks.base import convert_option
+    from dfbench.options import convert_option
 
     try:
         return convert_option(value, kind)
@@ -106,7 +106,7 @@ class FusionBackbone:
             names += [name for name in backbone.setting_names if name not in names]
         self.setting_names = tuple(names)
         self.source = "; ".join(f"{name}: {backbone.source}" for name, backbone in sources.items())
-        self.recipe_version = {name: getattr(backbone, "recipe_version", 1) for name, backbone in sources.items()}
+        self.recipe_version = {name: backbone.recipe_version for name, backbone in sources.items()}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Every option with its value (given, else its default), checked; an unknown key is one line. A

@@ -49,7 +49,6 @@ from dfbench.benchmarks.base import (
     RunContext,
     Task,
     TaskOutput,
-    require_at_least_one,
     seeded_subset,
 )
 from dfbench.benchmarks.depth_augment import augment, centre_box, centre_crop
@@ -58,6 +57,7 @@ from dfbench.datasets.nyuv2 import DOWNLOAD_HINT, DepthSample, load_depth, load_
 from dfbench.errors import DfbenchInputError
 from dfbench.features import combine_to_grid, image_features
 from dfbench.heads.depth_probes import NORMALISATIONS, LinearBinsProbe
+from dfbench.options import require_at_least_one
 
 #: test images whose features are held at once by ``cleandift-linear`` (they are predicted, then dropped)
 EVAL_CHUNK = 32

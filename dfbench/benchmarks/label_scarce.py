@@ -49,7 +49,6 @@ from dfbench.benchmarks.base import (
     Task,
     TaskOutput,
     bootstrap_stderr,
-    require_at_least_one,
     seeded_subset,
 )
 from dfbench.datasets.ddpm_segmentation import (
@@ -64,6 +63,7 @@ from dfbench.datasets.ddpm_segmentation import (
 from dfbench.errors import DfbenchInputError
 from dfbench.features import image_features
 from dfbench.heads.pixel_features import UPSAMPLE_MODES, PixelFeatureBank
+from dfbench.options import require_at_least_one
 
 OVERLAY_IMAGES = 4
 #: pixels of one image predicted at once

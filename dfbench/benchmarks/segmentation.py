@@ -43,7 +43,6 @@ from dfbench.benchmarks.base import (
     Task,
     TaskOutput,
     bootstrap_stderr,
-    require_at_least_one,
     seeded_subset,
 )
 from dfbench.benchmarks.segmentation_metrics import image_areas, pooled_areas, segmentation_metrics
@@ -62,6 +61,7 @@ from dfbench.datasets.segmentation import (
 from dfbench.errors import DfbenchInputError
 from dfbench.features import combine_to_grid, image_features
 from dfbench.images import image_size
+from dfbench.options import require_at_least_one
 
 #: validation images shown in the overlay figure
 OVERLAY_IMAGES = 4

@@ -34,9 +34,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from dfbench.benchmarks.base import RunContext, require_at_least_one
+from dfbench.benchmarks.base import RunContext
 from dfbench.datasets.segmentation import SegmentationLayout, SegmentationSample, dataset_root
 from dfbench.errors import DfbenchInputError
+from dfbench.options import require_at_least_one
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write_text
+from dfbench.backbones.protocol import Backbone, DescriptorBackbone, PairFittedBackbone
 from dfbench.benchmarks.base import (
     MetricSpec,
     ProtocolSpec,
@@ -156,14 +157,23 @@ def pair_images(pairs: Sequence[SpairPair]) -> dict[str, tuple[Path, str]]:
     return images
 
 
-def descriptor_keeper(backbone: Any) -> Callable[[dict[str, torch.Tensor]], Any]:
+def descriptor_keeper(backbone: Backbone) -> Callable[[dict[str, torch.Tensor]], Any]:
     """What dift-nn and patch-nn keep of one image: one float32 C×h×w map on the CPU, the backbone's own
-    descriptor (``combine``) or else :func:`~dfbench.features.combine_activations`'s; the activations
-    themselves (float16) when the descriptor is fitted per pair."""
-    if getattr(backbone, "pair_fitted", False):
+    descriptor (a :class:`DescriptorBackbone`'s ``combine``) or else
+    :func:`~dfbench.features.combine_activations`'s; the activations themselves (float16) when the descriptor
+    is fitted per pair."""
+    if pair_combiner(backbone) is not None:
         return keep_half
-    combine = getattr(backbone, "combine", combine_activations)
+    combine = backbone.combine if isinstance(backbone, DescriptorBackbone) else combine_activations
     return lambda activations: combine({name: value[None] for name, value in activations.items()})[0].cpu()
+
+
+def pair_combiner(backbone: Backbone) -> Callable[[dict, dict], tuple[torch.Tensor, torch.Tensor]] | None:
+    """``combine_pair`` of a backbone whose descriptor is fitted on each pair with its current options, else
+    None."""
+    if isinstance(backbone, PairFittedBackbone) and backbone.pair_fitted:
+        return backbone.combine_pair
+    return None
 
 
 def keep_half(activations: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -205,7 +215,7 @@ class SpairTask(Task):
         found = image_features(backbone, pair_images(pairs), selection, settings, context.cache, context.progress,
                                keep=descriptor_keeper(backbone), crop=protocol == "dift-nn")
         extracted = time.perf_counter()
-        combine_pair = backbone.combine_pair if getattr(backbone, "pair_fitted", False) else None
+        combine_pair = pair_combiner(backbone)
         if protocol == "patch-nn":
             predictions = self.match_patches(pairs, found, settings, context.progress, backbone.device, combine_pair,
                                              options.cell_offset)

@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dfbench.benchmarks.base import require_at_least_one
 from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
 from dfbench.datasets.spair import SpairPair
 from dfbench.errors import DfbenchInputError
@@ -52,6 +51,7 @@ from dfbench.heads.conv_readout import (
     symmetric_clip_loss,
 )
 from dfbench.heads.nn_matcher import match_points
+from dfbench.options import require_at_least_one
 from dfbench.settings import ExtractSettings
 
 REPORT_MODES = ("select", "gdf")

@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 
+from dfbench.backbones.protocol import ConfiguredBackbone
 from dfbench.errors import DfbenchInputError
 from dfbench.settings import resolution_flag
 
@@ -31,10 +32,10 @@ def cmd_activations(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from dfbench.cli.common import parse_options
-    from dfbench.registry import create_backbone
+    from dfbench.registry import weightless_backbone
 
     options = parse_options(args.backbone_option, "--backbone-option")
-    backbone = create_backbone(args.backbone, init="meta", **({"options": options} if options else {}))
+    backbone = weightless_backbone(args.backbone, **({"options": options} if options else {}))
     rows = backbone.catalog(args.resolution)
     if args.grep:
         try:
@@ -51,7 +52,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
         print(json.dumps([{**row.to_dict(), "aliases": aliases(row.name)} for row in rows], indent=1))
     else:
         resolution = args.resolution or backbone.default_resolution
-        where = backbone.describe() if hasattr(backbone, "describe") else f"at {resolution}px"
+        where = backbone.describe() if isinstance(backbone, ConfiguredBackbone) else f"at {resolution}px"
         print(f"{backbone.name} {where}: {len(rows)} activations")
         print(tabulate([[r.name, r.channels, r.height, r.width, ", ".join(aliases(r.name))] for r in rows],
                        headers=["name", "channels", "height", "width", "aliases (CleanDIFT, DIFT, GDF)"]))

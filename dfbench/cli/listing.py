@@ -45,7 +45,7 @@ def protocol_lines(task) -> list[str]:
     import dataclasses
     import typing
 
-    from dfbench.benchmarks.base import type_name
+    from dfbench.options import type_name
 
     lines = []
     for protocol in task.protocols.values():
