@@ -407,7 +407,7 @@ def test_horse21_run_scores_and_saved_predictions_rescore_exactly(tmp_path, prot
 
 
 def test_perf_horse21_streamed_bank_holds_the_native_maps_only():
-    from dfbench.perf_label_scarce import measure_streamed
+    from dfbench.perf.horse21 import measure_streamed
 
     measured = measure_streamed(images=1, steps=1)
     # 1280×32² + 1280×32² + 640×64² + 320×64² float32 values for one image

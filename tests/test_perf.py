@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dfbench.cli import main
-from dfbench.perf import dift_style_features
+from dfbench.perf.recipes import dift_style_features
 from dfbench.settings import ExtractSettings
 
 
@@ -68,7 +68,7 @@ def test_truncation_saves_the_flops_measured_in_the_design():
 
 
 def test_throughput_report_is_consistent_on_cpu():
-    from dfbench.perf import run_throughput
+    from dfbench.perf.throughput import run_throughput
 
     (row,) = run_throughput(["tiny-sd15"], dtype="float32", batch_size=2, repeats=1, device="cpu",
                             peak_tflops=2.0, log=lambda message: None)
@@ -79,7 +79,7 @@ def test_throughput_report_is_consistent_on_cpu():
 
 
 def test_cache_perf_bytes_per_image_match_the_tensor_sizes():
-    from dfbench.perf import run_cache
+    from dfbench.perf.cache import run_cache
 
     report = run_cache(images=4, full_size_images=8, log=lambda message: None)
     # safetensors stores the raw tensor bytes plus one small JSON header per shard of 8 images
@@ -94,7 +94,7 @@ def test_cache_perf_bytes_per_image_match_the_tensor_sizes():
 
 @pytest.mark.slow
 def test_perf_backbone_times_each_backbone_in_its_own_process():
-    from dfbench.perf_backbone import run_backbones
+    from dfbench.perf.backbone import run_backbones
 
     (row,) = run_backbones(["tiny-dinov2"], None, ["blocks.1"], repeats=1, log=lambda message: None)
     assert row["backbone"] == "tiny-dinov2" and row["resolution"] == 56 and row["selection"] == ["blocks.1"]
@@ -106,7 +106,7 @@ def test_perf_backbone_times_each_backbone_in_its_own_process():
 
 
 def test_perf_fusion_reports_parts_overhead_and_the_pair_descriptor():
-    from dfbench.perf_fusion import run_fusion
+    from dfbench.perf.fusion import run_fusion
     from dfbench.registry import create_backbone
 
     sizes = {"resolution.1": 64, "resolution.2": 56}
@@ -124,3 +124,17 @@ def test_perf_fusion_reports_parts_overhead_and_the_pair_descriptor():
     channels = sum(min(256, info.channels, 2 * info.height * info.width) for info in chosen[:3]) + chosen[3].channels
     grid = max(info.height for info in chosen)
     assert row["descriptor_shape"] == [channels, grid, grid] and row["pair_descriptor_s"] > 0
+
+
+def test_perf_suites_come_from_one_registry(capsys):
+    """`dfbench perf list` prints the registry; every suite's module exists and has from_args."""
+    import importlib
+
+    from dfbench.cli import main
+    from dfbench.perf import SUITES
+
+    assert main(["perf", "list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(SUITES) and len(listed) == 10
+    for suite in SUITES.values():
+        assert callable(importlib.import_module(f"dfbench.perf.{suite.module}").from_args)

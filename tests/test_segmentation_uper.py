@@ -261,7 +261,7 @@ def test_adapter_size_is_gdfs_two_conv_bn_pairs_per_activation_and_per_level(tin
 
 
 def test_perf_segmentation_times_a_gdf_uper_training_step(tiny_sd15):
-    from dfbench.perf import _gdf_uper_iteration_s
+    from dfbench.perf.segmentation import _gdf_uper_iteration_s
 
     row = _gdf_uper_iteration_s(tiny_sd15, "cityscapes", "gdf-ours-sd15-cityscapes", 64, 1, lambda message: None)
     assert row["crop"] == 64 and row["batch"] == 2 and row["s_per_iter"] > 0 and row["peak_rss_gib"] > 0

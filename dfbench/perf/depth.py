@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dfbench.perf import peak_rss_gib
+from dfbench.perf.common import peak_rss_gib
 
 TRAIN_IMAGES, BATCH, CROP = 795, 8, 480
 LINEAR_SHAPE = (1280, 48, 48)
@@ -102,7 +102,7 @@ def measure_extract(device: str, steps: int) -> dict[str, Any]:
 
 
 def _child(kind: str, device: str, steps: int) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "dfbench.perf_depth", kind, device, str(steps)],
+    done = subprocess.run([sys.executable, "-m", "dfbench.perf.depth", kind, device, str(steps)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"perf depth {kind} failed: {done.stderr.strip()[-2000:]}")
@@ -111,7 +111,7 @@ def _child(kind: str, device: str, steps: int) -> dict[str, Any]:
 
 def run_depth(device: str | None = None, steps: int = 3, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time both probes' steps (and probe3d-dpt's per-step extraction) and extrapolate to an epoch."""
-    from dfbench.perf import machine_description
+    from dfbench.perf.common import machine_description
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     per_epoch = math.ceil(TRAIN_IMAGES / BATCH)
@@ -127,6 +127,11 @@ def run_depth(device: str | None = None, steps: int = 3, log: Callable[[str], No
     results["probe3d-dpt s/epoch (with per-step extraction)"] = results["dpt"]["s_per_epoch"] + \
         results["extract"]["s_per_epoch"]
     return results
+
+
+def from_args(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """``dfbench perf depth``: --repeats timed steps."""
+    return run_depth(args.device, args.repeats, log=log)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def measure(name: str, resolution: int | None, selection: list[str], repeats: in
 
     import torch
 
-    from dfbench.perf import machine_description, perf_image, vm_hwm_gib
+    from dfbench.perf.common import machine_description, perf_image, vm_hwm_gib
     from dfbench.registry import create_backbone
     from dfbench.settings import resolve_settings
 
@@ -47,12 +47,18 @@ def run_backbones(names: list[str], resolution: int | None, selection: list[str]
     rows = []
     for name in names:
         log(f"{name}: random weights, {repeats} timed image(s) …")
-        done = subprocess.run([sys.executable, "-m", "dfbench.perf_backbone", name, str(resolution or 0),
+        done = subprocess.run([sys.executable, "-m", "dfbench.perf.backbone", name, str(resolution or 0),
                                ",".join(selection), str(repeats), device], capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"perf backbone {name} failed: {done.stderr.strip()[-2000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return rows
+
+
+def from_args(args: Any, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """``dfbench perf backbone``: --backbone (default dinov2-base dinov2-giant), --select (default blocks.11)."""
+    return run_backbones(args.backbone or ["dinov2-base", "dinov2-giant"], args.resolution,
+                         args.select or ["blocks.11"], args.repeats, args.device or "cpu", log=log)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def run_sweep_perf(backbone_name: str = "sd15", device: str | None = None, dtype
     to 60 — for a CPU, where 60 full-size runs take about an hour; the result says so."""
     import torch
 
-    from dfbench.perf import machine_description
+    from dfbench.perf.common import machine_description
     from dfbench.registry import TASKS, create_backbone
     from dfbench.runner import RunSpec, run_one
     from dfbench.sweep import expand_candidates, run_sweep
@@ -71,3 +71,10 @@ def run_sweep_perf(backbone_name: str = "sd15", device: str | None = None, dtype
     results["speedup"] = results["separate_s"] / results["sweep_s"]
     results["sweep_forwards_per_image_per_timestep"] = results["sweep_unet_rows_per_image"] / len(TIMESTEPS)
     return results
+
+
+def from_args(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """``dfbench perf sweep``: one --backbone (default sd15); --repeats N times N of the separate runs."""
+    backbones = args.backbone or ["sd15"]
+    return run_sweep_perf(backbones[0], args.device, args.dtype or "float32",
+                          args.repeats if args.repeats > 1 else None, log=log)

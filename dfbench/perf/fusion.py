@@ -37,7 +37,7 @@ def run_fusion(preset_name: str = "tale-of-two", backbone: str | None = None, de
     import skimage.data
     from PIL import Image
 
-    from dfbench.perf import machine_description, perf_image, vm_hwm_gib
+    from dfbench.perf.common import machine_description, perf_image, vm_hwm_gib
     from dfbench.registry import create_backbone, get_preset
     from dfbench.settings import resolve_settings
 
@@ -73,3 +73,10 @@ def run_fusion(preset_name: str = "tale-of-two", backbone: str | None = None, de
     rows["peak_rss_gib"] = vm_hwm_gib()
     rows["machine"] = machine_description(torch.device(device))
     return rows
+
+
+def from_args(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """``dfbench perf fusion``: --preset (default tale-of-two), optionally one --backbone."""
+    backbones = args.backbone or [None]
+    return run_fusion(args.preset, backbones[0], args.device or "cpu", args.dtype or "float32", args.repeats,
+                      log=log)

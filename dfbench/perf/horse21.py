@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dfbench.perf import peak_rss_gib
+from dfbench.perf.common import peak_rss_gib
 
 #: GDF "Ours" on SD1.5 at 512 px (the gdf-ours-sd15-horse21 preset): (channels, side) per activation
 SD15_OURS_SHAPES = ((1280, 32), (1280, 32), (640, 64), (320, 64))
@@ -112,7 +112,7 @@ def measure_release(images: int, steps: int = 20) -> dict[str, Any]:
 
 
 def _child(kind: str, images: int, steps: int) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "dfbench.perf_label_scarce", kind, str(images), str(steps)],
+    done = subprocess.run([sys.executable, "-m", "dfbench.perf.horse21", kind, str(images), str(steps)],
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -121,7 +121,7 @@ def run_horse21(release_images: tuple[int, ...] = (1, 2, 4, 8), steps: int = 20,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Streamed (30 images) vs the release's all-in-RAM approach (``release_images`` images each, then
     extrapolated to 30), each in its own child process; times per step and the full-training estimates."""
-    from dfbench.perf import machine_description
+    from dfbench.perf.common import machine_description
 
     results: dict[str, Any] = {"machine": machine_description(torch.device("cpu")),
                                "selection": "SD1.5 GDF Ours at 512 px (3,520 channels), Horse-21 train: 30 × 256²"}
@@ -150,6 +150,11 @@ def run_horse21(release_images: tuple[int, ...] = (1, 2, 4, 8), steps: int = 20,
         "release_hours_min_schedule": minimum * release_step / 3600,
     }
     return results
+
+
+def from_args(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """``dfbench perf horse21``: at least 20 timed steps."""
+    return run_horse21(steps=max(args.repeats, 20), log=log)
 
 
 if __name__ == "__main__":
