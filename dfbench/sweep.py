@@ -95,8 +95,9 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
     from dfbench.distributed import process_group
     from dfbench.options import parse_options
     from dfbench.registry import TASKS
-    from dfbench.runner import RunSpec, recorded_runs, resolve_data_root, run_one, split_task
+    from dfbench.runner import RunSpec, resolve_data_root, run_one, split_task
     from dfbench.settings import resolve_settings
+    from dfbench.suite import recorded_runs
 
     started = time.perf_counter()
     task_part, protocol_name = split_task(task_name)

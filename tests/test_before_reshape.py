@@ -11,7 +11,7 @@ import pytest
 
 from dfbench.cli import main
 from dfbench.results import compare_to_baseline, leaderboard_table, load_results
-from dfbench.runner import run_suite
+from dfbench.suite import run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "before_reshape"
@@ -41,11 +41,11 @@ def test_the_gate_reads_the_old_records_against_the_baseline():
 
 
 def test_the_ci_suite_finds_every_run_already_recorded(tmp_path, monkeypatch):
-    from dfbench import runner
+    from dfbench import suite
 
     results = tmp_path / "results"
     shutil.copytree(FIXTURE / "results", results)
-    monkeypatch.setattr(runner, "run_one", lambda *args, **kwargs: pytest.fail(f"ran {args[0]}"))
+    monkeypatch.setattr(suite, "run_one", lambda *args, **kwargs: pytest.fail(f"ran {args[0]}"))
     lines = []
     outcome = run_suite(ROOT / "configs" / "ci.yaml", results, progress=False, log=lines.append)
     assert sum("already recorded, skipped" in line for line in lines) == 10 and not outcome.results

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dfbench.results import compare_to_baseline, load_results, save_result, write_baseline
-from dfbench.runner import load_suite, run_one
+from dfbench.runner import run_one
+from dfbench.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_SUITE, BASELINE = ROOT / "configs" / "ci.yaml", ROOT / "results" / "baselines" / "ci.json"

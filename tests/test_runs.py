@@ -216,7 +216,7 @@ def test_directions_come_from_the_records_metric_specs(tmp_path, capsys):
 
 
 def test_version_1_suites_and_records_keep_loading(tmp_path):
-    from dfbench.runner import load_suite
+    from dfbench.suite import load_suite
 
     suite = tmp_path / "old.yaml"
     suite.write_text("defaults: {task: spair, data_root: mini}\n"
@@ -309,7 +309,7 @@ def test_suite_where_nothing_ran_exits_1_and_unknown_published_metric_is_exit_2(
 def test_paper_suites_parse_and_name_their_sources():
     from pathlib import Path
 
-    from dfbench.runner import load_suite, spec_problems
+    from dfbench.suite import load_suite, spec_problems
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "paper"
     for name in ("dift_spair.yaml", "cleandift.yaml", "meng2024.yaml"):

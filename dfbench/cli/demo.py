@@ -30,7 +30,7 @@ def demo_suite_path() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dfbench.runner import run_suite
+    from dfbench.suite import run_suite
 
     started = time.perf_counter()
     outcome = run_suite(demo_suite_path(), args.results, force=args.force, strict=True, progress=False,

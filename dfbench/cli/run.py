@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_suite(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from dfbench.runner import published_check, run_suite
+    from dfbench.suite import published_check, run_suite
 
     if args.tolerance < 0:
         raise DfbenchInputError(f"--tolerance {args.tolerance}: must be ≥ 0")
