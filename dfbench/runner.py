@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from dfbench.backbones.protocol import ConfiguredBackbone
+from dfbench.environment import environment
 from dfbench.errors import DfbenchInputError
-from dfbench.results import RECORD_FILE, Result, environment, now, run_id, save_result
+from dfbench.results import RECORD_FILE, Result, now, run_id, save_result
 
 #: suite / RunSpec fields of version-1 suites, now SPair protocol options (``limit_pairs`` → ``limit``)
 LEGACY_OPTION_FIELDS = ("per_category", "pairs_file")

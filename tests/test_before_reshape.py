@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from dfbench.cli import main
-from dfbench.results import compare_to_baseline, leaderboard_table, load_results
+from dfbench.gate import compare_to_baseline
+from dfbench.results import leaderboard_table, load_results
 from dfbench.suite import run_suite
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dfbench.results import compare_to_baseline, load_results, save_result, write_baseline
+from dfbench.gate import compare_to_baseline, write_baseline
+from dfbench.results import load_results, save_result
 from dfbench.runner import run_one
 from dfbench.suite import load_suite
 
@@ -182,7 +183,8 @@ def test_the_fusion_row_is_the_same_at_one_and_two_threads(tmp_path):
 def test_compare_names_what_differs_from_the_baselines_environment(tmp_path):
     """The baseline keeps the environment its runs were made in; compare names the versions and thread
     setup that differ from the latest run's, or says they are equal."""
-    from dfbench.results import Result, baseline_environment_note
+    from dfbench.gate import baseline_environment_note
+    from dfbench.results import Result
 
     def record(created, folder, torch_version, threads):
         environment = {"torch": torch_version, "packages": {"torch": torch_version, "numpy": "2.4.6"},

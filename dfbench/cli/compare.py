@@ -33,13 +33,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from dfbench.results import (
-        baseline_environment_note,
-        check_tolerance,
-        compare_to_baseline,
-        load_results,
-        write_baseline,
-    )
+    from dfbench.gate import baseline_environment_note, check_tolerance, compare_to_baseline, write_baseline
+    from dfbench.results import load_results
 
     metric_tolerances = {}
     for item in args.metric_tolerance:

@@ -56,7 +56,7 @@ def perf_image() -> Any:
 
 def machine_description(device: torch.device) -> str:
     """CPU model / GPU name, thread count and torch version, for the report."""
-    from dfbench.results import cpu_name
+    from dfbench.environment import cpu_name
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return f"{name}; {torch.get_num_threads()} threads; torch {torch.__version__}"
