@@ -258,14 +258,14 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     check_results_folder(results_dir)  # before the weights load and the extraction, not after
     if isinstance(spec.save_predictions, str):
         check_writable_folder(spec.save_predictions, "--save-predictions")
-    if backbone is None:
-        backbone = create_spec_backbone(dataclasses.replace(spec, device=spec.device or ranks.device))
-    settings = resolve_settings(backbone, preset.settings if preset else {}, spec.settings)
     cache = None
-    if spec.cache_dir or os.environ.get("DFBENCH_CACHE"):
+    if spec.cache_dir or os.environ.get("DFBENCH_CACHE"):     # made (or refused) before any weights load
         from dfbench.cache import FeatureCache
 
         cache = FeatureCache(spec.cache_dir)
+    if backbone is None:
+        backbone = create_spec_backbone(dataclasses.replace(spec, device=spec.device or ranks.device))
+    settings = resolve_settings(backbone, preset.settings if preset else {}, spec.settings)
     made = None
     if ranks.rank == 0:
         made = new_run_folder(results_dir, f"{task.name}/{protocol.name}", backbone.name, spec.config_hash()[:8])

@@ -95,10 +95,11 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
     from dfbench.distributed import process_group
     from dfbench.options import parse_options
     from dfbench.registry import TASKS
-    from dfbench.runner import RunSpec, resolve_data_root, run_one, split_task
+    from dfbench.runner import RunSpec, check_results_folder, resolve_data_root, run_one, split_task
     from dfbench.settings import resolve_settings
     from dfbench.suite import recorded_runs
 
+    check_results_folder(results_dir)          # before anything is extracted
     started = time.perf_counter()
     task_part, protocol_name = split_task(task_name)
     task = TASKS.get(task_part)()

@@ -30,6 +30,10 @@ CASES = [
     # checked before the backbone loads or any image is extracted (it used to fail after the whole run)
     (RUN + ["--save-predictions", "{tmp}/deep.tif"],
      "--save-predictions {tmp}/deep.tif: {tmp}/deep.tif is a file, not a folder; choose another --save-predictions"),
+    (["sweep", "--backbone", "tiny-sd15", "--task", "spair", "--candidates", "up_blocks.1", "--data-root", "mini",
+      "--results", "{tmp}/deep.tif", "--cache-dir", "{tmp}/deep.tif/cache", "--no-progress"],
+     "--results {tmp}/deep.tif: {tmp}/deep.tif is a file, not a folder"),
+    (RUN + ["--cache-dir", "{tmp}/deep.tif/cache"], "feature cache {tmp}/deep.tif/cache: cannot create it"),
     (["activations", "sd15", "--resolution", "0"], "argument --resolution: 0 is not in 1…8192"),
     (["activations", "sd15", "--resolution", "1000000"], "argument --resolution: 1000000 is not in 1…8192"),
     (["extract", "tiny-sd15", "--images", "{tmp}/deep.tif", "--select", "us6", "--out", "{tmp}/f.safetensors",
