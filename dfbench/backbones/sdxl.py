@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from dfbench.backbones.base import DiffusionBackbone, PromptEmbedding, load_config
-
-HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+from dfbench.backbones.base import DiffusionBackbone, PromptEmbedding
+from dfbench.backbones.stable_diffusion import ModelCard, card_factory
 
 
 class StableDiffusionXLBackbone(DiffusionBackbone):
@@ -46,23 +45,7 @@ class StableDiffusionXLBackbone(DiffusionBackbone):
         }
 
 
-def sdxl_configs() -> dict[str, dict]:
-    """The packaged real SDXL-base configs keyed by component folder."""
-    return {c: load_config("sdxl", c) for c in ("unet", "vae", "text_encoder", "text_encoder_2")}
-
-
-def sdxl(
-    weights: str | None = None,
-    *,
-    init: str = "pretrained",
-    torch_dtype: str = "float32",
-    device: str | None = None,
-    local_files_only: bool | None = None,
-    seed: int = 0,
-) -> StableDiffusionXLBackbone:
-    """Stable Diffusion XL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0), 1024 px, two text encoders."""
-    if init == "pretrained":
-        return StableDiffusionXLBackbone.from_pretrained(
-            "sdxl", weights or HUB_ID, 1024, torch_dtype, device, local_files_only
-        )
-    return StableDiffusionXLBackbone.from_configs("sdxl", sdxl_configs(), 1024, init, seed, device, torch_dtype)
+MODEL_CARD = ModelCard("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 1024,
+                       "Stable Diffusion XL base 1.0, two text encoders",
+                       components=("unet", "vae", "text_encoder", "text_encoder_2"))
+sdxl = card_factory(MODEL_CARD, StableDiffusionXLBackbone)

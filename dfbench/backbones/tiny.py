@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 import torch
 
 from dfbench.backbones.base import DiffusionBackbone
-from dfbench.backbones.sdxl import StableDiffusionXLBackbone, sdxl_configs
-from dfbench.backbones.stable_diffusion import StableDiffusionBackbone, family_configs
+from dfbench.backbones.sdxl import MODEL_CARD as SDXL_CARD
+from dfbench.backbones.sdxl import StableDiffusionXLBackbone
+from dfbench.backbones.stable_diffusion import MODEL_CARDS, StableDiffusionBackbone
 
 TINY_RESOLUTION = 64
 TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
@@ -42,14 +43,14 @@ def tiny_sd15_configs() -> dict[str, dict]:
     """SD1.5's configs with widths 32/64/64/64 (same blocks and names)."""
     unet = {"block_out_channels": [32, 64, 64, 64], "attention_head_dim": 8, "cross_attention_dim": 32,
             "norm_num_groups": 8, "sample_size": 8}
-    return _shrink(family_configs("sd15"), unet)
+    return _shrink(MODEL_CARDS["sd15"].bundled_configs(), unet)
 
 
 def tiny_sd21_configs() -> dict[str, dict]:
     """SD2.1's configs (linear projections, upcast attention) with widths 32/64/64/64."""
     unet = {"block_out_channels": [32, 64, 64, 64], "attention_head_dim": [2, 4, 4, 4], "cross_attention_dim": 32,
             "norm_num_groups": 8, "sample_size": 8}
-    return _shrink(family_configs("sd21"), unet)
+    return _shrink(MODEL_CARDS["sd21"].bundled_configs(), unet)
 
 
 def tiny_sdxl_configs() -> dict[str, dict]:
@@ -57,7 +58,7 @@ def tiny_sdxl_configs() -> dict[str, dict]:
     unet = {"block_out_channels": [32, 64, 64], "attention_head_dim": [2, 4, 4], "cross_attention_dim": 64,
             "norm_num_groups": 8, "sample_size": 8, "addition_time_embed_dim": 8,
             "projection_class_embeddings_input_dim": 32 + 6 * 8}
-    return _shrink(sdxl_configs(), unet)
+    return _shrink(SDXL_CARD.bundled_configs(), unet)
 
 
 def parameter_seed(seed: int, name: str) -> int:
