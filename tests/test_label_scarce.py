@@ -20,12 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from references import TextureBackbone
 
-from dfbench.benchmarks.label_scarce import (
-    Horse21Task,
-    drop_small_classes,
-    gdf_resplit,
-    release_iou,
-)
+from dfbench.benchmarks.label_scarce import Horse21Task, drop_small_classes, gdf_resplit
+from dfbench.benchmarks.label_scarce_metrics import release_iou
 from dfbench.cli import main
 from dfbench.datasets.ddpm_segmentation import (
     BEDROOM_28,
