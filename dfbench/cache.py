@@ -73,7 +73,8 @@ def image_key(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:24]
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 (hex) of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -150,7 +151,7 @@ class ConfigStore:
         if shard in self._verified:
             return True
         path = self.folder / "shards" / shard
-        ok = path.is_file() and _file_sha256(path) == self._shard_sums.get(shard)
+        ok = path.is_file() and file_sha256(path) == self._shard_sums.get(shard)
         if ok:
             self._verified.add(shard)
         else:
@@ -195,7 +196,7 @@ class ConfigStore:
                 f"feature cache {self.folder}: writing a shard failed ({error.strerror or error}); "
                 "nothing was recorded — free some space or use another --cache-dir"
             ) from None
-        checksum = _file_sha256(folder / shard)
+        checksum = file_sha256(folder / shard)
         record = {"shard": shard, "sha256": checksum,
                   "entries": {image: sorted(values) for image, values in features.items()}}
         line = json.dumps(record, sort_keys=True) + "\n"

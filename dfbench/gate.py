@@ -63,7 +63,6 @@ def write_baseline(records: list[Result], path: str | Path, tolerance: float | N
 
 def check_tolerance(name: str, value: float) -> float:
     """A tolerance must be a finite number ≥ 0 (a negative one would flag every metric); else one line."""
-
     if not math.isfinite(value) or value < 0:
         raise DfbenchInputError(f"{name} {value}: a tolerance is a number ≥ 0 in the metric's own units "
                                 "(e.g. 0.5 PCK points)")

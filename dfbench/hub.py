@@ -64,36 +64,53 @@ def cached_snapshot(repo_id: str, repo_type: str = "model") -> Path | None:
         return None
 
 
-def hub_source(name: str, source: str | Path, local_files_only: bool | None = None, flag: str = "--weights",
-               download: str | None = None) -> bool | None:
-    """Check a backbone's weights ``source`` before anything is loaded; returns the ``local_files_only`` to
-    pass to ``from_pretrained``. ``flag`` names where a local path came from; ``download`` is the command
-    that gets a hub id (default ``hf download <id>``). See the module docstring."""
+def needs_the_hub_but_cannot_reach_it(local_files_only: bool | None) -> str | None:
+    """Why a download would fail now (see :func:`hub_unreachable`), or None: when the libraries read their
+    caches only (``local_files_only``, ``HF_HUB_OFFLINE``) or the hub answers."""
+    return None if local_files_only or offline() else hub_unreachable()
+
+
+def hub_source(name: str, source: str | Path, local_files_only: bool | None = None) -> bool | None:
+    """Check a backbone's weights ``source`` (``--weights`` or its hub id) before anything is loaded; returns
+    the ``local_files_only`` to pass to ``from_pretrained``. See the module docstring."""
     text = str(source)
     if not is_hub_id(text):
         if not Path(text).expanduser().exists():
-            raise DfbenchInputError(f"{flag} {text}: no such file or folder (backbone {name}); give a local folder "
-                                    "that exists, or a hub id owner/name")
+            raise DfbenchInputError(f"--weights {text}: no such file or folder (backbone {name}); give a local "
+                                    "folder that exists, or a hub id owner/name")
         return local_files_only
-    if local_files_only or offline():
-        return local_files_only
-    reason = hub_unreachable()
+    reason = needs_the_hub_but_cannot_reach_it(local_files_only)
     if reason is None:
         return local_files_only
     if cached_snapshot(text) is not None:
         return True
     raise DfbenchInputError(
         f"cannot load backbone {name}: {text} is not in the Hugging Face cache and the hub cannot be reached "
-        f"({reason}); get it with `{download or f'hf download {text}'}` on a machine with internet (then copy "
-        "the cache, or point HF_HOME at it), or pass --weights DIR with a local copy")
+        f"({reason}); get it with `hf download {text}` on a machine with internet (then copy the cache, or point "
+        "HF_HOME at it), or pass --weights DIR with a local copy")
+
+
+def cached_file_when_offline(repo_id: str, filename: str, local_files_only: bool | None, alternative: str
+                             ) -> Path | None:
+    """Before ``hf_hub_download`` of one file: None when the download may go ahead (as :func:`hub_source`
+    decides); with the hub unreachable, the cached copy, else one line (``alternative``: what else to pass)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    reason = needs_the_hub_but_cannot_reach_it(local_files_only)
+    if reason is None:
+        return None
+    cached = try_to_load_from_cache(repo_id, filename)
+    if isinstance(cached, str):
+        return Path(cached)
+    raise DfbenchInputError(
+        f"cannot get {repo_id}/{filename}: not in the Hugging Face cache and the hub cannot be reached ({reason}); "
+        f"download it with `hf download {repo_id} {filename}` on a machine with internet, or {alternative}")
 
 
 def hub_dataset_reachable(source: str, what: str) -> None:
     """Before ``datasets.load_dataset`` of a hub dataset id: one line when the hub cannot be reached (unless
     ``HF_HUB_OFFLINE`` is set, when ``datasets`` reads its cache)."""
-    if offline():
-        return
-    reason = hub_unreachable()
+    reason = needs_the_hub_but_cannot_reach_it(None)
     if reason is not None:
         raise DfbenchInputError(f"{what}: the Hugging Face hub cannot be reached ({reason}); if the dataset is "
                                 "in your datasets cache, run with HF_HUB_OFFLINE=1, else use a local folder")

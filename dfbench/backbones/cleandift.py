@@ -24,21 +24,14 @@ CLEANDIFT_SETTINGS = {"timestep": 261, "add_noise": False}
 
 def cleandift_unet_file(family: str, local_files_only: bool | None = None) -> Path:
     """The CleanDIFT UNet file for ``family`` from the hub cache (downloading it when online)."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import hf_hub_download
 
-    from dfbench.hub import hub_unreachable, offline
+    from dfbench.hub import cached_file_when_offline
 
     filename = CLEANDIFT_FILES[family]
-    if not local_files_only and not offline():
-        reason = hub_unreachable()
-        if reason is not None:
-            cached = try_to_load_from_cache(CLEANDIFT_REPO, filename)
-            if isinstance(cached, str):
-                return Path(cached)
-            raise DfbenchInputError(
-                f"cannot get {CLEANDIFT_REPO}/{filename}: not in the Hugging Face cache and the hub cannot be "
-                f"reached ({reason}); download it with `hf download {CLEANDIFT_REPO} {filename}` on a machine with "
-                "internet, or pass unet_weights=FILE")
+    cached = cached_file_when_offline(CLEANDIFT_REPO, filename, local_files_only, "pass unet_weights=FILE")
+    if cached is not None:
+        return cached
     try:
         return Path(hf_hub_download(CLEANDIFT_REPO, filename, local_files_only=bool(local_files_only)))
     except Exception as error:  # huggingface_hub raises several unrelated types offline / on 404

@@ -186,6 +186,7 @@ def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
     from dfbench.atomic import atomic_write, atomic_write_text
+    from dfbench.cache import file_sha256
 
     optimizer = state["optimizer"]
     tensors = {f"head.{name}": value for name, value in state["head"].items()}
@@ -205,7 +206,7 @@ def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
                 "best": {key: value for key, value in best.items() if key not in ("state", "predictions")},
                 "best_predictions": len(best.get("predictions", [])),
                 "tensors": tensor_file.name,
-                "sha256": hashlib.sha256(tensor_file.read_bytes()).hexdigest()}
+                "sha256": file_sha256(tensor_file)}
     atomic_write_text(folder / "checkpoint.json", json.dumps(document) + "\n")
     for old in folder.glob("checkpoint-*.safetensors"):
         if old != tensor_file:
@@ -217,6 +218,8 @@ def load_checkpoint(folder: Path) -> dict[str, Any] | None:
     """The training state a killed run left in its folder (see :func:`save_checkpoint`), or ``None``. A pickle
     from an earlier dfbench (``checkpoint.pt``) is refused, never unpickled; a damaged checkpoint is one line."""
     from safetensors.torch import load_file
+
+    from dfbench.cache import file_sha256
 
     if (folder / LEGACY_CHECKPOINT).exists():
         raise DfbenchInputError(f"run folder {folder}: {LEGACY_CHECKPOINT} is a pickle (an earlier dfbench's "
@@ -231,7 +234,7 @@ def load_checkpoint(folder: Path) -> dict[str, Any] | None:
         tensor_file = folder / document["tensors"]
         if Path(document["tensors"]).name != document["tensors"]:
             raise ValueError("the tensor file must lie in the run folder")
-        if hashlib.sha256(tensor_file.read_bytes()).hexdigest() != document["sha256"]:
+        if file_sha256(tensor_file) != document["sha256"]:
             raise ValueError(f"{tensor_file.name} does not match its sha256")
         tensors = load_file(str(tensor_file))
 
