@@ -125,7 +125,9 @@ def test_border_plateau_is_exactly_flat_and_its_first_pixel_wins():
     """Past the outermost cell centres a bilinear upsampling (align_corners=False) repeats the cell's value:
     for a 2×2 map brought to 20×20, rows and columns 15…19 ((p + 0.5)·2/20 − 0.5 ≥ 1) all equal cell (1, 1).
     With orthogonal cell vectors the cosine to cell (1, 1) is 1 only on that 5×5 plateau, so the match is its
-    first pixel (x 15, y 15) in row-major order, as torch.argmax breaks ties — and stays there whatever
+    first pixel (x 15, y 15) in row-major order — as DIFT's own argmax breaks exact ties (Tsingularity/dift
+    eval_spair.py:94-95 upsamples with nn.Upsample(mode='bilinear'), 117-119 takes np.argmax of the cosine
+    map, the first maximum in row-major order) — and stays there whatever
     last-bit noise the features carry (PyTorch's kernel computes those pixels as (1 − λ)·a + λ·a, which the
     thread count and CPU round differently: the CI gate's fusion row moved by 0.37 px of AEPE that way)."""
     trg = torch.eye(4).reshape(4, 2, 2)                          # cell (y, x) holds e_{2y + x}

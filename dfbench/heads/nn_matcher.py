@@ -21,7 +21,8 @@ about half a cell is a plateau of equal scores. PyTorch's kernel computes those 
 ``(1 − λ)·a + λ·a``, equal to ``a`` only up to rounding, so which plateau pixel wins DIFT's argmax
 depends on the last bits of the features (the thread count, the CPU). Here a clamped tap has weight
 exactly 1 and the numerator is upsampled by explicit separable weights, so a plateau is exactly flat
-and the argmax takes its first pixel (row-major), as ``torch.argmax`` does for ties.
+and the argmax takes its first pixel (row-major), as DIFT's ``np.argmax`` does for exact ties
+(``eval_spair.py:117-119``).
 """
 
 from __future__ import annotations
