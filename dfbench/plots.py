@@ -1,6 +1,6 @@
 """Figures for run records (matplotlib, headless): the shared helpers and a per-category bar chart.
 
-Task-specific figures live with their task (e.g. :mod:`dfbench.benchmarks.spair_plots`)."""
+Task-specific figures live with their task (e.g. :mod:`dfbench.tasks.spair.plots`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Running one (backbone, task, selection, settings) pairing and recording it; suites of them.
 
-The runner knows tasks only through the task contract (:mod:`dfbench.benchmarks.base`): it resolves
+The runner knows tasks only through the task contract (:mod:`dfbench.tasks.base`): it resolves
 the protocol and its options, the data root (``mini`` → the task's mini set) and the settings, makes
 the run's folder ``results/runs/<run id>/`` first, hands the task a :class:`RunContext`, and writes
 the record (with the task's metric specs), the task's figures and, if asked, its saved predictions.
@@ -125,7 +125,7 @@ def data_label(given: str | None, data_root: Path) -> str:
 
 def resolve_data_root(task: Any, data_root: str | None) -> Path:
     """``mini`` (or nothing, for the demo) → the task's embedded mini set; else the task's
-    :meth:`~dfbench.benchmarks.base.Task.data_folder` for it."""
+    :meth:`~dfbench.tasks.base.Task.data_folder` for it."""
     if data_root in (None, "", "mini"):
         root = task.mini_root()
         if root is None:
@@ -234,11 +234,11 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
     Under torchrun (``ranks``: :class:`dfbench.distributed.Ranks` with world size > 1; only protocols
     declared ``distributed``) every rank runs the task in the run folder rank 0 made; rank 0 alone
     writes the record, figures and predictions."""
-    from dfbench.benchmarks.base import RunContext
     from dfbench.distributed import Ranks
     from dfbench.options import parse_options
     from dfbench.registry import TASKS, get_preset
     from dfbench.settings import resolve_settings
+    from dfbench.tasks.base import RunContext
 
     task_name, protocol_name = split_task(spec.task)
     task = TASKS.get(task_name)()

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dfbench.datasets.segmentation import ADE20K, load_label, load_samples
 from dfbench.images import to_model_input
+from dfbench.tasks.segmentation.dataset import ADE20K, load_label, load_samples
 
 
 def per_image_generator(seed: int, model_input: torch.Tensor) -> torch.Generator:

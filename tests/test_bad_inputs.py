@@ -175,8 +175,8 @@ def test_a_resized_spair_image_is_refused_before_extraction(tmp_path, capsys, mo
     resized copy of an image would be scored wrongly without a sound (it used to be)."""
     import shutil
 
-    from dfbench.benchmarks import spair
-    from dfbench.datasets.mini_spair import mini_spair_root
+    from dfbench.tasks.spair import task as spair
+    from dfbench.tasks.spair.mini import mini_spair_root
 
     root = tmp_path / "SPair-71k"
     shutil.copytree(mini_spair_root(), root)

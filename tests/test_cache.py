@@ -16,10 +16,10 @@ from safetensors import safe_open
 from dfbench import ExtractSettings, create_backbone
 from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key, load_features
 from dfbench.cli import main
-from dfbench.datasets.mini_spair import mini_spair_root
-from dfbench.datasets.spair import spair_images
 from dfbench.errors import DfbenchInputError
 from dfbench.images import load_image
+from dfbench.tasks.spair.dataset import spair_images
+from dfbench.tasks.spair.mini import mini_spair_root
 
 SETTINGS = ExtractSettings(resolution=64, timestep=261, batch_size=2)
 NAMES = ["up_blocks.1", "up_blocks.2.attentions.0.transformer_blocks.0.attn1.q"]

@@ -55,8 +55,8 @@ def test_the_ci_rows_reproduce_the_committed_baseline(tmp_path):
 
 @pytest.mark.slow
 def test_one_pixel_offset_in_predicted_keypoints_is_caught(tmp_path, monkeypatch):
-    from dfbench.benchmarks import spair
     from dfbench.heads.nn_matcher import match_points
+    from dfbench.tasks.spair import task as spair
 
     monkeypatch.setattr(spair, "match_points", lambda *a, **k: match_points(*a, **k) + torch.tensor([1.0, 0.0]))
     statuses = gate(tmp_path, "spair/dift-nn", "tiny-sd15")
@@ -65,8 +65,8 @@ def test_one_pixel_offset_in_predicted_keypoints_is_caught(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_swapped_x_and_y_is_caught(tmp_path, monkeypatch):
-    from dfbench.benchmarks import spair
     from dfbench.heads.nn_matcher import match_points
+    from dfbench.tasks.spair import task as spair
 
     monkeypatch.setattr(spair, "match_points", lambda *a, **k: match_points(*a, **k).flip(1))
     assert {"aepe", "pck@0.1_bbox"} <= set(flagged(gate(tmp_path, "spair/dift-nn", "tiny-sd15")))
@@ -76,7 +76,7 @@ def test_swapped_x_and_y_is_caught(tmp_path, monkeypatch):
 def test_image_instead_of_bbox_threshold_is_caught(tmp_path, monkeypatch):
     """The bbox threshold computed from the whole target image: PCK_bbox rises — a change the
     two-sided gate flags (a deterministic baseline moves only when the code does)."""
-    from dfbench.benchmarks import spair
+    from dfbench.tasks.spair import task as spair
 
     original = spair.score_predictions
 
@@ -91,7 +91,7 @@ def test_image_instead_of_bbox_threshold_is_caught(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_class_index_shift_in_segmentation_is_caught(tmp_path, monkeypatch):
-    from dfbench.benchmarks import segmentation
+    from dfbench.tasks.segmentation import task as segmentation
 
     original = segmentation.predict
     monkeypatch.setattr(segmentation, "predict", lambda *a, **k: (original(*a, **k) + 1) % 150)
@@ -101,8 +101,8 @@ def test_class_index_shift_in_segmentation_is_caught(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_metres_read_as_millimetres_in_depth_is_caught(tmp_path, monkeypatch):
     """The 16-bit PNG depths read without the mm → m conversion (the mini set's training depths are PNGs)."""
-    from dfbench.benchmarks import depth
-    from dfbench.datasets.nyuv2 import MAX_DEPTH, load_depth
+    from dfbench.tasks.nyuv2 import task as depth
+    from dfbench.tasks.nyuv2.dataset import MAX_DEPTH, load_depth
 
     def unconverted(path, size=None):
         values = load_depth(path, size)
@@ -137,7 +137,7 @@ def test_pair_pca_without_centring_is_caught(tmp_path, monkeypatch):
 def test_letterbox_offset_left_in_patch_predictions_is_caught(tmp_path, monkeypatch):
     """spair/patch-nn maps a matched cell back to original pixels by removing the letterbox offset (Tale's
     pck_spair_pascal.py); a prediction left in letterboxed input coordinates moves every keypoint."""
-    from dfbench.benchmarks import spair
+    from dfbench.tasks.spair import task as spair
 
     original = spair.input_placement
 
@@ -241,7 +241,7 @@ def test_a_planted_one_point_drop_fails_and_a_tenth_passes(tmp_path):
 
 def test_bootstrap_stderr_matches_a_closed_form():
     """The mean of n values: its bootstrap standard error tends to σ/√n (σ with ddof 0)."""
-    from dfbench.benchmarks.base import bootstrap_stderr
+    from dfbench.tasks.base import bootstrap_stderr
 
     values = np.arange(100, dtype=float)
     stderr = bootstrap_stderr(len(values), lambda chosen: float(values[chosen].mean()), seed=0, draws=4000)

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from dfbench.benchmarks.depth_augment import centre_box, centre_crop, random_resized_crop
-from dfbench.benchmarks.depth_metrics import depth_metrics, image_depth_metrics, match_scale_and_shift
 from dfbench.cli import main
-from dfbench.datasets.nyuv2 import load_depth, load_samples, nyuv2_root
 from dfbench.errors import DfbenchInputError
-from dfbench.heads.depth_probes import (
+from dfbench.tasks.nyuv2.augment import centre_box, centre_crop, random_resized_crop
+from dfbench.tasks.nyuv2.dataset import load_depth, load_samples, nyuv2_root
+from dfbench.tasks.nyuv2.metrics import depth_metrics, image_depth_metrics, match_scale_and_shift
+from dfbench.tasks.nyuv2.probes import (
     BinDepth,
     DptDepthProbe,
     cleandift_sig_loss,
@@ -217,7 +217,7 @@ def linear_depth_maps(seed=0, channels=6, size=8):
 
 
 def test_linear_bins_probe_fits_a_depth_that_is_linear_in_the_features():
-    from dfbench.benchmarks.depth import LinearBinsOptions, train_linear_bins
+    from dfbench.tasks.nyuv2.task import LinearBinsOptions, train_linear_bins
 
     pairs = [linear_depth_maps(seed) for seed in range(6)]
     options = LinearBinsOptions(epochs=150, batch_size=3, lr=3e-2)
@@ -368,7 +368,7 @@ def test_linear_protocol_scores_its_saved_predictions_with_the_metric_by_hand(tm
                  "--option", "epochs=3"]) == 0
     (record_path,) = (results / "runs").glob("*/record.json")
     record = json.loads(record_path.read_text())
-    from dfbench.datasets.mini_nyuv2 import mini_nyuv2_root
+    from dfbench.tasks.nyuv2.mini import mini_nyuv2_root
 
     samples = load_samples(mini_nyuv2_root(), "test")
     predictions = [np.load(record_path.parent / "predictions" / f"{sample.stem}.npy") for sample in samples]

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from dfbench import plots
-from dfbench.benchmarks import segmentation_plots
-from dfbench.benchmarks.segmentation_plots import classes_shown, plot_overlays
 from dfbench.sweep import text_colour
+from dfbench.tasks.segmentation import plots as segmentation_plots
+from dfbench.tasks.segmentation.plots import classes_shown, plot_overlays
 
 
 @pytest.fixture

@@ -227,9 +227,9 @@ def test_cli_runs_a_fusion_preset_and_rejects_bad_options(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------- SPair
 def test_pair_fitted_matching_equals_a_literal_version(fusion):
-    from dfbench.benchmarks.spair import SpairTask, keep_half, pair_images
-    from dfbench.datasets.spair import load_spair
     from dfbench.features import image_features
+    from dfbench.tasks.spair.dataset import load_spair
+    from dfbench.tasks.spair.task import SpairTask, keep_half, pair_images
 
     fusion.options.update({"pca.tiny-sd15": 6, "upsample": "progressive"})
     try:
@@ -362,9 +362,9 @@ def tale_patch_prediction(src_desc, trg_desc, src_kps, src_size, trg_size, img_s
 @pytest.mark.parametrize("src_size, trg_size", [((375, 500), (500, 333)), ((333, 500), (480, 480)),
                                                 ((500, 281), (300, 451))])
 def test_patch_nn_equals_tales_matching(src_size, trg_size):
-    from dfbench.benchmarks.spair import SpairTask
-    from dfbench.datasets.spair import SpairPair
     from dfbench.features import ImageFeatures
+    from dfbench.tasks.spair.dataset import SpairPair
+    from dfbench.tasks.spair.task import SpairTask
 
     generator = torch.Generator().manual_seed(sum(src_size))
     grid, img_size = 6, 84                                                   # a 6×6 grid of 14-pixel patches
@@ -384,9 +384,9 @@ def test_patch_nn_equals_tales_matching(src_size, trg_size):
 
 
 def test_patch_nn_hand_worked_case():
-    from dfbench.benchmarks.spair import SpairTask
-    from dfbench.datasets.spair import SpairPair
     from dfbench.features import ImageFeatures
+    from dfbench.tasks.spair.dataset import SpairPair
+    from dfbench.tasks.spair.task import SpairTask
 
     # a 56×28 image letterboxed into 28 px: scale 0.5, content rows 7…21; a 2×2 grid of 14-pixel cells.
     # The source keypoint (40, 10) → input (20, 12) → cell (col 1, row 0), whose vector is e1; on the target
@@ -420,8 +420,8 @@ def test_patch_nn_runs_scores_its_saved_predictions_and_finds_each_photos_own_ce
     assert scored["pck@0.1_bbox"] == record["metrics"]["pck@0.1_bbox"] and scored["aepe"] == record["metrics"]["aepe"]
     # a photo paired with itself: every keypoint lands in its own 14-pixel cell of the 56-px input, so the error
     # is at most that cell's half-diagonal plus half a pixel, in original pixels
-    from dfbench.benchmarks.spair import SpairTask
-    from dfbench.datasets.spair import load_spair
+    from dfbench.tasks.spair.dataset import load_spair
+    from dfbench.tasks.spair.task import SpairTask
 
     table = json.loads((tmp_path / "saved" / "predictions.json").read_text())
     pairs = [pair for pair in load_spair(SpairTask().mini_root(), "val") if pair.src_key == pair.trg_key]

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 
 from dfbench import ExtractSettings
 from dfbench.backbones.base import DiffusionBackbone
-from dfbench.benchmarks.spair_gdf_conv import (
+from dfbench.cli import main
+from dfbench.errors import DfbenchInputError
+from dfbench.options import parse_options
+from dfbench.tasks.spair.conv_readout import grid_index_to_points, points_to_grid_index, symmetric_clip_loss
+from dfbench.tasks.spair.dataset import SpairPair, load_spair
+from dfbench.tasks.spair.gdf_conv import (
     GdfConvOptions,
     draw_settings,
     gdf_report,
@@ -18,12 +23,7 @@ from dfbench.benchmarks.spair_gdf_conv import (
     validation_pck,
     validation_steps,
 )
-from dfbench.cli import main
-from dfbench.datasets.mini_spair import mini_spair_root
-from dfbench.datasets.spair import SpairPair, load_spair
-from dfbench.errors import DfbenchInputError
-from dfbench.heads.conv_readout import grid_index_to_points, points_to_grid_index, symmetric_clip_loss
-from dfbench.options import parse_options
+from dfbench.tasks.spair.mini import mini_spair_root
 
 
 def test_points_to_grid_and_back_by_hand():
@@ -266,7 +266,7 @@ def test_dift_nn_rejects_options(tmp_path, monkeypatch, capsys):
 def test_a_killed_training_resumes_from_its_run_folder(tmp_path, monkeypatch, capsys):
     """Interrupted after the step-3 validation (checkpoint saved), the same command again reuses the
     unfinished run folder and finishes with exactly the uninterrupted run's losses and metrics."""
-    import dfbench.benchmarks.spair_gdf_conv as gdf
+    import dfbench.tasks.spair.gdf_conv as gdf
 
     monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
     args = ["run", "--backbone", "tiny-sd15", "--task", "spair/gdf-conv", "--select", "us6", "--data-root", "mini",
@@ -309,7 +309,7 @@ def test_a_pickle_in_a_run_folder_is_refused_never_unpickled(tmp_path):
     must not unpickle it (torch.load(weights_only=False) would run the code it names)."""
     import pickle
 
-    import dfbench.benchmarks.spair_gdf_conv as gdf
+    import dfbench.tasks.spair.gdf_conv as gdf
     from dfbench.errors import DfbenchInputError
 
     marker = tmp_path / "ran"
@@ -330,7 +330,7 @@ def test_checkpoint_round_trip_is_tensors_and_json(tmp_path):
     predictions; a tensor file that does not match its recorded sha256 is one line."""
     import random
 
-    import dfbench.benchmarks.spair_gdf_conv as gdf
+    import dfbench.tasks.spair.gdf_conv as gdf
     from dfbench.errors import DfbenchInputError
 
     head = torch.nn.Conv2d(4, 4, 3, bias=False)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from dfbench.cli import main
-from dfbench.datasets.hf_ade20k import hf_ade20k_root
-from dfbench.datasets.segmentation import ADE20K, load_label, load_samples
 from dfbench.registry import TASKS
 from dfbench.runner import resolve_data_root
+from dfbench.tasks.segmentation.dataset import ADE20K, load_label, load_samples
+from dfbench.tasks.segmentation.hf_ade20k import hf_ade20k_root
 
 
 @pytest.fixture(autouse=True)

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from PIL import Image
 from references import TextureBackbone
 
-from dfbench.benchmarks.label_scarce import Horse21Task, drop_small_classes, gdf_resplit
-from dfbench.benchmarks.label_scarce_metrics import release_iou
 from dfbench.cli import main
-from dfbench.datasets.ddpm_segmentation import (
+from dfbench.errors import DfbenchInputError
+from dfbench.heads.pixel_features import PixelFeatureBank
+from dfbench.runner import RunSpec, run_one
+from dfbench.tasks.horse21.dataset import (
     BEDROOM_28,
     DDPM_DATASETS,
     HORSE_21,
@@ -32,8 +33,8 @@ from dfbench.datasets.ddpm_segmentation import (
     load_split,
     resize_nearest,
 )
-from dfbench.errors import DfbenchInputError
-from dfbench.heads.pixel_classifier import (
+from dfbench.tasks.horse21.metrics import release_iou
+from dfbench.tasks.horse21.pixel_classifier import (
     EnsembleOptions,
     PixelClassifierEnsemble,
     PixelSet,
@@ -43,8 +44,7 @@ from dfbench.heads.pixel_classifier import (
     predict_pixels,
     train_ensemble,
 )
-from dfbench.heads.pixel_features import PixelFeatureBank
-from dfbench.runner import RunSpec, run_one
+from dfbench.tasks.horse21.task import Horse21Task, drop_small_classes, gdf_resplit
 
 
 @pytest.fixture(autouse=True)
@@ -342,7 +342,7 @@ def test_bad_release_layouts_are_one_line(tmp_path, capsys, problem, message):
 
 
 def test_mini_set_is_the_release_layout_with_real_masks():
-    from dfbench.datasets.mini_horse21 import COUNTS
+    from dfbench.tasks.horse21.mini import COUNTS
 
     root = Horse21Task().mini_root()
     assert root.name == "horse_21"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfbench.datasets.mini_segmentation import build_mini_segmentation
-from dfbench.datasets.segmentation import ADE20K, CITYSCAPES, IGNORE_INDEX, load_label, load_samples
+from dfbench.tasks.segmentation.dataset import ADE20K, CITYSCAPES, IGNORE_INDEX, load_label, load_samples
+from dfbench.tasks.segmentation.mini import build_mini_segmentation
 
 # metric-side class ids (ADE20K after reduce_zero_label): sky, wall/building, grass/terrain, road
 EXPECTED = {"ade20k": {"sky": 2, "brick": 0, "grass": 9, "gravel": 6},

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dfbench.datasets.segmentation import ADE20K, CITYSCAPES, class_names, load_label, load_samples
 from dfbench.errors import DfbenchInputError
+from dfbench.tasks.segmentation.dataset import ADE20K, CITYSCAPES, class_names, load_label, load_samples
 
 
 def _ade(root, labels=None):
@@ -80,7 +80,7 @@ def test_cityscapes_class_ids_beyond_18_are_refused(tmp_path):
 def test_mmcv_lite_stand_in_point_sample_equals_bilinear_sampling():
     """The stand-in's point_sample: (x, y) in [0, 1] sampled bilinearly (align_corners=False), checked
     against interpolating a linear ramp by hand; mmseg's heads import with it."""
-    from dfbench.mmseg_compat import ensure_mmcv_ops, point_sample
+    from dfbench.tasks.segmentation.mmseg_compat import ensure_mmcv_ops, point_sample
 
     ensure_mmcv_ops()
     from mmseg.models.decode_heads import FCNHead, UPerHead  # noqa: F401  (import is the check)

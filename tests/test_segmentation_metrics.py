@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfbench.benchmarks.segmentation_metrics import SegmentationAreas, image_areas, segmentation_metrics
+from dfbench.tasks.segmentation.metrics import SegmentationAreas, image_areas, segmentation_metrics
 
 
 def test_a_hand_worked_image():

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from PIL import Image
 from references import TextureBackbone, hand_miou
 
-from dfbench.benchmarks.segmentation import sample_at_pixels
 from dfbench.cli import main
-from dfbench.datasets.segmentation import ADE20K, CITYSCAPES, load_samples
 from dfbench.runner import RunSpec, run_one
+from dfbench.tasks.segmentation.dataset import ADE20K, CITYSCAPES, load_samples
+from dfbench.tasks.segmentation.task import sample_at_pixels
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +79,7 @@ def test_bad_segmentation_predictions_are_one_line(tmp_path, capsys):
 
 
 def test_overlay_blends_the_palette_and_keeps_ignored_pixels():
-    from dfbench.benchmarks.segmentation_plots import overlay
+    from dfbench.tasks.segmentation.plots import overlay
 
     image = np.array([[[100, 50, 0], [10, 20, 30]]], dtype=np.uint8)
     palette = np.array([[200, 0, 100], [0, 0, 0]], dtype=np.uint8)
@@ -89,8 +89,8 @@ def test_overlay_blends_the_palette_and_keeps_ignored_pixels():
 
 
 def test_figures_are_the_per_class_chart_and_image_truth_prediction_overlays(tmp_path):
-    from dfbench.benchmarks.base import TaskOutput
     from dfbench.registry import TASKS
+    from dfbench.tasks.base import TaskOutput
 
     task = TASKS.get("cityscapes")()
     samples = load_samples(CITYSCAPES, task.mini_root(), "val")
@@ -107,8 +107,8 @@ def test_cityscapes_predictions_named_as_dfbench_or_as_mmseg_writes_them(tmp_pat
     """mmseg's IoUMetric(output_dir=…) / format_only names a prediction after its image file,
     <city>_<seq>_<frame>_leftImg8bit.png (mmseg/evaluation/metrics/iou_metric.py:89-92); dfbench saves
     <city>_<seq>_<frame>.png. Both score alike: the ground truth itself (trainIds, ignore → 0) scores 100."""
-    from dfbench.datasets.segmentation import CITYSCAPES as LAYOUT
     from dfbench.registry import TASKS
+    from dfbench.tasks.segmentation.dataset import CITYSCAPES as LAYOUT
 
     root = TASKS.get("cityscapes")().mini_root()
     samples = load_samples(LAYOUT, root, "val")

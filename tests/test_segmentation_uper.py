@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from references import TextureBackbone, hand_miou
 
 from dfbench import ExtractSettings
-from dfbench.benchmarks.segmentation_uper import (
+from dfbench.distributed import Ranks
+from dfbench.errors import DfbenchInputError
+from dfbench.options import parse_options
+from dfbench.runner import RunSpec, run_one
+from dfbench.tasks.segmentation.dataset import ADE20K, CITYSCAPES
+from dfbench.tasks.segmentation.mmseg_models import FrozenFeatureBackbone, GdfResidualAdapter, feature_levels
+from dfbench.tasks.segmentation.uper import (
     GDF_RECIPES,
     GdfRecipe,
     GdfUperOptions,
@@ -25,12 +31,6 @@ from dfbench.benchmarks.segmentation_uper import (
     evaluation_pipeline,
     training_pipeline,
 )
-from dfbench.datasets.segmentation import ADE20K, CITYSCAPES
-from dfbench.distributed import Ranks
-from dfbench.errors import DfbenchInputError
-from dfbench.mmseg_models import FrozenFeatureBackbone, GdfResidualAdapter, feature_levels
-from dfbench.options import parse_options
-from dfbench.runner import RunSpec, run_one
 
 QUICK = {"iters": 2, "val_interval": 2, "checkpoint_interval": 2, "crop_size": 64, "workers": 0, "head_channels": 16,
          "log_interval": 1}
@@ -273,8 +273,8 @@ def test_a_checkpoint_this_machine_did_not_sign_is_never_unpickled(tmp_path, mon
     changed afterwards is refused again."""
     import pickle
 
-    from dfbench.benchmarks.segmentation_uper import RUN_CHECKPOINT, resume_point
     from dfbench.signing import sign
+    from dfbench.tasks.segmentation.uper import RUN_CHECKPOINT, resume_point
 
     monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "home"))
     marker = tmp_path / "ran"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfbench.datasets.mini_spair import _similarity, _warp, build_mini_spair
-from dfbench.datasets.spair import SpairPair, load_spair, read_pair_list, sample_across_categories
 from dfbench.errors import DfbenchInputError
+from dfbench.tasks.spair.dataset import SpairPair, load_spair, read_pair_list, sample_across_categories
+from dfbench.tasks.spair.mini import _similarity, _warp, build_mini_spair
 
 PAIR = {
     "pair_id": 1, "src_imname": "2008_000001.jpg", "trg_imname": "2008_000002.jpg",

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
-from dfbench.benchmarks.spair import PairPrediction, score_predictions
-from dfbench.datasets.spair import SpairPair
 from dfbench.heads.nn_matcher import bilinear_taps, bilinear_weights, match_points, upsample, upsampled_norm
+from dfbench.tasks.spair.dataset import SpairPair
+from dfbench.tasks.spair.pck import bbox_reference, correct_keypoints, image_reference
+from dfbench.tasks.spair.task import PairPrediction, score_predictions
 
 
 def test_point_exactly_on_the_threshold_counts():

@@ -13,10 +13,10 @@ from PIL import Image
 
 from dfbench.activations import ActivationInfo
 from dfbench.atomic import atomic_build_dir, atomic_write_text
-from dfbench.benchmarks.base import MetricSpec, ProtocolSpec, Task, TaskOutput
 from dfbench.errors import DfbenchInputError
 from dfbench.features import image_features
 from dfbench.images import to_model_input
+from dfbench.tasks.base import MetricSpec, ProtocolSpec, Task, TaskOutput
 
 BACKBONE, TASK = "toy-cnn", "toy-brightness"
 

@@ -1,1 +1,2 @@
-"""Readouts on top of frozen features: zero-shot matchers, trained probes and heads."""
+"""Readouts that several tasks share: the nearest-neighbour matcher and the pixel bank (task-only heads live in
+their task folder under dfbench/tasks/)."""

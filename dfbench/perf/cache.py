@@ -26,9 +26,9 @@ def run_cache(images: int = 32, full_size_images: int = 64, log: Callable[[str],
     import tempfile
 
     from dfbench.cache import CacheItem, FeatureCache, image_key, load_features
-    from dfbench.datasets.mini_spair import mini_spair_root
-    from dfbench.datasets.spair import spair_images
     from dfbench.registry import create_backbone
+    from dfbench.tasks.spair.dataset import spair_images
+    from dfbench.tasks.spair.mini import mini_spair_root
 
     results: dict[str, Any] = {"machine": machine_description(torch.device("cpu"))}
     with tempfile.TemporaryDirectory() as root:

@@ -6,7 +6,7 @@ peak RSS is its own:
 
 * ``linear`` — ``cleandift-linear`` as it trains from the cache: 795 maps of SD2.1 ``up_blocks.1`` at
   768 px (1280×48×48, float16, as the task holds them, 5.9 MB each) and 48×48 targets, timed through
-  the task's own :func:`~dfbench.benchmarks.depth.train_linear_bins`;
+  the task's own :func:`~dfbench.tasks.nyuv2.task.train_linear_bins`;
 * ``dpt`` — ``probe3d-dpt``'s head step: probe3d's DPT head (hidden 512) on SD2.1's four up-block
   levels at 480 px resized to the 30×30 grid (1280, 1280, 640, 320 channels), output resized to the
   480×480 crop, 10·SigLoss + 0.5·gradient loss, AdamW;
@@ -37,7 +37,7 @@ DPT_CHANNELS, DPT_GRID = (1280, 1280, 640, 320), CROP // 16
 
 def measure_linear(device: str, steps: int) -> dict[str, Any]:
     """s per step of ``cleandift-linear`` with all 795 training maps held (float16), and the peak RSS."""
-    from dfbench.benchmarks.depth import LinearBinsOptions, train_linear_bins
+    from dfbench.tasks.nyuv2.task import LinearBinsOptions, train_linear_bins
 
     generator = torch.Generator().manual_seed(0)
     maps = [torch.randn(LINEAR_SHAPE, generator=generator).half() for _ in range(TRAIN_IMAGES)]
@@ -55,7 +55,7 @@ def measure_linear(device: str, steps: int) -> dict[str, Any]:
 
 def measure_dpt(device: str, steps: int) -> dict[str, Any]:
     """s per step (median after a warm-up) of the DPT head at batch 8, and the peak RSS."""
-    from dfbench.heads.depth_probes import DptDepthProbe, probe3d_depth_loss
+    from dfbench.tasks.nyuv2.probes import DptDepthProbe, probe3d_depth_loss
 
     generator = torch.Generator().manual_seed(0)
     probe = DptDepthProbe(list(DPT_CHANNELS)).to(device)

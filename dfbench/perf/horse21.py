@@ -45,8 +45,8 @@ def _maps(images: int, generator: torch.Generator) -> list[dict[str, torch.Tenso
 
 def measure_streamed(images: int = TRAIN_IMAGES, steps: int = 20) -> dict[str, Any]:
     """s per stacked 10-member step and peak RSS of dfbench's streamed training (run in a child)."""
-    from dfbench.heads.pixel_classifier import PixelClassifierEnsemble
     from dfbench.heads.pixel_features import PixelFeatureBank
+    from dfbench.tasks.horse21.pixel_classifier import PixelClassifierEnsemble
 
     generator = torch.Generator().manual_seed(0)
     bank = PixelFeatureBank(_maps(images, generator), (SIDE, SIDE))

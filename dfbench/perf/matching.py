@@ -25,8 +25,8 @@ def run_matching(pairs: int = 12234, images: int = 1800, channels: int = 1280, f
     ``pairs`` random pairs with ``keypoints`` keypoints each are matched and scored exactly as the
     task does (target norms once per target image, pairs ordered by target).
     """
-    from dfbench.benchmarks.spair import PairPrediction, SpairTask, score_predictions
-    from dfbench.datasets.spair import SpairPair
+    from dfbench.tasks.spair.dataset import SpairPair
+    from dfbench.tasks.spair.task import PairPrediction, SpairTask, score_predictions
 
     generator = torch.Generator().manual_seed(seed)
     log(f"generating {images} synthetic feature maps {channels}×{feature_size}² ({storage_dtype}) …")

@@ -20,9 +20,9 @@ def _gdf_uper_iteration_s(backbone: Any, dataset: str, preset: str, crop: int | 
                           log: Callable[[str], None]) -> dict[str, Any]:
     """Seconds per ``gdf-uper`` training iteration (batch 2 at the crop size: preprocessing, extraction,
     adapter, UPerHead + aux losses, backward, AdamW step), median of ``repeats`` after one warm-up."""
-    from dfbench.benchmarks.segmentation_uper import GDF_RECIPES, GdfUperOptions, activation_shapes, build_segmentor
-    from dfbench.datasets.segmentation import ADE20K, CITYSCAPES
     from dfbench.registry import get_preset
+    from dfbench.tasks.segmentation.dataset import ADE20K, CITYSCAPES
+    from dfbench.tasks.segmentation.uper import GDF_RECIPES, GdfUperOptions, activation_shapes, build_segmentor
 
     preset_settings = get_preset(preset)
     settings = ExtractSettings.from_dict({**preset_settings.settings, "resolution": backbone.default_resolution})
@@ -62,7 +62,7 @@ def _gdf_uper_iteration_s(backbone: Any, dataset: str, preset: str, crop: int | 
 
 def _linear_step_s(channels: int, size: int, repeats: int) -> float:
     """Seconds per ``linear`` probe step at full-size feature shapes (8 images × 512 labelled pixels)."""
-    from dfbench.benchmarks.segmentation import LinearProbeOptions, train_probe
+    from dfbench.tasks.segmentation.task import LinearProbeOptions, train_probe
 
     generator = torch.Generator().manual_seed(0)
     maps = [torch.randn(channels, size, size, generator=generator) for _ in range(8)]

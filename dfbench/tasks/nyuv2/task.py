@@ -1,6 +1,6 @@
 """Monocular depth on NYU Depth v2 (labeled set, 795 train / 654 test): protocols ``cleandift-linear``
-(v1) and ``probe3d-dpt`` (v1). Data: :mod:`dfbench.datasets.nyuv2`; metrics:
-:mod:`dfbench.benchmarks.depth_metrics` (probe3d's ``evaluate_depth``: per image, then averaged;
+(v1) and ``probe3d-dpt`` (v1). Data: :mod:`dfbench.tasks.nyuv2.dataset`; metrics:
+:mod:`dfbench.tasks.nyuv2.metrics` (probe3d's ``evaluate_depth``: per image, then averaged;
 scale-aware and, with ``_si``, scale-and-shift-invariant).
 
 ``cleandift-linear`` — CleanDIFT's depth probe (``src/depth.py: DepthPred``, ``configs/sd21_depth_prober.yaml``):
@@ -16,11 +16,11 @@ weight decay 0.01, batch 8, 10 epochs are dfbench's.
 
 ``probe3d-dpt`` — probe3d's ``train_depth.py`` with ``configs/probe/depth_dpt.yaml``: the centred
 square crop (NYU: 480×480), four selected activations each resized (nearest) to a grid of the model
-input / 16 (probe3d's ``DIFT.forward``), the DPT head (:class:`~dfbench.heads.depth_probes.DptDepthProbe`,
+input / 16 (probe3d's ``DIFT.forward``), the DPT head (:class:`~dfbench.tasks.nyuv2.probes.DptDepthProbe`,
 hidden 512, kernel 3, bins in [0.001, 10] m), its output resized bilinearly (``align_corners=True``)
 to the crop, loss 10·SigLoss + 0.5·gradient loss; AdamW lr 5e-4, 10 epochs, batch 8, the learning
 rate warmed up over 1.5 epochs then cosine-decayed per step; training images augmented (colour jitter,
-random resized crop; :mod:`dfbench.benchmarks.depth_augment`). Features are extracted on the fly for
+random resized crop; :mod:`dfbench.tasks.nyuv2.augment`). Features are extracted on the fly for
 every training step (augmented crops differ each epoch), as probe3d runs its frozen backbone; the
 feature cache is not used. Scored on the centred crop of the test images.
 
@@ -43,7 +43,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write_npy
-from dfbench.benchmarks.base import (
+from dfbench.errors import DfbenchInputError
+from dfbench.features import combine_to_grid, image_features
+from dfbench.options import require_at_least_one
+from dfbench.tasks.base import (
     MetricSpec,
     ProtocolSpec,
     RunContext,
@@ -51,14 +54,11 @@ from dfbench.benchmarks.base import (
     TaskOutput,
     seeded_subset,
 )
-from dfbench.benchmarks.depth_augment import centre_box
-from dfbench.benchmarks.depth_dpt import run_dpt
-from dfbench.benchmarks.depth_metrics import METRIC_KEYS, depth_metrics
-from dfbench.datasets.nyuv2 import DOWNLOAD_HINT, DepthSample, load_depth, load_samples
-from dfbench.errors import DfbenchInputError
-from dfbench.features import combine_to_grid, image_features
-from dfbench.heads.depth_probes import NORMALISATIONS, LinearBinsProbe
-from dfbench.options import require_at_least_one
+from dfbench.tasks.nyuv2.augment import centre_box
+from dfbench.tasks.nyuv2.dataset import DOWNLOAD_HINT, DepthSample, load_depth, load_samples
+from dfbench.tasks.nyuv2.dpt import run_dpt
+from dfbench.tasks.nyuv2.metrics import METRIC_KEYS, depth_metrics
+from dfbench.tasks.nyuv2.probes import NORMALISATIONS, LinearBinsProbe
 
 #: test images whose features are held at once by ``cleandift-linear`` (they are predicted, then dropped)
 EVAL_CHUNK = 32
@@ -145,13 +145,13 @@ class NyuV2Task(Task):
     leaderboard_metrics = ("rmse", "abs_rel", "delta1", "rmse_si", "delta1_si")
 
     def mini_root(self) -> Path:
-        from dfbench.datasets.mini_nyuv2 import mini_nyuv2_root
+        from dfbench.tasks.nyuv2.mini import mini_nyuv2_root
 
         return mini_nyuv2_root()
 
     def data_folder(self, data_root: str) -> Path:
         """The folder layout, or the official ``nyu_depth_v2_labeled.mat`` written into it once."""
-        from dfbench.datasets.nyuv2 import nyuv2_root
+        from dfbench.tasks.nyuv2.dataset import nyuv2_root
 
         return nyuv2_root(data_root)
 
@@ -214,7 +214,7 @@ class NyuV2Task(Task):
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
-        from dfbench.benchmarks.depth_plots import plot_depth_examples
+        from dfbench.tasks.nyuv2.plots import plot_depth_examples
 
         rows = [(stem, Path(image), load_depth(depth), output.predictions[stem])
                 for stem, image, depth in output.details.get("examples", [])]
@@ -311,7 +311,7 @@ def train_linear_bins(maps: list[torch.Tensor], targets: list[torch.Tensor], opt
     """A :class:`LinearBinsProbe` trained with AdamW on CleanDIFT's SigLoss: ``maps`` C×h×w, ``targets``
     h×w metres (0 = invalid) at the maps' size; each step pools the valid pixels of ``batch_size`` images
     (a seeded shuffle per epoch). Returns the probe and the mean loss of each epoch."""
-    from dfbench.heads.depth_probes import LinearBinsProbe, cleandift_sig_loss
+    from dfbench.tasks.nyuv2.probes import LinearBinsProbe, cleandift_sig_loss
 
     torch.manual_seed(seed)
     probe = LinearBinsProbe(maps[0].shape[0], options.min_depth, options.max_depth, options.bins,

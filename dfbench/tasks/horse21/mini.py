@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from dfbench.atomic import atomic_build_dir
-from dfbench.datasets.ddpm_segmentation import HORSE_21
 from dfbench.home import dfbench_home
+from dfbench.tasks.horse21.dataset import HORSE_21
 
 VERSION = 1
 SIZE = 256

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dfbench.datasets.segmentation import IGNORE_INDEX
 from dfbench.images import load_image
 from dfbench.plots import pyplot, save_figure
+from dfbench.tasks.segmentation.dataset import IGNORE_INDEX
 
 #: how much of each overlay pixel is the class colour (the rest is the photo)
 OVERLAY_ALPHA = 0.6

@@ -1,5 +1,5 @@
 """SPair-71k semantic correspondence: protocols ``spair/dift-nn`` (v1), ``spair/patch-nn`` (v1) and
-``spair/gdf-conv`` (v1, see :mod:`dfbench.benchmarks.spair_gdf_conv`).
+``spair/gdf-conv`` (v1, see :mod:`dfbench.tasks.spair.gdf_conv`).
 
 Each image's features are extracted once (not once per pair), with the prompt filled by the
 image's category. For every pair, each source keypoint is matched to the target pixel of highest
@@ -49,7 +49,10 @@ from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write_text
 from dfbench.backbones.protocol import Backbone, DescriptorBackbone, PairFittedBackbone
-from dfbench.benchmarks.base import (
+from dfbench.errors import DfbenchInputError
+from dfbench.features import ImageFeatures, combine_activations, image_features
+from dfbench.heads.nn_matcher import match_patch_grid, match_points, upsampled_norm
+from dfbench.tasks.base import (
     MetricSpec,
     ProtocolSpec,
     RunContext,
@@ -58,9 +61,7 @@ from dfbench.benchmarks.base import (
     bootstrap_stderr,
     stderr_spec,
 )
-from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
-from dfbench.benchmarks.spair_gdf_conv import GdfConvOptions, SpairSubsetOptions
-from dfbench.datasets.spair import (
+from dfbench.tasks.spair.dataset import (
     DOWNLOAD_HINT,
     SpairPair,
     check_image_sizes,
@@ -68,9 +69,8 @@ from dfbench.datasets.spair import (
     read_pair_list,
     spair_images,
 )
-from dfbench.errors import DfbenchInputError
-from dfbench.features import ImageFeatures, combine_activations, image_features
-from dfbench.heads.nn_matcher import match_patch_grid, match_points, upsampled_norm
+from dfbench.tasks.spair.gdf_conv import GdfConvOptions, SpairSubsetOptions
+from dfbench.tasks.spair.pck import bbox_reference, correct_keypoints, image_reference
 
 ALPHAS = (0.05, 0.1, 0.15)
 PRIMARY = "pck@0.1_bbox"
@@ -198,7 +198,7 @@ class SpairTask(Task):
     leaderboard_metrics = (PRIMARY, "pck@0.1_img", "pck@0.1_bbox_per_image")
 
     def mini_root(self) -> Path:
-        from dfbench.datasets.mini_spair import mini_spair_root
+        from dfbench.tasks.spair.mini import mini_spair_root
 
         return mini_spair_root()
 
@@ -239,7 +239,7 @@ class SpairTask(Task):
     def _train_gdf_conv(self, context: RunContext, backbone: Any, selection: list[str], settings: Any,
                         data_root: Path, split: str, options: GdfConvOptions, started: float) -> TaskOutput:
         """``spair/gdf-conv``: extract, train, then report on ``split`` (``select``) or GDF's way (``gdf``)."""
-        from dfbench.benchmarks import spair_gdf_conv as gdf
+        from dfbench.tasks.spair import gdf_conv as gdf
 
         if options.report == "gdf":
             if context.limit or options.per_category or options.pairs_file:
@@ -361,8 +361,8 @@ class SpairTask(Task):
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
-        from dfbench.benchmarks.spair_plots import plot_matches
         from dfbench.plots import plot_per_category
+        from dfbench.tasks.spair.plots import plot_matches
 
         return [plot_per_category(output.per_category, PRIMARY, title, folder / "per-category.png",
                                   pooled=output.metrics.get(PRIMARY)),

@@ -39,10 +39,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dfbench.benchmarks.pck import bbox_reference, correct_keypoints, image_reference
-from dfbench.datasets.spair import SpairPair
 from dfbench.errors import DfbenchInputError
-from dfbench.heads.conv_readout import (
+from dfbench.heads.nn_matcher import match_points
+from dfbench.options import require_at_least_one
+from dfbench.settings import ExtractSettings
+from dfbench.tasks.spair.conv_readout import (
     MATCH_GRID,
     ConvReadout,
     grid_features,
@@ -50,9 +51,8 @@ from dfbench.heads.conv_readout import (
     points_to_grid_index,
     symmetric_clip_loss,
 )
-from dfbench.heads.nn_matcher import match_points
-from dfbench.options import require_at_least_one
-from dfbench.settings import ExtractSettings
+from dfbench.tasks.spair.dataset import SpairPair
+from dfbench.tasks.spair.pck import bbox_reference, correct_keypoints, image_reference
 
 REPORT_MODES = ("select", "gdf")
 

@@ -6,7 +6,7 @@ Everything follows GDF's ``segmentation/configs/{ade_sd15,city_sd15}.py`` and th
 - model (``ade_sd15.py:8-45``): ``SegDataPreProcessor`` scaling images to [-1, 1] (mean = std =
   127.5, BGR → RGB, image padding 0, *label padding 1*: GDF's ``seg_pad_val=1``, option
   ``seg_pad_val``; mmseg's own configs use 255); the frozen backbone and GDF's residual adapter
-  (:mod:`dfbench.mmseg_models`); ``UPerHead`` 512 channels, pool scales (1, 2, 3), dropout 0.1,
+  (:mod:`dfbench.tasks.segmentation.mmseg_models`); ``UPerHead`` 512 channels, pool scales (1, 2, 3), dropout 0.1,
   CrossEntropy 1.0 + Lovász 1.0 (reduction none); auxiliary ``FCNHead`` on level 1, one conv, 512
   channels, dropout 0.1, CrossEntropy 0.4; BatchNorm in the heads (``SyncBN`` across GPUs, as
   ``_base_/models/upernet_r50.py:2``); slide inference.
@@ -34,10 +34,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from dfbench.benchmarks.base import RunContext
-from dfbench.datasets.segmentation import SegmentationLayout, SegmentationSample, dataset_root
 from dfbench.errors import DfbenchInputError
 from dfbench.options import require_at_least_one
+from dfbench.tasks.base import RunContext
+from dfbench.tasks.segmentation.dataset import SegmentationLayout, SegmentationSample, dataset_root
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def build_segmentor(backbone: Any, selection: list[str], settings: Any, shapes: 
     from mmengine.config import ConfigDict
     from mmengine.registry import DefaultScope
 
-    from dfbench.mmseg_models import MODELS, feature_levels
+    from dfbench.tasks.segmentation.mmseg_models import MODELS, feature_levels
 
     levels = feature_levels(shapes)
     channels = [[shapes[name][0] for name in level] for level in levels]
@@ -260,7 +260,7 @@ def train_and_predict(layout: SegmentationLayout, context: RunContext, backbone:
     Returns (class-id maps by stem, details, timings)."""
     from mmengine.registry import DefaultScope
 
-    import dfbench.mmseg_models  # noqa: F401  (registers mmseg's modules and dfbench's two)
+    import dfbench.tasks.segmentation.mmseg_models  # noqa: F401  (registers mmseg's modules and dfbench's two)
 
     with DefaultScope.overwrite_default_scope("mmseg"):
         return _train_and_predict(layout, context, backbone, selection, settings, data_root, split, train, evaluated,

@@ -17,8 +17,8 @@ def plot_matches(predictions: Sequence[Any], path: Path, alpha: float = 0.1, lim
     import torch
     from matplotlib.lines import Line2D
 
-    from dfbench.benchmarks.pck import bbox_reference, correct_keypoints
     from dfbench.images import load_image
+    from dfbench.tasks.spair.pck import bbox_reference, correct_keypoints
 
     plt = pyplot()
     chosen = list(predictions)[:limit]

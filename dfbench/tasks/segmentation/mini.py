@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from dfbench.atomic import atomic_build_dir
-from dfbench.datasets.segmentation import ADE20K, CITYSCAPES, SegmentationLayout
 from dfbench.home import dfbench_home
+from dfbench.tasks.segmentation.dataset import ADE20K, CITYSCAPES, SegmentationLayout
 
 VERSION = 1
 REGIONS = ("sky", "brick", "grass", "gravel")

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfbench.mmseg_compat import ensure_mmcv_ops
+from dfbench.tasks.segmentation.mmseg_compat import ensure_mmcv_ops
 
 ensure_mmcv_ops()
 

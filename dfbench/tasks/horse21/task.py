@@ -9,7 +9,7 @@ Frozen features, a few labelled images, a pixel classifier (the release's protoc
 * labels resized nearest to the same grid; in training, a class with fewer than 20 pixels in an
   image is relabelled to ignore in that image, and ignored pixels are left out
   (``train_interpreter.py:50-60``);
-* an ensemble of 10 MLPs (:mod:`dfbench.heads.pixel_classifier`), the prediction the mode of their
+* an ensemble of 10 MLPs (:mod:`dfbench.tasks.horse21.pixel_classifier`), the prediction the mode of their
   argmaxes;
 * mIoU as the release's ``compute_iou`` (``src/pixel_classifier.py:126-153``): pooled over the test
   set, every class of ``range(C)`` but the ignore label counts, an absent class scores 0
@@ -42,7 +42,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write_png
-from dfbench.benchmarks.base import (
+from dfbench.errors import DfbenchInputError
+from dfbench.features import image_features
+from dfbench.heads.pixel_features import UPSAMPLE_MODES, PixelFeatureBank
+from dfbench.options import require_at_least_one
+from dfbench.tasks.base import (
     MetricSpec,
     ProtocolSpec,
     RunContext,
@@ -50,8 +54,7 @@ from dfbench.benchmarks.base import (
     TaskOutput,
     seeded_subset,
 )
-from dfbench.benchmarks.label_scarce_metrics import miou_stderr, pooled_iou, release_areas
-from dfbench.datasets.ddpm_segmentation import (
+from dfbench.tasks.horse21.dataset import (
     DOWNLOAD_HINT,
     HORSE_21,
     DdpmDataset,
@@ -60,10 +63,7 @@ from dfbench.datasets.ddpm_segmentation import (
     load_split,
     resize_nearest,
 )
-from dfbench.errors import DfbenchInputError
-from dfbench.features import image_features
-from dfbench.heads.pixel_features import UPSAMPLE_MODES, PixelFeatureBank
-from dfbench.options import require_at_least_one
+from dfbench.tasks.horse21.metrics import miou_stderr, pooled_iou, release_areas
 
 OVERLAY_IMAGES = 4
 #: pixels of one image predicted at once
@@ -129,7 +129,7 @@ class LabelScarceTask(Task):
     """Label-scarce segmentation on one set of the ddpm-segmentation release (see the module docstring).
 
     A sibling set (``CAT_15``, ``CELEBA_19``, ``BEDROOM_28``, ``FFHQ_34``, ``ADE_BEDROOM_30`` of
-    :mod:`dfbench.datasets.ddpm_segmentation`) is a subclass with ``name``, ``dataset`` and a mini set,
+    :mod:`dfbench.tasks.horse21.dataset`) is a subclass with ``name``, ``dataset`` and a mini set,
     plus one registry line."""
 
     dataset: DdpmDataset = HORSE_21
@@ -173,7 +173,7 @@ class LabelScarceTask(Task):
 
     def run(self, context: RunContext, backbone: Any, selection: list[str], settings: Any, data_root: Path,
             split: str, protocol: str, options: DdpmOptions) -> TaskOutput:
-        from dfbench.heads.pixel_classifier import EnsembleOptions, train_ensemble
+        from dfbench.tasks.horse21.pixel_classifier import EnsembleOptions, train_ensemble
 
         if split != "test":
             raise DfbenchInputError(f"{self.name}/{protocol} evaluates the test split (train is the classifiers' "
@@ -239,7 +239,7 @@ class LabelScarceTask(Task):
     def training_pixels(self, train: list[DdpmSample], index: dict[str, int], labels: dict[str, np.ndarray],
                         options: DdpmOptions) -> tuple[Any, int]:
         """The labelled pixels of the training images (small annotations dropped) and how many were dropped."""
-        from dfbench.heads.pixel_classifier import PixelSet
+        from dfbench.tasks.horse21.pixel_classifier import PixelSet
 
         parts, dropped = [], 0
         for sample in train:
@@ -255,9 +255,9 @@ class LabelScarceTask(Task):
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
-        from dfbench.benchmarks.segmentation_plots import plot_overlays
         from dfbench.images import image_size
         from dfbench.plots import plot_per_category
+        from dfbench.tasks.segmentation.plots import plot_overlays
 
         figures = [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png",
                                      items="classes")]
@@ -338,7 +338,7 @@ class LabelScarceTask(Task):
 
 def predict_image(ensemble: Any, bank: PixelFeatureBank, image: int) -> np.ndarray:
     """Class ids (uint8, H×W of the bank's grid) of one image of ``bank``, in chunks of pixels."""
-    from dfbench.heads.pixel_classifier import predict_pixels
+    from dfbench.tasks.horse21.pixel_classifier import predict_pixels
 
     height, width = bank.out_size
     votes = [predict_pixels(ensemble, bank.image_rows(image, start, min(start + PREDICT_CHUNK, height * width)))
@@ -361,7 +361,7 @@ class Horse21Task(LabelScarceTask):
     dataset = HORSE_21
 
     def mini_root(self) -> Path:
-        from dfbench.datasets.mini_horse21 import mini_horse21_root
+        from dfbench.tasks.horse21.mini import mini_horse21_root
 
         return mini_horse21_root()
 

@@ -1,6 +1,6 @@
 """Protocol ``nyuv2/probe3d-dpt``: probe3d's DPT depth head trained on four feature levels of 480² centre
 crops with its augmentation, 10·SigLoss + 0.5·gradient loss (the head and losses:
-:mod:`dfbench.heads.depth_probes`; the crop and augmentation: :mod:`dfbench.benchmarks.depth_augment`)."""
+:mod:`dfbench.tasks.nyuv2.probes`; the crop and augmentation: :mod:`dfbench.tasks.nyuv2.augment`)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dfbench.benchmarks.base import RunContext
-from dfbench.benchmarks.depth_augment import augment, centre_box, centre_crop
-from dfbench.datasets.nyuv2 import DepthSample
 from dfbench.errors import DfbenchInputError
+from dfbench.tasks.base import RunContext
+from dfbench.tasks.nyuv2.augment import augment, centre_box, centre_crop
+from dfbench.tasks.nyuv2.dataset import DepthSample
 
 if TYPE_CHECKING:  # annotations only: depth.py, which defines the options, imports this module
-    from dfbench.benchmarks.depth import DptOptions
+    from dfbench.tasks.nyuv2.task import DptOptions
 
 #: probe3d's DPT reads features at 1/16 of the input (``DIFT.forward``)
 DPT_STRIDE = 16
@@ -36,9 +36,9 @@ def run_dpt(context: RunContext, backbone: Any, selection: list[str], settings: 
             evaluated: list[DepthSample], targets: dict[str, np.ndarray], options: DptOptions
             ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
     """Train probe3d's DPT probe on augmented crops (features extracted per step); predict the test crops."""
-    from dfbench.benchmarks.depth import NyuV2Task  # the task that calls this: imported at call time, no cycle
-    from dfbench.heads.depth_probes import DptDepthProbe, probe3d_depth_loss, warmup_cosine_factor
     from dfbench.images import load_image
+    from dfbench.tasks.nyuv2.probes import DptDepthProbe, probe3d_depth_loss, warmup_cosine_factor
+    from dfbench.tasks.nyuv2.task import NyuV2Task  # the task that calls this: imported at call time, no cycle
 
     names = backbone.canonical_selection(selection)
     if len(names) != 4:

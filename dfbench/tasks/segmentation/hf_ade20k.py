@@ -22,9 +22,9 @@ from typing import Any
 from PIL import Image
 
 from dfbench.atomic import atomic_build_dir
-from dfbench.datasets.segmentation import ADE20K
 from dfbench.errors import DfbenchInputError
 from dfbench.home import dfbench_home
+from dfbench.tasks.segmentation.dataset import ADE20K
 
 HUB_PREFIX = "hf:"
 #: what the error lines point to: sources that load with the installed stack

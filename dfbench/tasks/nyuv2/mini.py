@@ -1,4 +1,4 @@
-"""The embedded mini NYUv2 set, in the folder layout of :mod:`dfbench.datasets.nyuv2`, built offline.
+"""The embedded mini NYUv2 set, in the folder layout of :mod:`dfbench.tasks.nyuv2.dataset`, built offline.
 
 Two kinds of real-geometry scenes, 120×160 like NYU's 480×640 at a quarter (one test image 90×120):
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dfbench.benchmarks.base import bootstrap_stderr
+from dfbench.tasks.base import bootstrap_stderr
 
 #: the metrics of one evaluation, in the order records list them
 METRIC_KEYS = ("rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")

@@ -1,7 +1,7 @@
 """ADE20K and Cityscapes semantic segmentation: protocols ``linear`` (v1) and ``gdf-uper`` (v1).
 
 ``gdf-uper``: GDF's UPerNet on mmsegmentation + mmengine; see
-:mod:`dfbench.benchmarks.segmentation_uper`.
+:mod:`dfbench.tasks.segmentation.uper`.
 
 ``linear``: a 1×1 convolution (a per-pixel linear classifier) on the frozen features. The
 selected activations of each image are resized (bilinear) to the largest selected map and
@@ -11,7 +11,7 @@ of labelled pixels, whose features are read off the bilinearly upsampled maps (i
 out) — on the ``train`` split, with no augmentation —
 features come from the feature cache when one is given, so a probe trains in minutes. Evaluation:
 argmax of the upsampled logits on ``val``, scored exactly as mmseg's ``IoUMetric``
-(:mod:`dfbench.benchmarks.segmentation_metrics`): mIoU (primary), mAcc, aAcc and per-class IoU.
+(:mod:`dfbench.tasks.segmentation.metrics`): mIoU (primary), mAcc, aAcc and per-class IoU.
 
 Saved predictions (``run --save-predictions``, ``dfbench score``): one single-channel PNG per image,
 ``<image stem>.png``, in the dataset's annotation encoding — ADE20K 1…150 as in its annotation
@@ -36,7 +36,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dfbench.atomic import atomic_write_png
-from dfbench.benchmarks.base import (
+from dfbench.errors import DfbenchInputError
+from dfbench.features import combine_to_grid, image_features
+from dfbench.images import image_size
+from dfbench.options import require_at_least_one
+from dfbench.tasks.base import (
     MetricSpec,
     ProtocolSpec,
     RunContext,
@@ -45,9 +49,7 @@ from dfbench.benchmarks.base import (
     bootstrap_stderr,
     seeded_subset,
 )
-from dfbench.benchmarks.segmentation_metrics import image_areas, pooled_areas, segmentation_metrics
-from dfbench.benchmarks.segmentation_uper import GdfUperOptions, train_and_predict
-from dfbench.datasets.segmentation import (
+from dfbench.tasks.segmentation.dataset import (
     ADE20K,
     CITYSCAPES,
     IGNORE_INDEX,
@@ -58,10 +60,8 @@ from dfbench.datasets.segmentation import (
     load_samples,
     mmseg_metainfo,
 )
-from dfbench.errors import DfbenchInputError
-from dfbench.features import combine_to_grid, image_features
-from dfbench.images import image_size
-from dfbench.options import require_at_least_one
+from dfbench.tasks.segmentation.metrics import image_areas, pooled_areas, segmentation_metrics
+from dfbench.tasks.segmentation.uper import GdfUperOptions, train_and_predict
 
 #: validation images shown in the overlay figure
 OVERLAY_IMAGES = 4
@@ -102,7 +102,7 @@ class SegmentationTask(Task):
     leaderboard_metrics = ("mIoU", "mAcc", "aAcc")
 
     def mini_root(self) -> Path:
-        from dfbench.datasets.mini_segmentation import mini_segmentation_root
+        from dfbench.tasks.segmentation.mini import mini_segmentation_root
 
         return mini_segmentation_root(self.layout)
 
@@ -170,8 +170,8 @@ class SegmentationTask(Task):
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
-        from dfbench.benchmarks.segmentation_plots import plot_overlays
         from dfbench.plots import plot_per_category
+        from dfbench.tasks.segmentation.plots import plot_overlays
 
         figures = [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png",
                                      items="classes")]
@@ -296,8 +296,8 @@ class Ade20kTask(SegmentationTask):
 
     def data_folder(self, data_root: str) -> Path:
         """The folder layout, or a Hugging Face source (``hf:<id>``, a ``save_to_disk`` folder) written
-        into it once (:mod:`dfbench.datasets.hf_ade20k`)."""
-        from dfbench.datasets.hf_ade20k import hf_ade20k_root, is_hf_source
+        into it once (:mod:`dfbench.tasks.segmentation.hf_ade20k`)."""
+        from dfbench.tasks.segmentation.hf_ade20k import hf_ade20k_root, is_hf_source
 
         return hf_ade20k_root(data_root) if is_hf_source(data_root) else Path(data_root)
 

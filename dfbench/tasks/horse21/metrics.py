@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dfbench.benchmarks.base import bootstrap_stderr
+from dfbench.tasks.base import bootstrap_stderr
 
 
 def release_areas(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

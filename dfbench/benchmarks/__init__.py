@@ -1,1 +1,0 @@
-"""Task adapters: backbone × task → Result, with named, versioned protocol variants."""

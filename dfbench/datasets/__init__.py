@@ -1,1 +1,0 @@
-"""Dataset loaders for native on-disk layouts, and the embedded mini sets."""

@@ -1,0 +1,1 @@
+"""NYUv2 monocular depth: CleanDIFT's linear bins probe and probe3d's DPT head."""
