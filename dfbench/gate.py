@@ -11,7 +11,8 @@ from typing import Any
 from dfbench.atomic import atomic_write_text
 from dfbench.environment import environment_differences
 from dfbench.errors import DfbenchInputError
-from dfbench.results import Result, latest_records, settings_label
+from dfbench.results import Result, latest_records
+from dfbench.settings import settings_label
 
 BASELINE_VERSION = 3
 #: versions of the baseline file this code reads (2: no per-metric tolerances)

@@ -25,6 +25,8 @@ from typing import Any
 
 from dfbench.atomic import atomic_write_text
 from dfbench.errors import DfbenchInputError
+from dfbench.migrations import flat_record_files, metric_direction, record_limit, record_subset_fields
+from dfbench.settings import settings_label
 
 RECORD_VERSION = 2
 RECORD_FILE = "record.json"
@@ -78,12 +80,12 @@ class Result:
     def data_label(self) -> str:
         """The data, split, ``--limit`` and the protocol options that differ from their defaults."""
         parts = [self.data_name, str(self.details.get("split", ""))]
-        limit = self.details.get("limit", self.details.get("limit_pairs"))
+        limit = record_limit(self.details)
         if limit:
             parts.append(f"limit={limit}")
-        for key in ("per_category", "pairs_file"):  # version-1 SPair records kept these in details
-            if self.details.get(key):
-                parts.append(f"{key}={Path(str(self.details[key])).name}")
+        for key, value in record_subset_fields(self.details).items():  # version-1 SPair records
+            if value:
+                parts.append(f"{key}={Path(str(value)).name}")
         for key, value in sorted((self.details.get("options_changed") or {}).items()):
             parts.append(f"{key}={Path(value).name if isinstance(value, str) and '/' in value else value}")
         return " ".join(part for part in parts if part)
@@ -95,8 +97,7 @@ class Result:
         return {"protocol": self.protocol, "protocol_version": self.protocol_version, "backbone": self.backbone,
                 "weights": self.weights, "selection": list(self.selection), "preset": self.preset,
                 "settings": settings, "split": details.get("split"), "data_root": details.get("data_root"),
-                "limit": details.get("limit", details.get("limit_pairs")),
-                "per_category": details.get("per_category"), "pairs_file": details.get("pairs_file"),
+                "limit": record_limit(details), **record_subset_fields(details),
                 "options": details.get("options") or {}, "variant": details.get("variant"),
                 # backbone options (a fusion's weights, PCA, input sizes) join the identity only when there are any
                 **({"backbone_options": details["backbone_options"]} if details.get("backbone_options") else {})}
@@ -111,13 +112,7 @@ class Result:
         """The direction of ``metric``: from the record's spec, else (version-1 records) the task's."""
         spec = self.metric_specs.get(metric)
         if spec is None:
-            from dfbench.registry import TASKS
-
-            try:
-                return TASKS.get(self.task)().metric_spec(metric).higher_is_better
-            except DfbenchInputError:
-                raise DfbenchInputError(f"run {self.run_id}: no spec for metric {metric!r} and task {self.task!r} "
-                                        "is not installed; cannot tell which direction is better") from None
+            return metric_direction(self.task, metric, self.run_id)
         return bool(spec["higher_is_better"])
 
     def new_run_id(self) -> str:
@@ -155,7 +150,7 @@ def load_results(results_dir: str | Path = "results") -> list[Result]:
     if not runs.is_dir():
         raise DfbenchInputError(f"no run records in {runs}; run `dfbench run …` first")
     records = []
-    for path in sorted([*runs.glob("*.json"), *runs.glob(f"*/{RECORD_FILE}")]):
+    for path in sorted([*flat_record_files(runs), *runs.glob(f"*/{RECORD_FILE}")]):
         try:
             data = json.loads(path.read_text())
             records.append(Result(**data))
@@ -238,33 +233,6 @@ def markdown_table(frame) -> str:
     shown = frame.round(2).astype(object).where(frame.notna(), None)
     shown = shown.map(markdown_cell)
     return shown.to_markdown(index=False, missingval="")
-
-
-def settings_label(settings: dict[str, Any]) -> str:
-    """Resolution and t (for backbones that use one), then every value-changing setting that differs
-    from ExtractSettings' defaults."""
-    from dfbench.settings import ExtractSettings
-
-    defaults = ExtractSettings().to_dict()
-    parts = [f"{settings.get('resolution') or 'default'}px"]
-    if "timestep" in settings:
-        parts.append(f"t={settings['timestep']}")
-    for key in ("resize_mode", "latent_mode", "dtype"):
-        if settings.get(key, defaults[key]) != defaults[key]:
-            parts.append(str(settings[key]))
-    for key in ("pad_color", "resample"):
-        if settings.get(key, defaults[key]) != defaults[key]:
-            parts.append(f"{key}={settings[key]}")
-    if not settings.get("add_noise", True):
-        parts.append("clean")
-    if settings.get("ensemble_size", 1) != 1:
-        parts.append(f"ens={settings['ensemble_size']}")
-    if settings.get("seed", 0):
-        parts.append(f"seed={settings['seed']}")
-    prompt = settings.get("prompt") or ""
-    if prompt:
-        parts.append(f'"{prompt[:24]}…"' if len(prompt) > 25 else f'"{prompt}"')
-    return " ".join(parts)
 
 
 def write_leaderboard(results_dir: str | Path = "results") -> tuple[Path, Path, str]:

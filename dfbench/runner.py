@@ -1,28 +1,28 @@
-"""Running one (backbone, task, selection, settings) pairing and recording it; suites of them.
+"""Running one (backbone, task, selection, settings) pairing and recording it.
 
-The runner knows tasks only through the task contract (:mod:`dfbench.tasks.base`): it resolves
-the protocol and its options, the data root (``mini`` → the task's mini set) and the settings, makes
-the run's folder ``results/runs/<run id>/`` first, hands the task a :class:`RunContext`, and writes
-the record (with the task's metric specs), the task's figures and, if asked, its saved predictions.
+:class:`RunSpec` is what a user gives (flags, a suite row, a sweep candidate); :func:`run_one` checks where the
+run will write, resolves the spec once (:func:`dfbench.resolve.resolve_run`: backbone, canonical selection,
+complete settings, protocol and typed options, data, the run identity), makes the run's folder
+``results/runs/<run id>/`` named by that identity, hands the task a :class:`~dfbench.tasks.base.RunContext` and the
+resolved run, and writes the record (:meth:`~dfbench.resolve.ResolvedRun.record`), the task's figures and, if
+asked, its saved predictions. The runner names no task, protocol or model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfbench.backbones.protocol import ConfiguredBackbone
-from dfbench.environment import environment
+from dfbench.backbones.protocol import Backbone
+from dfbench.distributed import Ranks
 from dfbench.errors import DfbenchInputError
+from dfbench.migrations import upgrade_suite_row
+from dfbench.resolve import resolve_run, resolve_scoring
 from dfbench.results import RECORD_FILE, Result, now, run_id, save_result
-
-#: suite / RunSpec fields of version-1 suites, now SPair protocol options (``limit_pairs`` → ``limit``)
-LEGACY_OPTION_FIELDS = ("per_category", "pairs_file")
+from dfbench.tasks.base import RunContext
 
 
 @dataclass
@@ -49,14 +49,6 @@ class RunSpec:
     #: ``resolution.<source>``, ``renormalize``, ``upsample``)
     backbone_options: dict[str, Any] = field(default_factory=dict)
 
-    def config_hash(self) -> str:
-        """A short hash of what decides the result (not the cache folder, where predictions go, the device,
-        the published values): the same hash means the same experiment, used to skip runs already recorded."""
-        decisive = {key: value for key, value in dataclasses.asdict(self).items()
-                    if key not in ("cache_dir", "save_predictions", "device", "published", "source")
-                    and not (key == "backbone_options" and not value)}   # absent before backbone options existed
-        return hashlib.sha1(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str) -> RunSpec:
         """A spec from a suite entry; version-1 fields (``limit_pairs``, ``per_category``,
@@ -66,13 +58,7 @@ class RunSpec:
         if not isinstance(options, dict):
             raise DfbenchInputError(f"{where}: options={options!r} must be a mapping (options: {{key: value}})")
         options = dict(options)
-        if "limit_pairs" in values:
-            values["limit"] = values.pop("limit_pairs")
-        for key in LEGACY_OPTION_FIELDS:
-            if key in values:
-                value = values.pop(key)
-                if value is not None:
-                    options[key] = value
+        upgrade_suite_row(values, options)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -101,87 +87,6 @@ SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "cache_dir": (str,), "save_predictions": (bool, str), "device": (str,), "published": (dict,), "source": (str,),
     "backbone_options": (dict,),
 }
-
-
-def split_task(name: str) -> tuple[str, str | None]:
-    """``spair/dift-nn`` → (``spair``, ``dift-nn``); ``spair`` → (``spair``, None)."""
-    task, _, protocol = name.partition("/")
-    return task, protocol or None
-
-
-def data_label(given: str | None, data_root: Path) -> str:
-    """How a run's data enters its identity (``given``: the data root as the user gave it, ``data_root``: the
-    folder it resolved to): the folder, or for an embedded mini set ``mini:<its folder under $DFBENCH_HOME>``
-    (its version included), so the same mini set built elsewhere is the same data."""
-    if given not in (None, "", "mini"):
-        return str(data_root)
-    from dfbench.home import dfbench_home
-
-    try:
-        return f"mini:{data_root.resolve().relative_to(dfbench_home().resolve())}"
-    except ValueError:
-        return f"mini:{data_root.name}"
-
-
-def resolve_data_root(task: Any, data_root: str | None) -> Path:
-    """``mini`` (or nothing, for the demo) → the task's embedded mini set; else the task's
-    :meth:`~dfbench.tasks.base.Task.data_folder` for it."""
-    if data_root in (None, "", "mini"):
-        root = task.mini_root()
-        if root is None:
-            raise DfbenchInputError(f"task {task.name}: pass --data-root DIR (it has no embedded mini set)")
-        return root
-    return task.data_folder(data_root)
-
-
-def spec_dtype(spec: RunSpec) -> str:
-    """The compute dtype a spec asks for (its settings, else its preset's, else float32)."""
-    from dfbench.registry import get_preset
-
-    preset_settings = get_preset(spec.preset).settings if spec.preset else {}
-    return spec.settings.get("dtype") or preset_settings.get("dtype") or "float32"
-
-
-def spec_backbone_options(spec: RunSpec) -> dict[str, Any]:
-    """The backbone options of a spec: its preset's, overridden key by key by its own."""
-    from dfbench.registry import get_preset
-
-    preset_options = get_preset(spec.preset).backbone_options if spec.preset else {}
-    return {**preset_options, **spec.backbone_options}
-
-
-def create_spec_backbone(spec: RunSpec, init: str | None = None) -> Any:
-    """The backbone a spec names, with its weights override, backbone options and compute dtype
-    (``init="meta"``: weightless, to check names)."""
-    from dfbench.registry import create_backbone
-
-    backbone_options = spec_backbone_options(spec)
-    options: dict[str, Any] = {"options": backbone_options} if backbone_options else {}
-    if init is not None:
-        return create_backbone(spec.backbone, init=init, **options)
-    if spec.weights:
-        options["weights"] = spec.weights
-    if spec.device:
-        options["device"] = spec.device
-    return create_backbone(spec.backbone, torch_dtype=spec_dtype(spec), **options)
-
-
-def option_details(protocol: Any, options: Any) -> dict[str, dict[str, Any]]:
-    """A record's ``options`` (all, resolved) and ``options_changed`` (those off their defaults); the
-    options a protocol lists in ``RUNTIME_OPTIONS`` (logging, checkpoint intervals: they cannot change the
-    numbers) go to ``runtime_options`` instead, out of the run's identity."""
-    resolved, defaults = dataclasses.asdict(options), dataclasses.asdict(protocol.options())
-    runtime = set(getattr(protocol.options, "RUNTIME_OPTIONS", ()))
-    decisive = {key: value for key, value in resolved.items() if key not in runtime}
-    details = {"options": decisive, "options_changed": {k: v for k, v in decisive.items() if v != defaults[k]}}
-    if runtime:
-        details["runtime_options"] = {key: resolved[key] for key in sorted(runtime)}
-    return details
-
-
-def used_settings(backbone: Any, settings: Any) -> dict[str, Any]:
-    """The settings a backbone uses (all, for diffusion backbones), as recorded in its runs."""
-    return {key: value for key, value in settings.value_dict().items() if key in backbone.setting_names}
 
 
 def check_writable_folder(folder: str | Path, flag: str, given: str | Path | None = None) -> None:
@@ -227,89 +132,50 @@ def new_run_folder(results_dir: str | Path, protocol: str, backbone: str, digest
     raise DfbenchInputError(f"results folder {runs}: too many runs named {base}")
 
 
+def feature_cache(cache_dir: str | None) -> Any:
+    """The feature cache a run reads and writes (``--cache-dir``, else ``$DFBENCH_CACHE``), or None; made (or
+    refused) before any weights load."""
+    if not (cache_dir or os.environ.get("DFBENCH_CACHE")):
+        return None
+    from dfbench.cache import FeatureCache  # safetensors and the cache's hashing: only when a cache is used
+
+    return FeatureCache(cache_dir)
+
+
 def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool = True, figures: bool = True,
-            backbone: Any = None, ranks: Any = None) -> tuple[Result, Path]:
+            backbone: Backbone | None = None, ranks: Ranks | None = None) -> tuple[Result, Path]:
     """Run ``spec``, save its record, figures and (if asked) predictions; returns (result, record path).
 
     Under torchrun (``ranks``: :class:`dfbench.distributed.Ranks` with world size > 1; only protocols
     declared ``distributed``) every rank runs the task in the run folder rank 0 made; rank 0 alone
     writes the record, figures and predictions."""
-    from dfbench.distributed import Ranks
-    from dfbench.options import parse_options
-    from dfbench.registry import TASKS, get_preset
-    from dfbench.settings import resolve_settings
-    from dfbench.tasks.base import RunContext
-
-    task_name, protocol_name = split_task(spec.task)
-    task = TASKS.get(task_name)()
-    protocol = task.protocol(protocol_name)
-    options = parse_options(protocol.options, spec.options, f"{task.name}/{protocol.name}")
     ranks = ranks or Ranks()
-    if ranks.world_size > 1 and not protocol.distributed:
-        raise DfbenchInputError(f"{task.name}/{protocol.name} runs in one process; launch it without torchrun "
-                                "(protocols that train across GPUs: ade20k/gdf-uper, cityscapes/gdf-uper)")
-    if spec.limit is not None and spec.limit < 1:
-        raise DfbenchInputError(f"--limit {spec.limit}: must be ≥ 1")
-    preset = get_preset(spec.preset) if spec.preset else None
-    selection = list(preset.selection) if preset and not spec.selection else list(spec.selection)
-    if not selection:
-        raise DfbenchInputError("no activations selected: pass --select NAME… or --preset P")
-    data_root = resolve_data_root(task, spec.data_root)
     check_results_folder(results_dir)  # before the weights load and the extraction, not after
     if isinstance(spec.save_predictions, str):
         check_writable_folder(spec.save_predictions, "--save-predictions")
-    cache = None
-    if spec.cache_dir or os.environ.get("DFBENCH_CACHE"):     # made (or refused) before any weights load
-        from dfbench.cache import FeatureCache
-
-        cache = FeatureCache(spec.cache_dir)
-    if backbone is None:
-        backbone = create_spec_backbone(dataclasses.replace(spec, device=spec.device or ranks.device))
-    settings = resolve_settings(backbone, preset.settings if preset else {}, spec.settings)
+    cache = feature_cache(spec.cache_dir)
+    run = resolve_run(spec, backbone, device=ranks.device, world_size=ranks.world_size)
     made = None
     if ranks.rank == 0:
-        made = new_run_folder(results_dir, f"{task.name}/{protocol.name}", backbone.name, spec.config_hash()[:8])
+        made = new_run_folder(results_dir, run.protocol_label, run.backbone.name, run.identity_hash())
     identifier, folder = ranks.broadcast(made)
-    context = RunContext(folder=folder, cache=cache, seed=settings.seed, device=str(backbone.device),
-                         limit=spec.limit, progress=progress, ranks=ranks)
+    context = RunContext(folder=folder, cache=cache, progress=progress, ranks=ranks)
     try:
-        output = task.run(context, backbone, selection, settings, data_root, spec.split or task.default_split,
-                          protocol.name, options)
+        output = run.task.run(context, run)
     except BaseException:
         if ranks.rank == 0 and not any(folder.iterdir()):  # nothing (checkpoints, logs) worth keeping for a resume
             folder.rmdir()
         raise
-    details = {"split": output.split or spec.split or task.default_split,
-               "data_root": data_label(spec.data_root, data_root),
-               "data_path": str(data_root),
-               "limit": spec.limit,
-               **option_details(protocol, options), "recipe_version": backbone.recipe_version,
-               "config_hash": spec.config_hash(), "leaderboard_metrics": list(task.leaderboard_metrics),
-               **output.details}
-    if isinstance(backbone, ConfiguredBackbone) and backbone.options:
-        details["backbone_options"] = dict(backbone.options)
-        details["backbone_detail"] = backbone.describe()
-    if spec.published:
-        details["published"] = {key: float(value) for key, value in spec.published.items()}
-        details["published_source"] = spec.source or ""
-    result = Result(
-        task=task.name, protocol=f"{task.name}/{protocol.name}", protocol_version=protocol.version,
-        backbone=backbone.name, selection=output.selection, settings=used_settings(backbone, settings),
-        metrics=output.metrics,
-        per_category=output.per_category, timings=output.timings, details=details, preset=spec.preset,
-        weights=str(getattr(backbone, "source", "")), environment=environment(str(backbone.device)),
-        created=now(), run_id=identifier,
-        metric_specs={key: task.metric_spec(key).to_dict() for key in output.metrics},
-    )
+    result = run.record(output, run_id=identifier)
     if ranks.rank != 0:
         return result, folder / RECORD_FILE
     if spec.save_predictions:
         target = folder / "predictions" if spec.save_predictions is True else Path(spec.save_predictions)
-        task.save_predictions(output, target)
+        run.task.save_predictions(output, target)
         result.details["predictions"] = str(target)
     if figures:
         title = f"{result.row_label} — {result.protocol}"
-        result.details["figures"] = [str(path) for path in task.figures(output, title, folder / "figures")]
+        result.details["figures"] = [str(path) for path in run.task.figures(output, title, folder / "figures")]
     return result, save_result(result, results_dir)
 
 
@@ -319,27 +185,11 @@ def score_predictions_folder(task_name: str, data_root: str | None, split: str |
                              ) -> tuple[Result, Path | None]:
     """Score saved predictions with the task's own scoring (no backbone); with ``results_dir``, record
     the result as a run whose leaderboard row is ``name``. Returns the result and the record path."""
-    from dfbench.options import parse_options
-    from dfbench.registry import TASKS
-
-    task_part, protocol_name = split_task(task_name)
-    task = TASKS.get(task_part)()
-    protocol = task.protocol(protocol_name)
-    parsed = parse_options(protocol.options, options, f"{task.name}/{protocol.name}")
-    root = resolve_data_root(task, data_root)
+    run = resolve_scoring(task_name, data_root, split, options, limit, seed)
     folder = Path(predictions)
-    split = split or task.default_split
-    output = task.score(root, split, protocol.name, parsed, folder, limit, seed)
-    label = name or folder.resolve().name
-    result = Result(
-        task=task.name, protocol=f"{task.name}/{protocol.name}", protocol_version=protocol.version,
-        backbone=label, selection=[], settings={}, metrics=output.metrics, per_category=output.per_category,
-        details={"split": output.split or split, "data_root": data_label(data_root, root), "limit": limit,
-                 **option_details(protocol, parsed), "scored_from": str(folder),
-                 "leaderboard_metrics": list(task.leaderboard_metrics)},
-        preset="saved predictions", environment=environment(), created=now(),
-        metric_specs={key: task.metric_spec(key).to_dict() for key in output.metrics},
-    )
+    output = run.task.score(run, folder)
+    result = run.record(output, backbone_label=name or folder.resolve().name, preset_label="saved predictions",
+                        extra={"scored_from": str(folder)})
     if results_dir is None:
         return result, None
     return result, save_result(result, results_dir)

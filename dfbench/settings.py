@@ -192,3 +192,28 @@ def resolve_settings(backbone: Any, preset_settings: dict[str, Any] | None = Non
         settings = settings.replace(resolution=backbone.default_resolution)
     backbone.check_resolution(settings.resolution)
     return settings
+
+
+def settings_label(settings: dict[str, Any]) -> str:
+    """A record's settings in a few words (the leaderboard's settings column): resolution and t (for backbones
+    that use one), then every value-changing setting that differs from :class:`ExtractSettings`' defaults."""
+    defaults = ExtractSettings().to_dict()
+    parts = [f"{settings.get('resolution') or 'default'}px"]
+    if "timestep" in settings:
+        parts.append(f"t={settings['timestep']}")
+    for key in ("resize_mode", "latent_mode", "dtype"):
+        if settings.get(key, defaults[key]) != defaults[key]:
+            parts.append(str(settings[key]))
+    for key in ("pad_color", "resample"):
+        if settings.get(key, defaults[key]) != defaults[key]:
+            parts.append(f"{key}={settings[key]}")
+    if not settings.get("add_noise", True):
+        parts.append("clean")
+    if settings.get("ensemble_size", 1) != 1:
+        parts.append(f"ens={settings['ensemble_size']}")
+    if settings.get("seed", 0):
+        parts.append(f"seed={settings['seed']}")
+    prompt = settings.get("prompt") or ""
+    if prompt:
+        parts.append(f'"{prompt[:24]}…"' if len(prompt) > 25 else f'"{prompt}"')
+    return " ".join(parts)

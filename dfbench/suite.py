@@ -1,6 +1,7 @@
 """Suites: a YAML file of runs (``defaults:`` + ``runs:``), checked whole before anything runs, each run
-skipped when its config is already recorded or when its data or weights are missing (one line saying how
-to get them), and the measured values checked against a paper's published ones."""
+skipped when its run identity is already recorded (resolved with a weightless backbone: no weights load) or
+when its data or weights are missing (one line saying how to get them), and the measured values checked
+against a paper's published ones."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfbench.backbones.protocol import Backbone
 from dfbench.errors import DfbenchInputError
-from dfbench.results import Result, load_results
-from dfbench.runner import RunSpec, create_spec_backbone, run_one, spec_backbone_options, spec_dtype, split_task
+from dfbench.options import parse_options
+from dfbench.registry import BACKBONES, TASKS, get_preset
+from dfbench.resolve import build_backbone, requested_dtype, resolve_run, split_task
+from dfbench.results import Result, latest_records, load_results
+from dfbench.runner import RunSpec, run_one
+from dfbench.settings import ExtractSettings
 
 #: the keys a suite file may have at its top level
 SUITE_KEYS = ("defaults", "runs")
@@ -89,11 +95,7 @@ def expand_data_root(data_root: str) -> str:
 def spec_problems(spec: RunSpec, shapes_of: dict[str, Any] | None = None) -> list[str]:
     """Everything wrong with a spec that can be found without loading weights: backbone, task,
     protocol, options, preset, settings, activation names (from the weightless catalog), data root.
-    ``shapes_of`` caches the weightless backbones by name across the specs of a suite."""
-    from dfbench.options import parse_options
-    from dfbench.registry import BACKBONES, TASKS, get_preset
-    from dfbench.settings import ExtractSettings
-
+    ``shapes_of`` caches the weightless backbones across the specs of a suite (:func:`weightless_key`)."""
     problems: list[str] = []
 
     def check(step: Any) -> Any:
@@ -118,13 +120,13 @@ def spec_problems(spec: RunSpec, shapes_of: dict[str, Any] | None = None) -> lis
             problems.append("no activations selected: give selection or preset")
         else:
             shapes_of = {} if shapes_of is None else shapes_of
-            backbone_options = {**(preset.backbone_options if preset else {}), **spec.backbone_options}
-            key = f"{spec.backbone}|{json.dumps(backbone_options, sort_keys=True, default=str)}"
+            key = weightless_key(spec)
             if key not in shapes_of:
                 try:
-                    shapes_of[key] = create_spec_backbone(spec, init="meta")
+                    shapes_of[key] = build_backbone(spec.backbone, weights=spec.weights,
+                                                    options=spec_backbone_options(spec), weightless=True)
                 except DfbenchInputError as error:
-                    if backbone_options:     # the options are wrong (else: no weightless form, as below)
+                    if spec_backbone_options(spec):     # the options are wrong (else: no weightless form, as below)
                         problems.append(str(error))
                     shapes_of[key] = None
                 except TypeError:
@@ -140,10 +142,37 @@ def spec_problems(spec: RunSpec, shapes_of: dict[str, Any] | None = None) -> lis
     return problems
 
 
+def spec_backbone_options(spec: RunSpec) -> dict[str, Any]:
+    """The backbone options of a spec: its preset's, overridden key by key by its own."""
+    preset_options = get_preset(spec.preset).backbone_options if spec.preset else {}
+    return {**preset_options, **spec.backbone_options}
+
+
+def weightless_key(spec: RunSpec) -> str:
+    """What decides a spec's weightless backbone: its name, weights and backbone options."""
+    return f"{spec.backbone}|{spec.weights}|{json.dumps(spec_backbone_options(spec), sort_keys=True, default=str)}"
+
+
+def backbone_key(spec: RunSpec) -> str:
+    """What decides a spec's loaded backbone (rows with the same key share one): its weightless key, the
+    dtype and the device."""
+    dtype = requested_dtype(get_preset(spec.preset) if spec.preset else None, spec.settings)
+    return f"{weightless_key(spec)}|{dtype}|{spec.device}"
+
+
+def run_identity(spec: RunSpec, weightless: Backbone | None) -> str | None:
+    """The run identity of a spec, resolved with its weightless backbone (no weights load); None when it
+    cannot be resolved without running (no weightless form, its data not there yet)."""
+    if weightless is None:
+        return None
+    try:
+        return resolve_run(spec, weightless, weightless=True).identity_hash()
+    except DfbenchInputError:
+        return None
+
+
 def missing_data(spec: RunSpec) -> str | None:
     """What is missing to run ``spec`` (its dataset), with the command or page that gets it; else None."""
-    from dfbench.registry import TASKS
-
     if spec.data_root in (None, "", "mini") or spec.data_root.startswith("hf:") or Path(spec.data_root).exists():
         return None
     task = TASKS.get(split_task(spec.task)[0])()
@@ -154,12 +183,12 @@ def missing_data(spec: RunSpec) -> str | None:
 
 
 def recorded_runs(results_dir: str | Path) -> dict[str, Result]:
-    """The latest record of each run config (by ``config_hash``) already in ``results_dir`` (none yet: empty)."""
+    """The latest record of each run identity already in ``results_dir`` (none yet: empty)."""
     try:
         records = load_results(results_dir)
     except DfbenchInputError:
         return {}
-    return {str(record.details.get("config_hash")): record for record in records}
+    return latest_records(records)
 
 
 @dataclass
@@ -187,21 +216,23 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
     if problems:
         raise DfbenchInputError(f"suite {path}: {len(problems)} problem(s), nothing was run:\n  "
                                 + "\n  ".join(problems))
-    by_hash = recorded_runs(results_dir)
+    by_identity = recorded_runs(results_dir)
     outcome = SuiteOutcome()
     backbones: dict[str, Any] = {}
     for number, spec in enumerate(specs, start=1):
         label = f"[{number}/{len(specs)}] {spec.backbone} × {spec.task} ({spec.preset or ', '.join(spec.selection)})"
-        if not force and spec.config_hash() in by_hash:
+        identity = None if force or not by_identity else run_identity(spec, shapes_of.get(weightless_key(spec)))
+        if identity is not None and identity in by_identity:
             log(f"{label}: already recorded, skipped (--force to rerun)")
-            outcome.recorded.append((spec, by_hash[spec.config_hash()]))
+            outcome.recorded.append((spec, by_identity[identity]))
             continue
         missing = missing_data(spec)
-        key = (f"{spec.backbone}|{spec.weights}|{spec_dtype(spec)}|{spec.device}|"
-               f"{json.dumps(spec_backbone_options(spec), sort_keys=True)}")
+        key = backbone_key(spec)
         if missing is None and key not in backbones:
             try:
-                backbones[key] = create_spec_backbone(spec)
+                backbones[key] = build_backbone(spec.backbone, dtype=requested_dtype(
+                    get_preset(spec.preset) if spec.preset else None, spec.settings), weights=spec.weights,
+                    device=spec.device, options=spec_backbone_options(spec))
             except DfbenchInputError as error:       # weights not found: the message says how to get them
                 missing = str(error)
         if missing is not None:

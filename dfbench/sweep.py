@@ -30,6 +30,8 @@ from typing import Any
 
 from dfbench.backbones.protocol import ConfiguredBackbone
 from dfbench.errors import DfbenchInputError
+from dfbench.registry import TASKS
+from dfbench.resolve import split_task
 
 
 @dataclass
@@ -93,10 +95,8 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
     """Sweep ``patterns`` × ``timesteps`` × ``prompts`` on ``task_name`` (see the module docstring)."""
     from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
     from dfbench.distributed import process_group
-    from dfbench.options import parse_options
-    from dfbench.registry import TASKS
-    from dfbench.runner import RunSpec, check_results_folder, resolve_data_root, run_one, split_task
-    from dfbench.settings import resolve_settings
+    from dfbench.resolve import resolve_features, resolve_run, resolve_task
+    from dfbench.runner import RunSpec, check_results_folder, run_one
     from dfbench.suite import recorded_runs
 
     check_results_folder(results_dir)          # before anything is extracted
@@ -105,13 +105,12 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
     task = TASKS.get(task_part)()
     protocol = task.protocol(protocol_name or task.sweep_protocol or None)
     sweep_options = {**(task.sweep_options if protocol.name == task.sweep_protocol else {}), **(options or {})}
-    parse_options(protocol.options, sweep_options, f"{task.name}/{protocol.name}")   # fail before extracting
+    # the task side resolved (options, data) before anything is extracted
+    _, _, _, root, _, split = resolve_task(f"{task.name}/{protocol.name}", sweep_options, data_root, split, limit)
     candidates = expand_candidates(patterns, backbone.activation_names())
-    base = resolve_settings(backbone, {}, settings or {})
+    base = resolve_features(backbone, settings=settings, require_selection=False).settings
     timesteps = timesteps or [base.timestep]
     prompts = prompts if prompts is not None else [base.prompt]
-    root = resolve_data_root(task, data_root)
-    split = split or task.default_split
     image_splits = [split] + ([task.sweep_train_split] if task.sweep_train_split not in (None, split) else [])
     items = {image_key(path): CacheItem(image_key(path), path, category)
              for name in image_splits for path, category in task.split_images(root, split=name)}
@@ -142,10 +141,11 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
                        split=split, limit=limit, options=sweep_options,
                        cache_dir=str(cache.root),
                        backbone_options=dict(backbone.options) if isinstance(backbone, ConfiguredBackbone) else {})
-        record = recorded.get(spec.config_hash())
+        identity = resolve_run(spec, backbone).identity_hash()
+        record = recorded.get(identity)
         if record is None:
             record, _ = run_one(spec, results_dir, progress=False, figures=False, backbone=backbone)
-            recorded[spec.config_hash()] = record
+            recorded[identity] = record
         primary = record.details["leaderboard_metrics"][0]
         result.metric, result.higher_is_better = primary, record.higher_is_better(primary)
         return SweepEntry(selection, timestep, prompt, record.metrics[primary],

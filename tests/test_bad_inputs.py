@@ -175,7 +175,7 @@ def test_a_resized_spair_image_is_refused_before_extraction(tmp_path, capsys, mo
     resized copy of an image would be scored wrongly without a sound (it used to be)."""
     import shutil
 
-    from dfbench.tasks.spair import task as spair
+    from dfbench.tasks.spair import protocols
     from dfbench.tasks.spair.mini import mini_spair_root
 
     root = tmp_path / "SPair-71k"
@@ -184,7 +184,7 @@ def test_a_resized_spair_image_is_refused_before_extraction(tmp_path, capsys, mo
     with Image.open(image) as opened:
         width, height = opened.size
         opened.resize((width // 2, height // 2)).save(image)
-    monkeypatch.setattr(spair, "image_features", lambda *a, **k: pytest.fail("extracted before the check"))
+    monkeypatch.setattr(protocols, "image_features", lambda *a, **k: pytest.fail("extracted before the check"))
     code = main(RUN[:8] + [str(root)] + RUN[9:] + ["--results", str(tmp_path / "results")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1

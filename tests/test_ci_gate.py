@@ -56,9 +56,9 @@ def test_the_ci_rows_reproduce_the_committed_baseline(tmp_path):
 @pytest.mark.slow
 def test_one_pixel_offset_in_predicted_keypoints_is_caught(tmp_path, monkeypatch):
     from dfbench.heads.nn_matcher import match_points
-    from dfbench.tasks.spair import task as spair
+    from dfbench.tasks.spair import matching
 
-    monkeypatch.setattr(spair, "match_points", lambda *a, **k: match_points(*a, **k) + torch.tensor([1.0, 0.0]))
+    monkeypatch.setattr(matching, "match_points", lambda *a, **k: match_points(*a, **k) + torch.tensor([1.0, 0.0]))
     statuses = gate(tmp_path, "spair/dift-nn", "tiny-sd15")
     assert "aepe" in flagged(statuses)          # the photo-with-itself pairs: every keypoint now 1 px off
 
@@ -66,9 +66,9 @@ def test_one_pixel_offset_in_predicted_keypoints_is_caught(tmp_path, monkeypatch
 @pytest.mark.slow
 def test_swapped_x_and_y_is_caught(tmp_path, monkeypatch):
     from dfbench.heads.nn_matcher import match_points
-    from dfbench.tasks.spair import task as spair
+    from dfbench.tasks.spair import matching
 
-    monkeypatch.setattr(spair, "match_points", lambda *a, **k: match_points(*a, **k).flip(1))
+    monkeypatch.setattr(matching, "match_points", lambda *a, **k: match_points(*a, **k).flip(1))
     assert {"aepe", "pck@0.1_bbox"} <= set(flagged(gate(tmp_path, "spair/dift-nn", "tiny-sd15")))
 
 
@@ -76,32 +76,32 @@ def test_swapped_x_and_y_is_caught(tmp_path, monkeypatch):
 def test_image_instead_of_bbox_threshold_is_caught(tmp_path, monkeypatch):
     """The bbox threshold computed from the whole target image: PCK_bbox rises — a change the
     two-sided gate flags (a deterministic baseline moves only when the code does)."""
-    from dfbench.tasks.spair import task as spair
+    from dfbench.tasks.spair import protocols
 
-    original = spair.score_predictions
+    original = protocols.score_predictions
 
     def image_as_bbox(predictions, *args, **kwargs):
         whole = [dataclasses.replace(p, pair=dataclasses.replace(
             p.pair, trg_bbox=(0, 0, p.pair.trg_size[0], p.pair.trg_size[1]))) for p in predictions]
         return original(whole, *args, **kwargs)
 
-    monkeypatch.setattr(spair, "score_predictions", image_as_bbox)
+    monkeypatch.setattr(protocols, "score_predictions", image_as_bbox)
     assert "pck@0.1_bbox" in flagged(gate(tmp_path, "spair/dift-nn"))
 
 
 @pytest.mark.slow
 def test_class_index_shift_in_segmentation_is_caught(tmp_path, monkeypatch):
-    from dfbench.tasks.segmentation import task as segmentation
+    from dfbench.tasks.segmentation import linear
 
-    original = segmentation.predict
-    monkeypatch.setattr(segmentation, "predict", lambda *a, **k: (original(*a, **k) + 1) % 150)
+    original = linear.predict
+    monkeypatch.setattr(linear, "predict", lambda *a, **k: (original(*a, **k) + 1) % 150)
     assert "mIoU" in flagged(gate(tmp_path, "ade20k/linear"))
 
 
 @pytest.mark.slow
 def test_metres_read_as_millimetres_in_depth_is_caught(tmp_path, monkeypatch):
     """The 16-bit PNG depths read without the mm → m conversion (the mini set's training depths are PNGs)."""
-    from dfbench.tasks.nyuv2 import task as depth
+    from dfbench.tasks.nyuv2 import dataset
     from dfbench.tasks.nyuv2.dataset import MAX_DEPTH, load_depth
 
     def unconverted(path, size=None):
@@ -111,7 +111,7 @@ def test_metres_read_as_millimetres_in_depth_is_caught(tmp_path, monkeypatch):
             values[values > MAX_DEPTH] = 0
         return values
 
-    monkeypatch.setattr(depth, "load_depth", unconverted)
+    monkeypatch.setattr(dataset, "load_depth", unconverted)
     assert "rmse" in flagged(gate(tmp_path, "nyuv2/cleandift-linear"))
 
 
@@ -137,14 +137,14 @@ def test_pair_pca_without_centring_is_caught(tmp_path, monkeypatch):
 def test_letterbox_offset_left_in_patch_predictions_is_caught(tmp_path, monkeypatch):
     """spair/patch-nn maps a matched cell back to original pixels by removing the letterbox offset (Tale's
     pck_spair_pascal.py); a prediction left in letterboxed input coordinates moves every keypoint."""
-    from dfbench.tasks.spair import task as spair
+    from dfbench.tasks.spair import matching
 
-    original = spair.input_placement
+    original = matching.input_placement
 
     def no_offset(size, resolution, resize_mode):
         scale, offset = original(size, resolution, resize_mode)
         return scale, offset * 0
-    monkeypatch.setattr(spair, "input_placement", no_offset)
+    monkeypatch.setattr(matching, "input_placement", no_offset)
     assert "aepe" in flagged(gate(tmp_path, "spair/patch-nn", FUSION))
 
 

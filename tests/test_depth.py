@@ -217,7 +217,8 @@ def linear_depth_maps(seed=0, channels=6, size=8):
 
 
 def test_linear_bins_probe_fits_a_depth_that_is_linear_in_the_features():
-    from dfbench.tasks.nyuv2.task import LinearBinsOptions, train_linear_bins
+    from dfbench.tasks.nyuv2.linear import train_linear_bins
+    from dfbench.tasks.nyuv2.options import LinearBinsOptions
 
     pairs = [linear_depth_maps(seed) for seed in range(6)]
     options = LinearBinsOptions(epochs=150, batch_size=3, lr=3e-2)

@@ -229,7 +229,8 @@ def test_cli_runs_a_fusion_preset_and_rejects_bad_options(tmp_path, capsys):
 def test_pair_fitted_matching_equals_a_literal_version(fusion):
     from dfbench.features import image_features
     from dfbench.tasks.spair.dataset import load_spair
-    from dfbench.tasks.spair.task import SpairTask, keep_half, pair_images
+    from dfbench.tasks.spair.matching import keep_half, match_pairs, pair_images
+    from dfbench.tasks.spair.task import SpairTask
 
     fusion.options.update({"pca.tiny-sd15": 6, "upsample": "progressive"})
     try:
@@ -237,7 +238,7 @@ def test_pair_fitted_matching_equals_a_literal_version(fusion):
         settings = ExtractSettings(resolution=56, timestep=100)
         found = image_features(fusion, pair_images(pairs), ["1:up_blocks.1", "1:up_blocks.2", "2:blocks.11"],
                                settings, keep=keep_half)
-        predictions = SpairTask().match(pairs, found.features, found.sizes, False, combine_pair=fusion.combine_pair)
+        predictions = match_pairs(pairs, found.features, found.sizes, False, combine_pair=fusion.combine_pair)
         for pair, prediction in zip(pairs, predictions, strict=True):
             maps = []
             for key in (pair.src_key, pair.trg_key):                         # the literal recipe, step by step
@@ -364,7 +365,7 @@ def tale_patch_prediction(src_desc, trg_desc, src_kps, src_size, trg_size, img_s
 def test_patch_nn_equals_tales_matching(src_size, trg_size):
     from dfbench.features import ImageFeatures
     from dfbench.tasks.spair.dataset import SpairPair
-    from dfbench.tasks.spair.task import SpairTask
+    from dfbench.tasks.spair.matching import match_patches
 
     generator = torch.Generator().manual_seed(sum(src_size))
     grid, img_size = 6, 84                                                   # a 6×6 grid of 14-pixel patches
@@ -378,7 +379,7 @@ def test_patch_nn_equals_tales_matching(src_size, trg_size):
     found = ImageFeatures(features={pair.src_key: descriptors["src"], pair.trg_key: descriptors["trg"]},
                           sizes={pair.src_key: src_size, pair.trg_key: trg_size})
     settings = ExtractSettings(resolution=img_size, resize_mode="pad")
-    (ours,) = SpairTask.match_patches([pair], found, settings, progress=False)
+    (ours,) = match_patches([pair], found, settings, progress=False)
     expected = tale_patch_prediction(descriptors["src"], descriptors["trg"], kps, src_size, trg_size, img_size)
     torch.testing.assert_close(ours.predicted, expected.double())
 
@@ -386,7 +387,7 @@ def test_patch_nn_equals_tales_matching(src_size, trg_size):
 def test_patch_nn_hand_worked_case():
     from dfbench.features import ImageFeatures
     from dfbench.tasks.spair.dataset import SpairPair
-    from dfbench.tasks.spair.task import SpairTask
+    from dfbench.tasks.spair.matching import match_patches
 
     # a 56×28 image letterboxed into 28 px: scale 0.5, content rows 7…21; a 2×2 grid of 14-pixel cells.
     # The source keypoint (40, 10) → input (20, 12) → cell (col 1, row 0), whose vector is e1; on the target
@@ -400,10 +401,10 @@ def test_patch_nn_hand_worked_case():
     found = ImageFeatures(features={pair.src_key: source, pair.trg_key: target},
                           sizes={pair.src_key: (28, 56), pair.trg_key: (28, 56)})
     settings = ExtractSettings(resolution=28, resize_mode="pad")
-    (prediction,) = SpairTask.match_patches([pair], found, settings, False)
+    (prediction,) = match_patches([pair], found, settings, False)
     assert prediction.predicted.tolist() == [[13.0, 27.0]]
     # cell_offset=0 (GeoAware-SC / CleanDIFT): the centre itself, (7, 21) → (14, 28)
-    (prediction,) = SpairTask.match_patches([pair], found, settings, False, cell_offset=0.0)
+    (prediction,) = match_patches([pair], found, settings, False, cell_offset=0.0)
     assert prediction.predicted.tolist() == [[14.0, 28.0]]
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from dfbench.cli import main
 from dfbench.registry import TASKS
-from dfbench.runner import resolve_data_root
+from dfbench.resolve import resolve_data_root
 from dfbench.tasks.segmentation.dataset import ADE20K, load_label, load_samples
 from dfbench.tasks.segmentation.hf_ade20k import hf_ade20k_root
 

@@ -44,7 +44,8 @@ from dfbench.tasks.horse21.pixel_classifier import (
     predict_pixels,
     train_ensemble,
 )
-from dfbench.tasks.horse21.task import Horse21Task, drop_small_classes, gdf_resplit
+from dfbench.tasks.horse21.protocols import drop_small_classes, gdf_resplit
+from dfbench.tasks.horse21.task import Horse21Task
 
 
 @pytest.fixture(autouse=True)

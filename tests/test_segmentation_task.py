@@ -12,7 +12,7 @@ from references import TextureBackbone, hand_miou
 from dfbench.cli import main
 from dfbench.runner import RunSpec, run_one
 from dfbench.tasks.segmentation.dataset import ADE20K, CITYSCAPES, load_samples
-from dfbench.tasks.segmentation.task import sample_at_pixels
+from dfbench.tasks.segmentation.linear import sample_at_pixels
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from dfbench.heads.nn_matcher import bilinear_taps, bilinear_weights, match_points, upsample, upsampled_norm
 from dfbench.tasks.spair.dataset import SpairPair
 from dfbench.tasks.spair.pck import bbox_reference, correct_keypoints, image_reference
-from dfbench.tasks.spair.task import PairPrediction, score_predictions
+from dfbench.tasks.spair.scoring import PairPrediction, score_predictions
 
 
 def test_point_exactly_on_the_threshold_counts():

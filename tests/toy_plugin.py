@@ -16,7 +16,7 @@ from dfbench.atomic import atomic_build_dir, atomic_write_text
 from dfbench.errors import DfbenchInputError
 from dfbench.features import image_features
 from dfbench.images import to_model_input
-from dfbench.tasks.base import MetricSpec, ProtocolSpec, Task, TaskOutput
+from dfbench.tasks.base import MetricSpec, Protocol, Task, TaskOutput
 
 BACKBONE, TASK = "toy-cnn", "toy-brightness"
 
@@ -104,11 +104,34 @@ def build_mini(root: Path) -> Path:
     return root
 
 
+class Threshold(Protocol):
+    """The toy protocol: a feature's mean, min-max scaled over the split, against ``threshold``."""
+
+    def run(self, task, context, run):
+        images = {path.stem: (path, category) for path, category in task.split_images(run.data_root, run.split)}
+        found = image_features(run.backbone, images, run.selection, run.settings, context.cache, context.progress,
+                               keep=lambda activations: float(torch.cat([v.flatten() for v in activations.values()])
+                                                              .mean()))
+        values = np.array([found.features[stem] for stem in sorted(images)])
+        scaled = (values - values.min()) / max(values.max() - values.min(), 1e-12)
+        predictions = {stem: int(value > run.options.threshold)
+                       for stem, value in zip(sorted(images), scaled, strict=True)}
+        output = task.score_table(run.data_root, run.split, predictions)
+        output.selection = found.selection
+        return output
+
+    def score(self, task, run, folder):
+        path = Path(folder) / "brightness.json"
+        if not path.is_file():
+            raise DfbenchInputError(f"predictions {folder}: no brightness.json")
+        return task.score_table(run.data_root, run.split, json.loads(path.read_text()))
+
+
 class BrightnessTask(Task):
     """Toy task: is the image brighter than mid-grey? A feature's mean, min-max scaled, vs a threshold."""
 
     name = TASK
-    protocols = {"threshold": ProtocolSpec("threshold", 1, ThresholdOptions, "mean activation vs a threshold")}
+    protocols = {"threshold": Threshold("threshold", 1, ThresholdOptions, "mean activation vs a threshold")}
     default_protocol = "threshold"
     metrics = {"accuracy": MetricSpec(True, True, "%"), "error": MetricSpec(False, False, "%")}
     leaderboard_metrics = ("accuracy", "error")
@@ -129,19 +152,7 @@ class BrightnessTask(Task):
     def split_images(self, data_root, split):
         return [(Path(data_root) / split / f"{stem}.png", "") for stem in sorted(self.labels(data_root, split))]
 
-    def run(self, context, backbone, selection, settings, data_root, split, protocol, options):
-        images = {path.stem: (path, category) for path, category in self.split_images(data_root, split)}
-        found = image_features(backbone, images, selection, settings, context.cache, context.progress,
-                               keep=lambda activations: float(torch.cat([v.flatten() for v in activations.values()])
-                                                              .mean()))
-        values = np.array([found.features[stem] for stem in sorted(images)])
-        scaled = (values - values.min()) / max(values.max() - values.min(), 1e-12)
-        predictions = {stem: int(value > options.threshold) for stem, value in zip(sorted(images), scaled, strict=True)}
-        output = self._score(data_root, split, predictions)
-        output.selection = found.selection
-        return output
-
-    def _score(self, data_root, split, predictions):
+    def score_table(self, data_root, split, predictions):
         labels = self.labels(data_root, split)
         right = sum(predictions[stem] == label for stem, label in labels.items())
         accuracy = 100 * right / len(labels)
@@ -149,12 +160,6 @@ class BrightnessTask(Task):
 
     def save_predictions(self, output, folder):
         return atomic_write_text(Path(folder) / "brightness.json", json.dumps(output.predictions))
-
-    def score(self, data_root, split, protocol, options, folder, limit=None, seed=0):
-        path = Path(folder) / "brightness.json"
-        if not path.is_file():
-            raise DfbenchInputError(f"predictions {folder}: no brightness.json")
-        return self._score(data_root, split, json.loads(path.read_text()))
 
 
 def register() -> None:

@@ -13,25 +13,18 @@ into :data:`~dfbench.capture.Features`. The recipe (docs/recipes.md):
    right after the last one;
 6. average the N members' activations.
 
-Random draws are **per image**, as in DIFT (``src/models/dift_sd.py``: a fresh
-``latent_dist.sample()`` and ``torch.randn_like`` for every image and member): each image gets its
-own CPU generator, seeded by ``settings.seed`` and a hash of the image's model input
-(:func:`image_generator_seed`), which draws the N posterior samples (``sample``) and then the N
-noises. Two different images get independent noise (a shared field would put a common component at
-equal positions of a source and a target image: a bias toward same-location matches), and an
-image's features do not depend on what it is batched with, on the cache, or on the rank that
-extracted it; the same seed gives bit-identical features on CPU.
+Random draws are **per image**, as in DIFT (``src/models/dift_sd.py``: a fresh ``latent_dist.sample()`` and
+``torch.randn_like`` for every image and member), from a generator seeded by the settings' seed and the image's
+content (:func:`~dfbench.backbones.parts.per_image_draws`): two images get independent noise (a shared field would
+bias matches toward equal positions), and an image's features do not depend on its batch, the cache or the rank
+that extracted it; the same seed gives bit-identical features on CPU.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import string
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,97 +34,26 @@ from tqdm.auto import tqdm
 from typing_extensions import Self
 
 from dfbench.activations import ActivationInfo, addressable_names, validate_selection
+from dfbench.backbones.parts import (
+    SD_SCHEDULER_CONFIG,
+    TORCH_DTYPES,
+    PromptEmbedding,
+    byte_level_clip_tokenizer,
+    default_device,
+    fill_prompts,
+    out_of_memory_as_input_error,
+    per_image_draws,
+    text_config,
+)
 from dfbench.capture import ActivationCapture, Features
 from dfbench.errors import DfbenchInputError
 from dfbench.images import to_model_input
 from dfbench.settings import ExtractSettings
 
-CONFIG_ROOT = Path(__file__).parent / "configs"
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 #: Version of the extraction recipe: part of every feature-cache key and run record, so features
 #: made by an earlier recipe are never reused or compared unknowingly. 1: one noise field per call,
 #: shared by every image; 2: independent draws per image (:func:`image_generator_seed`).
 RECIPE_VERSION = 2
-
-# Stable Diffusion's training noise schedule (identical for SD1.x, SD2.x and SDXL).
-SD_SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "steps_offset": 1,
-}
-
-
-@dataclass
-class PromptEmbedding:
-    """A prompt's text conditioning: per-token states 1×77×D and, for SDXL, the pooled 1×P vector."""
-
-    hidden_states: torch.Tensor
-    pooled: torch.Tensor | None = None
-
-
-def byte_level_clip_tokenizer() -> Any:
-    """A CLIP tokenizer built in memory (no download): every byte is a token, no merges.
-
-    Its ids fit inside the real CLIP vocabulary, so it drives random-weight models of the real
-    architecture and the tiny models; real checkpoints bring their own tokenizer.
-    """
-    from transformers import CLIPTokenizer
-
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes = printable + [256 + n for n, b in enumerate(b for b in range(256) if b not in printable)]
-    characters = [chr(code) for code in codes]
-    vocab = {char: index for index, char in enumerate(characters)}
-    vocab.update({char + "</w>": len(characters) + index for index, char in enumerate(characters)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def load_config(family: str, component: str) -> dict[str, Any]:
-    """A packaged real model config (``configs/<family>/<component>/config.json``)."""
-    return json.loads((CONFIG_ROOT / family / component / "config.json").read_text())
-
-
-def text_config(config: dict[str, Any]) -> Any:
-    """A ``CLIPTextConfig`` from a config dict, without its ``torch_dtype`` (a float16 entry makes
-    transformers 5 build a mixed-dtype model that crashes)."""
-    from transformers import CLIPTextConfig
-
-    clean = {key: value for key, value in config.items() if key not in ("torch_dtype", "dtype", "architectures")}
-    return CLIPTextConfig(**clean)
-
-
-def image_generator_seed(seed: int, pixels: torch.Tensor) -> int:
-    """The seed of one image's random draws: SHA-256 of ``"<seed>:"`` followed by the bytes of the
-    image's float32 model input (3×R×R, C order), first 8 bytes big-endian, top bit cleared.
-
-    It depends on the settings' seed and the image content only, so the same image gets the same
-    draws alone, in any batch, from the cache and on any rank, and different images independent ones.
-    """
-    digest = hashlib.sha256(f"{seed}:".encode())
-    digest.update(pixels.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return int.from_bytes(digest.digest()[:8], "big") & (2**63 - 1)
-
-
-@contextmanager
-def out_of_memory_as_input_error(name: str, resolution: int, batch_size: int) -> Iterator[None]:
-    """An allocation failure (GPU or CPU) becomes one line with the size tried and what to lower."""
-    try:
-        yield
-    except (torch.OutOfMemoryError, RuntimeError) as error:
-        if not isinstance(error, torch.OutOfMemoryError) and "allocate" not in str(error).lower():
-            raise
-        raise DfbenchInputError(f"{name}: out of memory extracting at {resolution}px with {batch_size} UNet rows "
-                                "per forward; lower --batch-size or --resolution, or use --dtype bfloat16") from None
-
-
-def default_device() -> str:
-    """``cuda`` when a GPU is visible, else ``cpu``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class DiffusionBackbone:
@@ -391,7 +313,7 @@ class DiffusionBackbone:
                 raise DfbenchInputError(f"image tensor of shape {tuple(pixels.shape)}: expected N×3×H×W")
         else:
             pixels = to_model_input(images, resolution, settings.resize_mode, settings.pad_color, settings.resample)
-        prompts = self._prompts(settings.prompt, categories, len(pixels))
+        prompts = fill_prompts(settings.prompt, categories, len(pixels))
         if settings.timestep >= self.scheduler.config.num_train_timesteps:
             raise DfbenchInputError(
                 f"timestep {settings.timestep}: this scheduler has {self.scheduler.config.num_train_timesteps} steps"
@@ -411,7 +333,8 @@ class DiffusionBackbone:
         with torch.inference_mode(), out_of_memory_as_input_error(self.name, resolution, settings.batch_size):
             for start in tqdm(steps, desc=f"extract {self.name}", disable=not progress, unit="batch"):
                 chunk = pixels[start : start + images_per_step]
-                posterior_eps, noise = self.random_draws(chunk, settings)
+                posterior_eps, noise = per_image_draws(chunk, settings, self.unet.config.in_channels,
+                                                       self.vae_scale_factor)
                 latents = self._latents(chunk, posterior_eps, noise, settings)
                 features = self._unet_features(latents, prompts[start : start + len(chunk)], names, settings)
                 for name, value in features.items():
@@ -420,40 +343,6 @@ class DiffusionBackbone:
         return {name: torch.cat(values) for name, values in collected.items()}
 
     # ------------------------------------------------------------------ extraction steps
-    def _prompts(self, template: str, categories: Sequence[str] | None, count: int) -> list[str]:
-        """The prompt of each image: ``template`` with ``{category}`` filled (``{{``/``}}`` are braces)."""
-        if "category" not in {field for _, field, _, _ in string.Formatter().parse(template)}:
-            return [template.format()] * count
-        if categories is None or len(categories) != count:
-            raise DfbenchInputError(
-                f"prompt {template!r} needs one category per image (got "
-                f"{0 if categories is None else len(categories)} for {count} images); pass --category"
-            )
-        return [template.format(category=category) for category in categories]
-
-    def random_draws(
-        self, pixels: torch.Tensor, settings: ExtractSettings
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The standard-normal draws of images N×3×R×R: posterior ε (``latent_mode="sample"``) and
-        diffusion noise (``add_noise``), each (N·members)×C×h×w in image-major order, or ``None``.
-
-        Every image has its own CPU generator (:func:`image_generator_seed`), which draws its
-        members' posterior ε first, then their noises."""
-        members = settings.ensemble_size
-        size = (pixels.shape[2] // self.vae_scale_factor, pixels.shape[3] // self.vae_scale_factor)
-        shape = (members, self.unet.config.in_channels, *size)
-        sample = settings.latent_mode == "sample"
-        if not sample and not settings.add_noise:
-            return None, None
-        posterior_eps, noise = [], []
-        for image in pixels:
-            generator = torch.Generator().manual_seed(image_generator_seed(settings.seed, image))
-            if sample:
-                posterior_eps.append(torch.randn(shape, generator=generator))
-            if settings.add_noise:
-                noise.append(torch.randn(shape, generator=generator))
-        return (torch.cat(posterior_eps) if sample else None, torch.cat(noise) if settings.add_noise else None)
-
     def _latents(
         self,
         pixels: torch.Tensor,
@@ -463,7 +352,8 @@ class DiffusionBackbone:
     ) -> torch.Tensor:
         """Images → (image × member) rows of UNet input latents, noised to t when asked.
 
-        ``posterior_eps`` and ``noise`` are the rows' draws (:meth:`random_draws`) or ``None``."""
+        ``posterior_eps`` and ``noise`` are the rows' draws (:func:`~dfbench.backbones.parts.per_image_draws`) or
+        ``None``."""
         members = settings.ensemble_size
         vae_dtype = next(self.vae.parameters()).dtype
         posterior = self.vae.encode(pixels.to(self.device, vae_dtype)).latent_dist

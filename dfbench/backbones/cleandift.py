@@ -41,6 +41,11 @@ def cleandift_unet_file(family: str, local_files_only: bool | None = None) -> Pa
         ) from None
 
 
+def hub_unet_label(family: str) -> str:
+    """How the hub's CleanDIFT UNet of ``family`` is named in a run's weights: ``CompVis/cleandift/<file>``."""
+    return f"{CLEANDIFT_REPO}/{CLEANDIFT_FILES[family]}"
+
+
 def check_unet_file(unet_weights: str | None) -> None:
     """A given ``--unet-weights`` file must exist: one line naming it, before anything is loaded."""
     if unet_weights is not None and not Path(unet_weights).is_file():
@@ -89,10 +94,12 @@ def load_unet_weights(unet: torch.nn.Module, path: str | Path) -> None:
 
 def _create(family: str, base: DiffusionBackbone, unet_weights: str | None, init: str,
             local_files_only: bool | None) -> DiffusionBackbone:
-    if unet_weights is not None or init == "pretrained":
-        path = unet_weights or cleandift_unet_file(family, local_files_only)
-        load_unet_weights(base.unet, path)
-        base.source = f"{base.source} + {path}"
+    if init == "meta":          # weightless: it stands for the weights it would load (a run's identity names them)
+        base.source = f"{base.source} + {unet_weights or hub_unet_label(family)}"
+    elif unet_weights is not None or init == "pretrained":
+        load_unet_weights(base.unet, unet_weights or cleandift_unet_file(family, local_files_only))
+        # the hub file by its name, not by this machine's cache path: the same weights are the same run anywhere
+        base.source = f"{base.source} + {unet_weights or hub_unet_label(family)}"
     base.name = f"cleandift-{family}"
     base.default_settings = dict(CLEANDIFT_SETTINGS)
     return base

@@ -202,7 +202,7 @@ class Dinov2Backbone:
         return chosen.transpose(1, 2)[..., None].cpu()
 
     def to(self, device: str | torch.device, torch_dtype: str | None = None) -> Dinov2Backbone:
-        from dfbench.backbones.base import TORCH_DTYPES
+        from dfbench.backbones.parts import TORCH_DTYPES
 
         self.model.to(device)
         if torch_dtype:
@@ -235,7 +235,7 @@ def create_dinov2(name: str, config: dict[str, Any], hub_id: str, weights: str |
                   default_resolution: int = DEFAULT_RESOLUTION) -> Dinov2Backbone:
     """A DINOv2 backbone: pretrained (hub id or ``weights`` folder), ``random`` (seeded, from the
     bundled config) or ``meta`` (shapes only)."""
-    from dfbench.backbones.base import TORCH_DTYPES, default_device
+    from dfbench.backbones.parts import TORCH_DTYPES, default_device
 
     registers = "num_register_tokens" in config
     config_class, model_class = _model_classes(registers)
@@ -257,7 +257,8 @@ def create_dinov2(name: str, config: dict[str, Any], hub_id: str, weights: str |
             torch.manual_seed(seed)
             with torch.device("meta") if init == "meta" else torch.device("cpu"):
                 model = model_class(config_class(**config))
-        source = f"{init} init"
+        # weightless: it stands for the weights it would load (a run's identity names them)
+        source = (weights or hub_id) if init == "meta" else f"{init} init"
     else:
         raise DfbenchInputError(f"init={init!r}: choose 'pretrained', 'random' or 'meta'")
     backbone = Dinov2Backbone(name, model, source, default_resolution)
@@ -288,5 +289,8 @@ TINY_CONFIG = {"hidden_size": 32, "num_hidden_layers": 12, "num_attention_heads"
 def tiny_dinov2(weights: str | None = None, *, init: str = "random", seed: int = 0, **kwargs: Any) -> Dinov2Backbone:
     """Tiny DINOv2 (random weights, the real module names), 56 px (a 4×4 grid) — tests and the demo."""
     init = "random" if init == "pretrained" else init
-    return create_dinov2("tiny-dinov2", dict(TINY_CONFIG), "facebook/dinov2-base", weights, init=init, seed=seed,
-                         default_resolution=56, **kwargs)
+    backbone = create_dinov2("tiny-dinov2", dict(TINY_CONFIG), "facebook/dinov2-base", weights, init=init, seed=seed,
+                             default_resolution=56, **kwargs)
+    if init == "meta" and weights is None:     # weightless: it stands for its seeded random weights
+        backbone.source = "random init"
+    return backbone

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from dfbench.backbones.base import DiffusionBackbone, PromptEmbedding
+from dfbench.backbones.base import DiffusionBackbone
+from dfbench.backbones.parts import PromptEmbedding
 from dfbench.backbones.stable_diffusion import ModelCard, card_factory
 
 

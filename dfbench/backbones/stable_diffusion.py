@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dfbench.backbones.base import DiffusionBackbone, PromptEmbedding, load_config
+from dfbench.backbones.base import DiffusionBackbone
+from dfbench.backbones.parts import PromptEmbedding, load_config
 
 BackboneT = TypeVar("BackboneT", bound=DiffusionBackbone)
 
@@ -64,8 +65,11 @@ def card_factory(card: ModelCard, backbone_class: type[BackboneT]) -> Callable[.
         if init == "pretrained":
             return backbone_class.from_pretrained(card.name, weights or card.hub_id, card.default_resolution,
                                                   torch_dtype, device, local_files_only)
-        return backbone_class.from_configs(card.name, card.bundled_configs(), card.default_resolution, init, seed,
-                                           device, torch_dtype)
+        backbone = backbone_class.from_configs(card.name, card.bundled_configs(), card.default_resolution, init,
+                                               seed, device, torch_dtype)
+        if init == "meta":      # weightless: it stands for the weights it would load (a run's identity names them)
+            backbone.source = str(weights or card.hub_id)
+        return backbone
 
     factory.__doc__ = card.doc()
     return factory

@@ -94,10 +94,12 @@ BackboneT = TypeVar("BackboneT", bound=DiffusionBackbone)
 
 def _create(cls: type[BackboneT], name: str, configs: dict, weights: str | None, init: str,
             seed: int, device: str | None, torch_dtype: str, local_files_only: bool | None) -> BackboneT:
-    if weights is not None:
+    if weights is not None and init != "meta":
         return cls.from_pretrained(name, weights, TINY_RESOLUTION, torch_dtype, device or "cpu", local_files_only)
     init = "random" if init == "pretrained" else init
     backbone = cls.from_configs(name, configs, TINY_RESOLUTION, init, seed, "cpu", "float32")
+    if init == "meta":          # weightless: it stands for the weights it would have (a run's identity names them)
+        backbone.source = weights or "random init"
     if init == "random":
         for component, model in (("unet", backbone.unet), ("vae", backbone.vae),
                                  *((f"text_encoder_{index}", encoder)

@@ -32,10 +32,10 @@ def cmd_activations(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from dfbench.cli.common import parse_options
-    from dfbench.registry import weightless_backbone
+    from dfbench.resolve import build_backbone
 
     options = parse_options(args.backbone_option, "--backbone-option")
-    backbone = weightless_backbone(args.backbone, **({"options": options} if options else {}))
+    backbone = build_backbone(args.backbone, options=options, weightless=True)
     rows = backbone.catalog(args.resolution)
     if args.grep:
         try:

@@ -6,9 +6,13 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dfbench.errors import DfbenchInputError
 from dfbench.settings import resolution_flag
+
+if TYPE_CHECKING:
+    from dfbench.resolve import ResolvedFeatures
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -39,13 +43,6 @@ SETTINGS_FLAGS = ("resolution", "resize_mode", "timestep", "add_noise", "ensembl
 def given_settings(args: argparse.Namespace) -> dict:
     """The settings flags that were given on the command line."""
     return {flag: getattr(args, flag) for flag in SETTINGS_FLAGS if getattr(args, flag, None) is not None}
-
-
-def settings_from_args(args: argparse.Namespace, base: dict | None = None):
-    """ExtractSettings from a preset's settings (``base``) overridden by the flags that were given."""
-    from dfbench.settings import ExtractSettings
-
-    return ExtractSettings.from_dict({**(base or {}), **given_settings(args)})
 
 
 
@@ -126,30 +123,17 @@ def write_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str]
 
 
 
-def backbone_overrides(args: argparse.Namespace, device: str | None = None,
-                       backbone_options: dict | None = None) -> dict:
-    """The keyword overrides for ``create_backbone`` from the command line: ``--weights``, the device,
-    ``--unet-weights`` (where the command has it), and the backbone options (``backbone_options``, a
-    preset's, overridden by ``--backbone-option`` flags)."""
-    overrides = {"weights": args.weights} if args.weights else {}
-    options = {**(backbone_options or {}),
-               **parse_options(getattr(args, "backbone_option", None) or [], "--backbone-option")}
-    if options:
-        overrides["options"] = options
-    if device or args.device:
-        overrides["device"] = device or args.device
-    if getattr(args, "unet_weights", None):
-        overrides["unet_weights"] = args.unet_weights
-    return overrides
+def features_from_args(args: argparse.Namespace, device: str | None = None,
+                       require_selection: bool = True) -> ResolvedFeatures:
+    """The feature side of a command, resolved once (:func:`dfbench.resolve.resolve_features`) from its flags:
+    the backbone (``--weights``, ``--device``, ``--unet-weights`` where the command has it, the preset's backbone
+    options under ``--backbone-option``), the canonical selection (``--select`` or the preset's) and the settings
+    (backbone defaults < preset < flags)."""
+    from dfbench.resolve import resolve_features
 
-
-def backbone_for(args: argparse.Namespace, preset_settings: dict, device: str | None = None,
-                 backbone_options: dict | None = None):
-    """The backbone named on the command line and the settings (backbone defaults < preset < flags)."""
-    from dfbench.registry import create_backbone
-    from dfbench.settings import resolve_settings
-
-    overrides = backbone_overrides(args, device, backbone_options)
-    dtype = args.dtype or preset_settings.get("dtype", "float32")
-    backbone = create_backbone(args.backbone, torch_dtype=dtype, **overrides)
-    return backbone, resolve_settings(backbone, preset_settings, given_settings(args))
+    return resolve_features(args.backbone, selection=getattr(args, "select", None) or [],
+                            preset=getattr(args, "preset", None), settings=given_settings(args),
+                            weights=args.weights, device=device or args.device,
+                            backbone_options=parse_options(getattr(args, "backbone_option", None) or [],
+                                                           "--backbone-option"),
+                            unet_weights=getattr(args, "unet_weights", None), require_selection=require_selection)

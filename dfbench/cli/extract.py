@@ -7,10 +7,9 @@ import json
 
 from dfbench.cli.common import (
     add_settings_arguments,
-    backbone_for,
     check_output_path,
+    features_from_args,
     image_paths,
-    settings_from_args,
     write_safetensors_atomic,
 )
 from dfbench.errors import DfbenchInputError
@@ -27,7 +26,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     source = extract.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", metavar="PATH", help="image files, or folders (their images, sorted)")
     source.add_argument("--dataset", metavar="TASK", help="fill the feature cache with the images of a task's "
-                        "split, e.g. spair (with --data-root, --split; under torchrun / accelerate launch each rank "
+                        "split (a task of `dfbench list tasks`, with --data-root, --split; under torchrun / accelerate launch each rank "
                         "takes disjoint batches)")
     choice = extract.add_mutually_exclusive_group(required=True)
     choice.add_argument("--select", nargs="+", metavar="NAME", help="activation names or aliases")
@@ -56,15 +55,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     from dfbench import __version__
     from dfbench.images import load_image
-    from dfbench.registry import get_preset
 
-    preset = get_preset(args.preset) if args.preset else None
-    selection = list(preset.selection) if preset else args.select
-    preset_settings = preset.settings if preset else {}
-    preset_options = preset.backbone_options if preset else {}
-    settings_from_args(args, preset_settings)  # validate the flags before loading any weights
     if args.dataset:
-        return extract_dataset(args, selection, preset_settings, preset_options)
+        return extract_dataset(args)
     if not args.out:
         raise DfbenchInputError("--out FILE.safetensors is required with --images")
     out = check_output_path(args.out)
@@ -76,8 +69,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise DfbenchInputError(f"--category: give one name, or one per image ({len(paths)}), not {len(categories)}")
     images = [load_image(path) for path in paths]
 
-    backbone, settings = backbone_for(args, preset_settings, backbone_options=preset_options)
-    features = backbone.extract(images, selection, settings, categories=categories, progress=not args.no_progress)
+    resolved = features_from_args(args)
+    backbone, settings = resolved.backbone, resolved.settings
+    features = backbone.extract(images, resolved.selection, settings, categories=categories,
+                                progress=not args.no_progress)
     metadata = {
         "dfbench_version": __version__,
         "backbone": backbone.name,
@@ -92,13 +87,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def extract_dataset(args: argparse.Namespace, selection: list[str], preset_settings: dict,
-                    preset_options: dict) -> int:
+def extract_dataset(args: argparse.Namespace) -> int:
     """``extract --dataset``: fill the cache; under torchrun each rank takes every world_size-th batch."""
     from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
     from dfbench.distributed import process_group
     from dfbench.registry import TASKS
-    from dfbench.runner import resolve_data_root
+    from dfbench.resolve import resolve_data_root
 
     if args.out:
         raise DfbenchInputError("--out is for --images; --dataset writes into the feature cache (--cache-dir)")
@@ -106,10 +100,11 @@ def extract_dataset(args: argparse.Namespace, selection: list[str], preset_setti
         cache = FeatureCache(args.cache_dir, args.storage_dtype)
         task = TASKS.get(args.dataset)()
         images = task.split_images(resolve_data_root(task, args.data_root), args.split or task.default_split)
-        backbone, settings = backbone_for(args, preset_settings, ranks.device, preset_options)
+        resolved = features_from_args(args, ranks.device)
+        backbone, settings = resolved.backbone, resolved.settings
         store = cache.open(backbone, settings)
         items = [CacheItem(image_key(path), path, category) for path, category in images]
-        counts = cached_extract(backbone, items, selection, settings, store, ranks.rank, ranks.world_size,
+        counts = cached_extract(backbone, items, resolved.selection, settings, store, ranks.rank, ranks.world_size,
                                 progress=not args.no_progress)
         ranks.barrier()
         if ranks.rank == 0:

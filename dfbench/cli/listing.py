@@ -65,7 +65,8 @@ def tasks_help() -> str:
     lines = ["tasks (default split; protocols, the first is the default; --option KEY=VALUE sets their options):"]
     for name in registry.TASKS.names("*"):
         task = registry.TASKS.get(name)()
-        lines.append(f"  {name} (default split: {task.default_split})")
+        sweep = f"; sweep: {task.sweep_protocol}" if task.sweep_protocol else ""
+        lines.append(f"  {name} (default split: {task.default_split}{sweep})")
         lines += [f"    {line}" for line in protocol_lines(task)]
     return "\n".join(lines) + "\n"
 

@@ -21,7 +21,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "them. Prints the metrics; with --results, also writes a run record whose leaderboard row is --name.",
         help_appendix=tasks_help,
     )
-    score.add_argument("--task", required=True, help="task or task/protocol, e.g. spair")
+    score.add_argument("--task", required=True, help="task, or task/protocol (listed at the end of this help)")
     score.add_argument("--data-root", required=True, help="dataset folder ('mini': the embedded mini set)")
     score.add_argument("--split", help="dataset split (default: the task's evaluation split, listed at the end of "
                        "this help)")
@@ -29,7 +29,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--limit", type=int, metavar="N", help="the same --limit as the run (with its --seed)")
     score.add_argument("--seed", type=int, default=0, help="the run's seed, for --limit's sample (default 0)")
     score.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="protocol options that choose the evaluated items (spair: per_category, pairs_file)")
+                       help="the run's protocol options that choose the evaluated items (each protocol's options are "
+                       "listed at the end of this help)")
     score.add_argument("--format", choices=["table", "json"], default="table")
     score.add_argument("--results", help="also write a run record into this results folder")
     score.add_argument("--name", help="with --results: the leaderboard row label (default: the folder's name)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dfbench.cli.common import add_settings_arguments, backbone_overrides, given_settings, parse_options
+from dfbench.cli.common import add_settings_arguments, given_settings, parse_options
 from dfbench.cli.listing import tasks_help
 from dfbench.errors import DfbenchInputError
 
@@ -15,8 +15,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "sweep", help="rank candidate activations × timesteps for a task (one forward per image per timestep)",
         description="Expand --candidates glob patterns over the backbone's activation catalog (`dfbench activations "
         "B`), extract all of them in one forward per image per timestep into the feature cache, "
-        "evaluate each alone with the task's cheapest protocol (spair dift-nn, ade20k / cityscapes linear, "
-        "horse21 ddpm with 1 seed, nyuv2 cleandift-linear), optionally combine the best K greedily, and write a "
+        "evaluate each alone with the task's cheapest protocol (its 'sweep:' protocol, listed at the end of "
+        "this help), optionally combine the best K greedily, and write a "
         "ranked table (metric ± bootstrap stderr, ≈ = within noise of the one above) and an activation × "
         "timestep heatmap into RESULTS/sweeps/<id>/. Every evaluation is a normal run record; a re-run or a "
         "killed sweep computes only what is missing. Under torchrun each rank extracts its share of the images.",
@@ -59,15 +59,16 @@ def parse_timesteps(text: str | None) -> list[int] | None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from dfbench.registry import create_backbone
+    from dfbench.resolve import DEFAULT_DTYPE, build_backbone
     from dfbench.sweep import ranked, run_sweep
 
     timesteps = parse_timesteps(args.timesteps)
     if args.combine_top < 0 or (args.limit is not None and args.limit < 1):
         raise DfbenchInputError("--combine-top must be ≥ 0 and --limit ≥ 1")
     settings = given_settings(args)
-    backbone = create_backbone(args.backbone, torch_dtype=settings.get("dtype", "float32"),
-                               **backbone_overrides(args))
+    backbone = build_backbone(args.backbone, dtype=settings.get("dtype", DEFAULT_DTYPE), weights=args.weights,
+                              device=args.device,
+                              options=parse_options(args.backbone_option or [], "--backbone-option"))
     result = run_sweep(backbone, args.task, args.candidates, timesteps, args.prompts, args.combine_top,
                        args.data_root, args.split, args.limit, settings, parse_options(args.option), args.results,
                        args.cache_dir, progress=not args.no_progress,

@@ -18,13 +18,13 @@ def measure(name: str, resolution: int | None, selection: list[str], repeats: in
     import torch
 
     from dfbench.perf.common import machine_description, perf_image, vm_hwm_gib
-    from dfbench.registry import create_backbone
-    from dfbench.settings import resolve_settings
+    from dfbench.resolve import resolve_features
 
     started = time.perf_counter()
-    backbone = create_backbone(name, init="random", device=device)
+    features = resolve_features(name, selection=selection, settings={"resolution": resolution} if resolution else {},
+                                device=device, init="random")
     built = time.perf_counter() - started
-    settings = resolve_settings(backbone, {}, {"resolution": resolution} if resolution else {})
+    backbone, selection, settings = features.backbone, features.selection, features.settings
     image = perf_image()
     backbone.extract([image], selection, settings)
     times = []

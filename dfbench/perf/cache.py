@@ -26,13 +26,13 @@ def run_cache(images: int = 32, full_size_images: int = 64, log: Callable[[str],
     import tempfile
 
     from dfbench.cache import CacheItem, FeatureCache, image_key, load_features
-    from dfbench.registry import create_backbone
+    from dfbench.resolve import build_backbone
     from dfbench.tasks.spair.dataset import spair_images
     from dfbench.tasks.spair.mini import mini_spair_root
 
     results: dict[str, Any] = {"machine": machine_description(torch.device("cpu"))}
     with tempfile.TemporaryDirectory() as root:
-        backbone = create_backbone("tiny-sd15")
+        backbone = build_backbone("tiny-sd15")
         settings = ExtractSettings(resolution=64, batch_size=8)
         photos = spair_images(mini_spair_root(), "trn") + spair_images(mini_spair_root(), "test")
         items = [CacheItem(image_key(path), path, category) for path, category in photos][:images]

@@ -6,7 +6,7 @@ peak RSS is its own:
 
 * ``linear`` — ``cleandift-linear`` as it trains from the cache: 795 maps of SD2.1 ``up_blocks.1`` at
   768 px (1280×48×48, float16, as the task holds them, 5.9 MB each) and 48×48 targets, timed through
-  the task's own :func:`~dfbench.tasks.nyuv2.task.train_linear_bins`;
+  the task's own :func:`~dfbench.tasks.nyuv2.linear.train_linear_bins`;
 * ``dpt`` — ``probe3d-dpt``'s head step: probe3d's DPT head (hidden 512) on SD2.1's four up-block
   levels at 480 px resized to the 30×30 grid (1280, 1280, 640, 320 channels), output resized to the
   480×480 crop, 10·SigLoss + 0.5·gradient loss, AdamW;
@@ -37,7 +37,8 @@ DPT_CHANNELS, DPT_GRID = (1280, 1280, 640, 320), CROP // 16
 
 def measure_linear(device: str, steps: int) -> dict[str, Any]:
     """s per step of ``cleandift-linear`` with all 795 training maps held (float16), and the peak RSS."""
-    from dfbench.tasks.nyuv2.task import LinearBinsOptions, train_linear_bins
+    from dfbench.tasks.nyuv2.linear import train_linear_bins
+    from dfbench.tasks.nyuv2.options import LinearBinsOptions
 
     generator = torch.Generator().manual_seed(0)
     maps = [torch.randn(LINEAR_SHAPE, generator=generator).half() for _ in range(TRAIN_IMAGES)]
@@ -83,11 +84,11 @@ def measure_extract(device: str, steps: int) -> dict[str, Any]:
     """s per step of SD2.1 (random weights) extracting the four up-blocks of 8 crops at 480 px."""
     from PIL import Image
 
-    from dfbench.registry import create_backbone
+    from dfbench.resolve import build_backbone
     from dfbench.settings import DTypeName, ExtractSettings
 
     dtype: DTypeName = "bfloat16" if device == "cuda" else "float32"
-    backbone = create_backbone("sd21", init="random", device=device, torch_dtype=dtype)
+    backbone = build_backbone("sd21", init="random", device=device, dtype=dtype)
     settings = ExtractSettings(resolution=CROP, timestep=1, dtype=dtype, batch_size=BATCH)
     images = [Image.new("RGB", (CROP, CROP), (120, 90, 60))] * BATCH
     names = ["up_blocks.0", "up_blocks.1", "up_blocks.2", "up_blocks.3"]

@@ -37,17 +37,17 @@ def run_fusion(preset_name: str = "tale-of-two", backbone: str | None = None, de
     import skimage.data
     from PIL import Image
 
+    from dfbench.backbones.fusion import FusionBackbone
     from dfbench.perf.common import machine_description, perf_image, vm_hwm_gib
-    from dfbench.registry import create_backbone, get_preset
-    from dfbench.settings import resolve_settings
+    from dfbench.registry import get_preset
+    from dfbench.resolve import resolve_features
 
-    preset = get_preset(preset_name)
-    name = backbone or preset.backbone
+    name = backbone or get_preset(preset_name).backbone
     log(f"{name}: building with random weights ({dtype}, {device}) …")
-    options = {**preset.backbone_options, **(backbone_options or {})}
-    fused = create_backbone(name, init="random", device=device, torch_dtype=dtype, options=options)
-    settings = resolve_settings(fused, preset.settings, {"dtype": dtype})
-    selection = fused.canonical_selection(preset.selection)
+    features = resolve_features(name, preset=preset_name, settings={"dtype": dtype}, device=device,
+                                backbone_options=backbone_options, init="random")
+    assert isinstance(features.backbone, FusionBackbone), f"{name} is not a fusion"
+    fused, settings, selection = features.backbone, features.settings, features.selection
     image, other = perf_image(), Image.fromarray(skimage.data.astronaut())
     rows: dict[str, Any] = {"fusion": name, "preset": preset_name, "recipe": fused.describe(), "dtype": dtype,
                             "repeats": repeats, "sources": {}}

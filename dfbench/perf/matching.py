@@ -26,7 +26,8 @@ def run_matching(pairs: int = 12234, images: int = 1800, channels: int = 1280, f
     task does (target norms once per target image, pairs ordered by target).
     """
     from dfbench.tasks.spair.dataset import SpairPair
-    from dfbench.tasks.spair.task import PairPrediction, SpairTask, score_predictions
+    from dfbench.tasks.spair.matching import match_pairs
+    from dfbench.tasks.spair.scoring import PairPrediction, score_predictions
 
     generator = torch.Generator().manual_seed(seed)
     log(f"generating {images} synthetic feature maps {channels}×{feature_size}² ({storage_dtype}) …")
@@ -51,7 +52,7 @@ def run_matching(pairs: int = 12234, images: int = 1800, channels: int = 1280, f
     keyed_sizes = {f"synthetic/img{i}": sizes[f"img{i}"] for i in range(images)}
     log(f"matching {pairs} pairs …")
     start = time.perf_counter()
-    predictions: list[PairPrediction] = SpairTask().match(synthetic, keyed, keyed_sizes, progress=True)
+    predictions: list[PairPrediction] = match_pairs(synthetic, keyed, keyed_sizes, progress=True)
     matched = time.perf_counter()
     score_predictions(predictions)
     scored = time.perf_counter()

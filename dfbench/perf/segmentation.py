@@ -62,7 +62,7 @@ def _gdf_uper_iteration_s(backbone: Any, dataset: str, preset: str, crop: int | 
 
 def _linear_step_s(channels: int, size: int, repeats: int) -> float:
     """Seconds per ``linear`` probe step at full-size feature shapes (8 images × 512 labelled pixels)."""
-    from dfbench.tasks.segmentation.task import LinearProbeOptions, train_probe
+    from dfbench.tasks.segmentation.linear import LinearProbeOptions, train_probe
 
     generator = torch.Generator().manual_seed(0)
     maps = [torch.randn(channels, size, size, generator=generator) for _ in range(8)]
@@ -89,13 +89,13 @@ def run_segmentation(full_size: bool = True, repeats: int = 2, log: Callable[[st
     end-to-end speed-up from cached features vs live extraction (the ADE20K mini set)."""
     import tempfile
 
-    from dfbench.registry import create_backbone
+    from dfbench.resolve import build_backbone
 
     results: dict[str, Any] = {"machine": machine_description(torch.device("cpu"))}
     names = ["tiny-sd15", "sd15"] if full_size else ["tiny-sd15"]
     for name in names:
         log(f"building {name} with random weights …")
-        backbone = create_backbone(name, **({"init": "random"} if name == "sd15" else {}))
+        backbone = build_backbone(name, init="random" if name == "sd15" else None)
         for dataset in ("ade20k", "cityscapes"):
             results[f"gdf-uper {dataset} {name}"] = _gdf_uper_iteration_s(
                 backbone, dataset, f"gdf-ours-sd15-{dataset}", None, repeats, log)

@@ -31,12 +31,15 @@ def run_sweep_perf(backbone_name: str = "sd15", device: str | None = None, dtype
     to 60 — for a CPU, where 60 full-size runs take about an hour; the result says so."""
     import torch
 
+    from dfbench.backbones.base import DiffusionBackbone
     from dfbench.perf.common import machine_description
-    from dfbench.registry import TASKS, create_backbone
+    from dfbench.registry import TASKS
+    from dfbench.resolve import build_backbone
     from dfbench.runner import RunSpec, run_one
     from dfbench.sweep import expand_candidates, run_sweep
 
-    backbone = create_backbone(backbone_name, init="random", device=device, torch_dtype=dtype)
+    backbone = build_backbone(backbone_name, init="random", device=device, dtype=dtype)
+    assert isinstance(backbone, DiffusionBackbone), "the sweep benchmark counts UNet rows"
     rows = [0]
     backbone.unet.register_forward_pre_hook(lambda module, args: rows.__setitem__(0, rows[0] + args[0].shape[0]))
     names = expand_candidates(CANDIDATES, backbone.activation_names())

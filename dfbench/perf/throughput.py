@@ -20,12 +20,12 @@ def run_throughput(backbones: list[str], dtype: DTypeName = "bfloat16", batch_si
     """Images/s of one clean pass (VAE encode + truncated UNet) per backbone at its default resolution."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dfbench.registry import create_backbone
+    from dfbench.resolve import build_backbone
 
     rows = []
     for name in backbones:
         log(f"building {name} ({dtype}) …")
-        backbone = create_backbone(name, init="random", device=device, torch_dtype=dtype)
+        backbone = build_backbone(name, init="random", device=device, dtype=dtype)
         resolution = backbone.default_resolution
         pixels = to_model_input([perf_image()] * batch_size, resolution, "squash")
         settings = ExtractSettings(resolution=resolution, add_noise=False, batch_size=batch_size, dtype=dtype)
@@ -41,7 +41,7 @@ def run_throughput(backbones: list[str], dtype: DTypeName = "bfloat16", batch_si
         if peak_tflops:
             row["fraction_of_peak"] = row["achieved_tflops"] / peak_tflops
         rows.append(row)
-        backbone = None  # free the model before building the next
+        del backbone, run  # free the model before building the next
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return rows

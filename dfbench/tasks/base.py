@@ -1,23 +1,24 @@
 """The task contract: what a task adapter declares and does (cf. lm-eval's ``api/task.py``).
 
-A task is one class in one file of ``dfbench/benchmarks/`` plus one registry line. The runner,
+A task is one folder of ``dfbench/tasks/`` (its :class:`Task` subclass, protocols, dataset loader, mini set,
+metrics, plots) plus one registry line, the same ``TASKS.register`` a third-party plugin calls. The runner,
 CLI, results and plots know tasks only through this contract:
 
-* ``name``; ``default_split`` (evaluated when ``--split`` is not given); ``protocols``: named,
-  versioned variants, each with its options dataclass
-  (:class:`ProtocolSpec`; ``--option K=V`` and suite ``options:`` are parsed by
-  :func:`parse_options`); ``default_protocol``;
+* ``name``; ``default_split`` (evaluated when ``--split`` is not given); ``protocols``: named, versioned
+  :class:`Protocol` objects, each with its options dataclass and its own ``run`` and ``score`` (``--option K=V``
+  and suite ``options:`` are parsed by :func:`dfbench.options.parse_options`); ``default_protocol``;
 * ``metrics``: a :class:`MetricSpec` per metric key (direction, primary, unit), copied into every
   record so ``compare`` and the leaderboard never guess from a metric's name;
   ``leaderboard_metrics``: the columns shown;
 * ``mini_root()``: the embedded mini set in the native layout (or ``None``);
 * ``split_images(data_root, split)``: the distinct images of a split with their categories (for
   ``extract --dataset``, cache filling and sweeps);
-* ``run(context, backbone, selection, settings, data_root, split, protocol, options)`` →
-  :class:`TaskOutput`;
-* ``figures(output, title, folder)``, ``save_predictions(output, folder)`` and
-  ``score(data_root, split, protocol, options, folder, limit, seed)``: re-score saved predictions
-  with no backbone loaded, exactly as ``run`` scores them.
+* ``run(context, run)`` → :class:`TaskOutput`, ``run`` being the :class:`~dfbench.resolve.ResolvedRun`
+  (backbone, canonical selection, complete settings, protocol and options, split, data, limit, seed);
+  by default the protocol's ``run``;
+* ``figures(output, title, folder)``, ``save_predictions(output, folder)`` and ``score(run, folder)``:
+  re-score saved predictions with no backbone loaded, exactly as ``run`` scores them (by default the
+  protocol's ``score``).
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dfbench.distributed import Ranks
 from dfbench.errors import DfbenchInputError
+
+if TYPE_CHECKING:
+    from dfbench.resolve import ResolvedRun
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,10 @@ class MetricSpec:
 
 
 @dataclass(frozen=True)
-class ProtocolSpec:
-    """A named, versioned protocol variant and the dataclass of its options (all fields defaulted)."""
+class Protocol:
+    """A named, versioned way to evaluate a task, with the dataclass of its options (all fields defaulted).
+    A task's protocols subclass it and implement :meth:`run` (and :meth:`score` where saved predictions can
+    be re-scored)."""
 
     name: str
     version: int
@@ -57,19 +63,37 @@ class ProtocolSpec:
     #: runs under torchrun / ``accelerate launch`` with one process per GPU (the others refuse a world size > 1)
     distributed: bool = False
 
+    def run(self, task: Any, context: RunContext, run: ResolvedRun) -> TaskOutput:
+        """Evaluate ``run.backbone`` + ``run.selection`` with ``run.settings`` on ``run.split`` of ``task``."""
+        raise NotImplementedError(f"protocol {self.name} has no run")
+
+    def score(self, task: Any, run: ResolvedRun, folder: Path) -> TaskOutput:
+        """Score predictions saved in ``folder`` against the ground truth of ``run.split`` (no backbone);
+        ``run.limit`` and ``run.seed`` select the same subset as the run did."""
+        raise DfbenchInputError(f"{task.name}/{self.name} cannot score saved predictions")
+
+    def split(self, options: Any, requested: str) -> str:
+        """The split a run with ``options`` reports on (by default the requested one)."""
+        return requested
+
+    def variant(self, options: Any) -> str | None:
+        """A reporting variant whose numbers are not comparable with the protocol's default, shown in the
+        leaderboard row (e.g. ``report=gdf``); ``None`` for the default reporting."""
+        return None
+
+
+#: the name of the protocol contract before protocols had their own ``run`` (kept for plugins written then)
+ProtocolSpec = Protocol
+
 
 @dataclass
 class RunContext:
-    """What the runner hands a task: the run's folder (made before the run), the feature cache root
-    (or ``None``), the seed, the device, the generic ``limit`` on evaluated items, progress, a
-    logger for messages a user should see (stderr, so ``--format json`` output stays clean), and
-    the ranks of a torchrun launch."""
+    """Where a run happens (what it evaluates is the :class:`~dfbench.resolve.ResolvedRun`): the run's folder
+    (made before the run), the feature cache (or ``None``), progress, a logger for messages a user should see
+    (stderr, so ``--format json`` output stays clean), and the ranks of a torchrun launch."""
 
     folder: Path
     cache: Any = None
-    seed: int = 0
-    device: str = "cpu"
-    limit: int | None = None
     progress: bool = True
     log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr))
     #: this process's rank and the world size under torchrun (protocols declared ``distributed`` only)
@@ -93,7 +117,7 @@ class Task:
     """Base class of task adapters; see the module docstring for the contract."""
 
     name: str = ""
-    protocols: dict[str, ProtocolSpec] = {}
+    protocols: dict[str, Protocol] = {}
     default_protocol: str = ""
     #: the split ``run`` and ``score`` evaluate when none is given
     default_split: str = "test"
@@ -107,7 +131,7 @@ class Task:
     sweep_options: dict[str, Any] = {}
     sweep_train_split: str | None = None
 
-    def protocol(self, name: str | None) -> ProtocolSpec:
+    def protocol(self, name: str | None) -> Protocol:
         """The protocol ``name`` (default: ``default_protocol``); unknown → one line with the valid ones."""
         name = name or self.default_protocol
         if name not in self.protocols:
@@ -131,10 +155,9 @@ class Task:
         """The distinct images of ``split`` with their categories, in a fixed order."""
         raise NotImplementedError
 
-    def run(self, context: RunContext, backbone: Any, selection: list[str], settings: Any, data_root: Path,
-            split: str, protocol: str, options: Any) -> TaskOutput:
-        """Evaluate ``backbone`` + ``selection`` with ``settings`` on ``split`` under ``protocol``."""
-        raise NotImplementedError
+    def run(self, context: RunContext, run: ResolvedRun) -> TaskOutput:
+        """Evaluate the resolved run (by default: its protocol's ``run``)."""
+        return run.protocol.run(self, context, run)
 
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
         """Write the run's figures into ``folder``; returns their paths."""
@@ -144,11 +167,9 @@ class Task:
         """Write ``output.predictions`` into ``folder`` in the task's documented format; returns what it wrote."""
         raise DfbenchInputError(f"task {self.name} cannot save predictions")
 
-    def score(self, data_root: Path, split: str, protocol: str, options: Any, folder: Path,
-              limit: int | None = None, seed: int = 0) -> TaskOutput:
-        """Score predictions saved in ``folder`` against the ground truth of ``split`` (no backbone);
-        ``limit`` and ``seed`` select the same subset as the run did."""
-        raise DfbenchInputError(f"task {self.name} cannot score saved predictions")
+    def score(self, run: ResolvedRun, folder: Path) -> TaskOutput:
+        """Score predictions saved in ``folder`` (by default: the protocol's ``score``)."""
+        return run.protocol.score(self, run, folder)
 
 
 #: resamples of the bootstrap standard error records carry for their primary metric

@@ -33,6 +33,7 @@ import numpy as np
 from dfbench.atomic import atomic_build_dir
 from dfbench.errors import DfbenchInputError
 from dfbench.home import dfbench_home
+from dfbench.images import image_size
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -195,3 +196,8 @@ def nyuv2_root(data_root: str | Path, home: str | Path | None = None) -> Path:
     if not (target / "test").is_dir():
         atomic_build_dir(target, lambda staging: write_layout_from_mat(mat_path, staging))
     return target
+
+
+def ground_truth(sample: DepthSample) -> np.ndarray:
+    """A sample's depth (metres, 0 = invalid), checked against its image's size."""
+    return load_depth(sample.depth, image_size(sample.image))

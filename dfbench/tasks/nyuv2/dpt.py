@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,12 +15,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dfbench.errors import DfbenchInputError
+from dfbench.images import load_image
 from dfbench.tasks.base import RunContext
 from dfbench.tasks.nyuv2.augment import augment, centre_box, centre_crop
-from dfbench.tasks.nyuv2.dataset import DepthSample
+from dfbench.tasks.nyuv2.dataset import DepthSample, ground_truth
+from dfbench.tasks.nyuv2.probes import DptDepthProbe, probe3d_depth_loss, warmup_cosine_factor
+from dfbench.tasks.nyuv2.scoring import DepthProtocol
 
-if TYPE_CHECKING:  # annotations only: depth.py, which defines the options, imports this module
-    from dfbench.tasks.nyuv2.task import DptOptions
+if TYPE_CHECKING:
+    from dfbench.resolve import ResolvedRun
 
 #: probe3d's DPT reads features at 1/16 of the input (``DIFT.forward``)
 DPT_STRIDE = 16
@@ -32,19 +36,26 @@ def dpt_inputs(backbone: Any, images: list[Any], names: list[str], settings: Any
     return [F.interpolate(features[name].clone(), size=(grid, grid), mode="nearest") for name in names]
 
 
-def run_dpt(context: RunContext, backbone: Any, selection: list[str], settings: Any, train: list[DepthSample],
-            evaluated: list[DepthSample], targets: dict[str, np.ndarray], options: DptOptions
-            ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
-    """Train probe3d's DPT probe on augmented crops (features extracted per step); predict the test crops."""
-    from dfbench.images import load_image
-    from dfbench.tasks.nyuv2.probes import DptDepthProbe, probe3d_depth_loss, warmup_cosine_factor
-    from dfbench.tasks.nyuv2.task import NyuV2Task  # the task that calls this: imported at call time, no cycle
+@dataclass(frozen=True)
+class Probe3dDpt(DepthProtocol):
+    """probe3d's DPT head, scored on the centred square crop."""
 
+    crops = True
+
+    def probe(self, context: RunContext, run: ResolvedRun, train: list[DepthSample], evaluated: list[DepthSample],
+              targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+        return run_dpt(context, run, train, evaluated, targets)
+
+
+def run_dpt(context: RunContext, run: ResolvedRun, train: list[DepthSample], evaluated: list[DepthSample],
+            targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+    """Train probe3d's DPT probe on augmented crops (features extracted per step); predict the test crops."""
+    backbone, selection, settings, options = run.backbone, run.selection, run.settings, run.options
     names = backbone.canonical_selection(selection)
     if len(names) != 4:
         raise DfbenchInputError(f"nyuv2/probe3d-dpt: the DPT head takes 4 activations, got {len(names)} "
                                 f"({', '.join(names)}); e.g. --preset probe3d-dift (up_blocks.0 … up_blocks.3)")
-    resolution = settings.resolution or backbone.default_resolution
+    resolution = run.resolution
     grid = resolution // DPT_STRIDE
     if grid < 1:
         raise DfbenchInputError(f"nyuv2/probe3d-dpt: resolution {resolution} gives no {DPT_STRIDE}-pixel grid; "
@@ -53,12 +64,12 @@ def run_dpt(context: RunContext, backbone: Any, selection: list[str], settings: 
         context.log("nyuv2/probe3d-dpt extracts features of augmented crops at every step; the feature cache "
                     "is not used")
     device = backbone.device
-    rng = np.random.default_rng(context.seed)
-    torch.manual_seed(context.seed)
+    rng = np.random.default_rng(run.seed)
+    torch.manual_seed(run.seed)
 
     def load_pair(sample: DepthSample, train_time: bool) -> tuple[Any, np.ndarray]:
         image = load_image(sample.image)
-        depth = NyuV2Task.ground_truth(sample) if train_time else targets[sample.stem]
+        depth = ground_truth(sample) if train_time else targets[sample.stem]
         image, depth = centre_crop(image, depth, options.crop)
         if train_time and options.augment:
             image, depth = augment(image, depth, rng)

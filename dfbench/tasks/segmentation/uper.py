@@ -29,15 +29,19 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from dfbench.errors import DfbenchInputError
 from dfbench.options import require_at_least_one
-from dfbench.tasks.base import RunContext
+from dfbench.tasks.base import RunContext, TaskOutput
 from dfbench.tasks.segmentation.dataset import SegmentationLayout, SegmentationSample, dataset_root
+from dfbench.tasks.segmentation.scoring import SegmentationProtocol, image_labels, score_maps
+
+if TYPE_CHECKING:
+    from dfbench.resolve import ResolvedRun
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,7 @@ def resume_point(work_dir: Path) -> str | None:
     return RUN_CHECKPOINT + latest
 
 
-def runner_config(context: RunContext, options: GdfUperOptions, train_set: Any, val_set: Any,
+def runner_config(context: RunContext, seed: int, options: GdfUperOptions, train_set: Any, val_set: Any,
                   distributed: bool) -> dict[str, Any]:
     """mmengine ``Runner`` arguments: GDF's schedule, hooks and loops, this run's folder and seed."""
     loader = dict(num_workers=options.workers, persistent_workers=options.workers > 0,
@@ -245,10 +249,25 @@ def runner_config(context: RunContext, options: GdfUperOptions, train_set: Any, 
         cfg=dict(model_wrapper_cfg=dict(type="MMDistributedDataParallel", device_ids=None)
                  if distributed and not torch.cuda.is_available() else None),
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
-        randomness=dict(seed=context.seed),
+        randomness=dict(seed=seed),
         resume=True,
         default_scope="mmseg",
     )
+
+
+@dataclass(frozen=True)
+class GdfUper(SegmentationProtocol):
+    """GDF's UPerNet on frozen features (mmseg + mmengine's Runner), across GPUs under torchrun."""
+
+    def evaluate(self, task: Any, context: RunContext, run: ResolvedRun, train: list[SegmentationSample],
+                 evaluated: list[SegmentationSample]) -> TaskOutput:
+        predictions, details, timings = train_and_predict(task.layout, context, run.backbone, run.selection,
+                                                          run.settings, run.data_root, run.split, train, evaluated,
+                                                          run.options)
+        output = score_maps(task.layout, image_labels(task.layout, evaluated), predictions)
+        output.selection, output.split, output.details = run.selection, run.split, details
+        output.timings = {**timings, "images": float(len(evaluated))}
+        return output
 
 
 def train_and_predict(layout: SegmentationLayout, context: RunContext, backbone: Any, selection: list[str],
@@ -285,7 +304,7 @@ def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone
                             sync_bn=distributed and torch.cuda.is_available())
     train_set = mmseg_dataset(layout, data_root, "train", train, training_pipeline(layout, recipe))
     val_set = mmseg_dataset(layout, data_root, split, evaluated, evaluation_pipeline(layout, recipe))
-    config = runner_config(context, options, train_set, val_set, distributed)
+    config = runner_config(context, settings.seed, options, train_set, val_set, distributed)
     runner = Runner(model=model, **config)
     runner.train()
     iteration_times = runner.message_hub.get_scalar("train/time").data[0]   # this process's iterations

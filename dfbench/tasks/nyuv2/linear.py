@@ -1,0 +1,109 @@
+"""Protocol ``nyuv2/cleandift-linear``: CleanDIFT's 1×1-conv probe to 256 depth bins on frozen (cacheable) features,
+trained with CleanDIFT's SigLoss (see :mod:`dfbench.tasks.nyuv2.task` for the protocol's sources)."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dfbench.features import combine_to_grid, image_features
+from dfbench.tasks.base import RunContext
+from dfbench.tasks.nyuv2.dataset import DepthSample, ground_truth
+from dfbench.tasks.nyuv2.options import DepthProbeOptions
+from dfbench.tasks.nyuv2.probes import LinearBinsProbe
+from dfbench.tasks.nyuv2.scoring import DepthProtocol
+
+if TYPE_CHECKING:
+    from dfbench.resolve import ResolvedRun
+
+#: test images whose features are held at once (they are predicted, then dropped)
+EVAL_CHUNK = 32
+
+
+@dataclass(frozen=True)
+class CleanDiftLinear(DepthProtocol):
+    """CleanDIFT's linear bins probe, scored on the whole image."""
+
+    def probe(self, context: RunContext, run: ResolvedRun, train: list[DepthSample], evaluated: list[DepthSample],
+              targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+        return run_linear(context, run, train, evaluated, targets)
+
+
+def run_linear(context: RunContext, run: ResolvedRun, train: list[DepthSample], evaluated: list[DepthSample],
+               targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+    """Train the linear-bins probe on cached/extracted features of ``train``; predict ``evaluated`` in chunks."""
+    started = time.perf_counter()
+    backbone, selection, settings, options = run.backbone, run.selection, run.settings, run.options
+
+    def keep(activations: dict[str, torch.Tensor]) -> torch.Tensor:
+        return combine_to_grid(activations).half()  # float16 halves what 795 NYU maps hold (SD2.1: 5.9 MB each)
+
+    found = image_features(backbone, {sample.stem: (sample.image, "") for sample in train}, selection, settings,
+                           context.cache, context.progress, keep=keep)
+    maps = [found.features[sample.stem] for sample in train]
+    # the loss is taken at the features' resolution: the ground truth resized bilinearly to each map
+    train_targets = [F.interpolate(torch.from_numpy(ground_truth(sample))[None, None],
+                                   size=tuple(feature.shape[1:]), mode="bilinear", align_corners=False)[0, 0]
+                     for sample, feature in zip(train, maps, strict=True)]
+    extracted = time.perf_counter()
+    probe, losses = train_linear_bins(maps, train_targets, options, run.seed, backbone.device, context.progress)
+    del maps
+    trained = time.perf_counter()
+    predictions = {}
+    for start in range(0, len(evaluated), EVAL_CHUNK):
+        chunk = evaluated[start : start + EVAL_CHUNK]
+        chunk_found = image_features(backbone, {sample.stem: (sample.image, "") for sample in chunk}, selection,
+                                     settings, context.cache, False, keep=keep)
+        for sample in chunk:
+            with torch.no_grad():
+                depth = probe(chunk_found.features[sample.stem][None].to(backbone.device).float())
+                depth = F.interpolate(depth, size=targets[sample.stem].shape, mode="bilinear", align_corners=False)
+            predictions[sample.stem] = depth[0, 0].cpu().numpy().astype(np.float32)
+    details = {"selection": found.selection, "channels": int(probe.conv_depth.in_channels),
+               "feature_size": list(found.features[train[0].stem].shape[1:]) if train else [],
+               "final_train_loss": losses[-1] if losses else float("nan"), "epochs": options.epochs}
+    timings = {"extract_s": extracted - started, "train_s": trained - extracted,
+               "eval_s": time.perf_counter() - trained}
+    return predictions, details, timings
+
+
+def train_linear_bins(maps: list[torch.Tensor], targets: list[torch.Tensor], options: DepthProbeOptions, seed: int,
+                      device: Any, progress: bool = False) -> tuple[LinearBinsProbe, list[float]]:
+    """A :class:`LinearBinsProbe` trained with AdamW on CleanDIFT's SigLoss: ``maps`` C×h×w, ``targets``
+    h×w metres (0 = invalid) at the maps' size; each step pools the valid pixels of ``batch_size`` images
+    (a seeded shuffle per epoch). Returns the probe and the mean loss of each epoch."""
+    from dfbench.tasks.nyuv2.probes import LinearBinsProbe, cleandift_sig_loss
+
+    torch.manual_seed(seed)
+    probe = LinearBinsProbe(maps[0].shape[0], options.min_depth, options.max_depth, options.bins,
+                            options.normalisation).to(device)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    order_rng, losses = random.Random(seed), []
+    steps = options.epochs * math.ceil(len(maps) / options.batch_size)
+    bar = tqdm(total=steps, desc="depth probe", unit="step", disable=not progress)
+    for _ in range(options.epochs):
+        order, epoch_losses = order_rng.sample(range(len(maps)), len(maps)), []
+        for start in range(0, len(order), options.batch_size):
+            batch = order[start : start + options.batch_size]
+            predicted = [probe(maps[index][None].to(device).float())[0, 0] for index in batch]
+            truth = [targets[index].to(device) for index in batch]
+            bar.update()
+            if sum(int((target > 0).sum()) for target in truth) < 2:
+                continue                                   # no valid pixels to fit (the variance needs two)
+            loss = cleandift_sig_loss(torch.cat([p.flatten() for p in predicted]),
+                                      torch.cat([t.flatten() for t in truth]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            epoch_losses.append(float(loss.detach()))
+        losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
+    bar.close()
+    return probe.eval(), losses
