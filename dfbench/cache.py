@@ -38,6 +38,7 @@ import torch
 from dfbench.atomic import atomic_write, atomic_write_text
 from dfbench.errors import DfbenchInputError
 from dfbench.home import dfbench_home
+from dfbench.images import load_image as default_loader
 from dfbench.settings import ExtractSettings
 
 CACHE_FORMAT = 1
@@ -321,7 +322,6 @@ def cached_extract(backbone: Any, items: Sequence[CacheItem], selection: Sequenc
     """
     from tqdm.auto import tqdm
 
-    from dfbench.images import load_image as default_loader
 
     loader = load_image or default_loader
     names = backbone.canonical_selection(selection)

@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from dfbench import __version__
+
 #: packages whose versions a record and a baseline keep (what a moved number may come from)
 STACK_PACKAGES = ("torch", "diffusers", "transformers", "numpy", "scipy", "mmengine", "mmsegmentation", "mmcv-lite",
                   "safetensors", "pillow", "scikit-image")
@@ -21,7 +23,6 @@ def environment(device: str = "") -> dict[str, Any]:
 
     import torch
 
-    from dfbench import __version__
 
     packages = {}
     for name in STACK_PACKAGES:

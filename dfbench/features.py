@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dfbench.cache import CacheItem, image_key, load_features
 from dfbench.images import content_box, image_size, load_image
 
 
@@ -95,7 +96,6 @@ def image_features(backbone: Any, images: dict[str, tuple[Path, str]], selection
         return keep(activations) if keep else activations
 
     if cache is not None:
-        from dfbench.cache import CacheItem, image_key, load_features
 
         store = cache.open(backbone, settings)
         items = [CacheItem(image_key(images[key][0]), images[key][0], images[key][1]) for key in keys]

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from dfbench.atomic import atomic_write
+
 
 def pyplot():
     import matplotlib
@@ -21,7 +23,6 @@ def pyplot():
 
 def save_figure(figure: Any, path: Path) -> Path:
     """Save through a temp file and an atomic rename."""
-    from dfbench.atomic import atomic_write
 
     return atomic_write(path, lambda temp: figure.savefig(temp, dpi=72, bbox_inches="tight"))
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from dfbench.backbones.protocol import Backbone, ConfiguredBackbone
 from dfbench.environment import environment
 from dfbench.errors import DfbenchInputError
+from dfbench.home import dfbench_home
 from dfbench.options import parse_options
 from dfbench.presets import Preset
 from dfbench.registry import TASKS, create_backbone, get_preset, weightless_backbone
@@ -136,7 +137,6 @@ def data_label(given: str | None, data_root: Path) -> str:
     (its version included), so the same mini set built elsewhere is the same data."""
     if given not in (None, "", "mini"):
         return str(data_root)
-    from dfbench.home import dfbench_home
 
     try:
         return f"mini:{data_root.resolve().relative_to(dfbench_home().resolve())}"

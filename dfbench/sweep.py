@@ -28,10 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfbench.atomic import atomic_write_text
 from dfbench.backbones.protocol import ConfiguredBackbone
+from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
+from dfbench.distributed import process_group
 from dfbench.errors import DfbenchInputError
+from dfbench.plots import pyplot, save_figure
 from dfbench.registry import TASKS
-from dfbench.resolve import split_task
+from dfbench.resolve import resolve_features, resolve_run, resolve_task, split_task
+from dfbench.results import now
+from dfbench.runner import RunSpec, check_results_folder, run_one
+from dfbench.suite import recorded_runs
 
 
 @dataclass
@@ -93,11 +100,6 @@ def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: lis
               options: dict[str, Any] | None = None, results_dir: str | Path = "results", cache_dir: str | None = None,
               progress: bool = False, log: Any = print) -> SweepResult:
     """Sweep ``patterns`` × ``timesteps`` × ``prompts`` on ``task_name`` (see the module docstring)."""
-    from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
-    from dfbench.distributed import process_group
-    from dfbench.resolve import resolve_features, resolve_run, resolve_task
-    from dfbench.runner import RunSpec, check_results_folder, run_one
-    from dfbench.suite import recorded_runs
 
     check_results_folder(results_dir)          # before anything is extracted
     started = time.perf_counter()
@@ -182,8 +184,6 @@ def write_sweep(result: SweepResult, task: str, protocol: str, backbone: str, re
     """``sweep.md`` / ``sweep.csv`` (ranked), ``sweep.json`` and ``heatmap.png`` in a new sweep folder."""
     import pandas as pd
 
-    from dfbench.atomic import atomic_write_text
-    from dfbench.results import now
 
     stamp = now().replace("-", "").replace(":", "")[:15]
     folder = Path(results_dir) / "sweeps" / f"{stamp}-{task}_{protocol}-{backbone}"
@@ -218,7 +218,6 @@ def plot_heatmap(result: SweepResult, timesteps: list[int], candidates: list[str
     """Activation × timestep image of the primary metric (the first prompt's runs)."""
     import numpy as np
 
-    from dfbench.plots import pyplot, save_figure
 
     prompt = result.singles[0].prompt
     grid = np.full((len(candidates), len(timesteps)), np.nan)

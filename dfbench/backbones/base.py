@@ -45,8 +45,10 @@ from dfbench.backbones.parts import (
     per_image_draws,
     text_config,
 )
+from dfbench.cache import weight_fingerprint
 from dfbench.capture import ActivationCapture, Features
 from dfbench.errors import DfbenchInputError
+from dfbench.hub import hub_source
 from dfbench.images import to_model_input
 from dfbench.settings import ExtractSettings
 
@@ -117,7 +119,6 @@ class DiffusionBackbone:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTokenizer
 
-        from dfbench.hub import hub_source
 
         dtype = TORCH_DTYPES[torch_dtype]
         model_id = str(model_id)
@@ -257,7 +258,6 @@ class DiffusionBackbone:
 
     def weight_fingerprint(self) -> str:
         """A fingerprint of the weights actually loaded (UNet, VAE, text encoders; see the cache)."""
-        from dfbench.cache import weight_fingerprint
 
         return weight_fingerprint([self.unet, self.vae, *self.text_encoders])
 

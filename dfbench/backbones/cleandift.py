@@ -16,6 +16,7 @@ import torch
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.stable_diffusion import sd15, sd21
 from dfbench.errors import DfbenchInputError
+from dfbench.hub import cached_file_when_offline
 
 CLEANDIFT_REPO = "CompVis/cleandift"
 CLEANDIFT_FILES = {"sd15": "cleandift_sd15_unet.safetensors", "sd21": "cleandift_sd21_unet.safetensors"}
@@ -26,7 +27,6 @@ def cleandift_unet_file(family: str, local_files_only: bool | None = None) -> Pa
     """The CleanDIFT UNet file for ``family`` from the hub cache (downloading it when online)."""
     from huggingface_hub import hf_hub_download
 
-    from dfbench.hub import cached_file_when_offline
 
     filename = CLEANDIFT_FILES[family]
     cached = cached_file_when_offline(CLEANDIFT_REPO, filename, local_files_only, "pass unet_weights=FILE")

@@ -28,7 +28,12 @@ from typing import Any
 import torch
 
 from dfbench.activations import ActivationInfo
+from dfbench.backbones.parts import TORCH_DTYPES, default_device
+from dfbench.cache import weight_fingerprint
 from dfbench.errors import DfbenchInputError, UnknownNameError
+from dfbench.hub import hub_source
+from dfbench.images import to_model_input
+from dfbench.settings import ExtractSettings
 
 PATCH_SIZE = 14
 DEFAULT_RESOLUTION = 840
@@ -106,7 +111,6 @@ class Dinov2Backbone:
         return chosen
 
     def weight_fingerprint(self) -> str:
-        from dfbench.cache import weight_fingerprint
 
         return weight_fingerprint([self.model])
 
@@ -122,7 +126,6 @@ class Dinov2Backbone:
 
     def pixel_values(self, images: Sequence[Any] | torch.Tensor, settings: Any) -> torch.Tensor:
         """ImageNet-normalised N×3×R×R from PIL images (resized per settings) or a [-1, 1] tensor."""
-        from dfbench.images import to_model_input
 
         resolution = settings.resolution or self.default_resolution
         self.check_resolution(resolution)
@@ -134,7 +137,6 @@ class Dinov2Backbone:
     def extract(self, images: Sequence[Any] | torch.Tensor, selection: Sequence[str], settings: Any = None,
                 categories: Sequence[str] | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
         """Features of ``images``: {name: float32 N×C×h×w} (tokens: N×C×k×1)."""
-        from dfbench.settings import ExtractSettings
 
         settings = settings or ExtractSettings(resolution=self.default_resolution)
         names = self.canonical_selection(selection)
@@ -202,7 +204,6 @@ class Dinov2Backbone:
         return chosen.transpose(1, 2)[..., None].cpu()
 
     def to(self, device: str | torch.device, torch_dtype: str | None = None) -> Dinov2Backbone:
-        from dfbench.backbones.parts import TORCH_DTYPES
 
         self.model.to(device)
         if torch_dtype:
@@ -235,12 +236,10 @@ def create_dinov2(name: str, config: dict[str, Any], hub_id: str, weights: str |
                   default_resolution: int = DEFAULT_RESOLUTION) -> Dinov2Backbone:
     """A DINOv2 backbone: pretrained (hub id or ``weights`` folder), ``random`` (seeded, from the
     bundled config) or ``meta`` (shapes only)."""
-    from dfbench.backbones.parts import TORCH_DTYPES, default_device
 
     registers = "num_register_tokens" in config
     config_class, model_class = _model_classes(registers)
     if weights is not None or init == "pretrained":
-        from dfbench.hub import hub_source
 
         source = weights or hub_id
         local_files_only = hub_source(name, source, local_files_only)

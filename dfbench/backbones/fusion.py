@@ -44,7 +44,9 @@ import torch.nn.functional as F
 
 from dfbench.activations import ActivationInfo
 from dfbench.errors import DfbenchInputError, UnknownNameError
-from dfbench.settings import check_resolution_bounds
+from dfbench.options import convert_option
+from dfbench.registry import create_backbone
+from dfbench.settings import ExtractSettings, check_resolution_bounds
 
 UPSAMPLE_MODES = ("direct", "progressive")
 GLOBAL_OPTIONS = {"renormalize": False, "upsample": "direct"}
@@ -53,7 +55,6 @@ GLOBAL_OPTIONS = {"renormalize": False, "upsample": "direct"}
 def option_value(key: str, value: Any, kind: type) -> Any:
     """A backbone option as ``kind`` (strings from the command line are converted, as protocol options are);
     else one line."""
-    from dfbench.options import convert_option
 
     try:
         return convert_option(value, kind)
@@ -221,7 +222,6 @@ class FusionBackbone:
                 categories: Sequence[str] | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
         """Every source's activations of ``images`` (each source at its own input size): {``<source>:<name>``:
         float32 N×C×h×w}. A tensor input (N×3×R×R in [-1, 1]) is resized bilinearly to each source's size."""
-        from dfbench.settings import ExtractSettings
 
         settings = settings or ExtractSettings(resolution=self.default_resolution)
         features: dict[str, torch.Tensor] = {}
@@ -280,7 +280,6 @@ def fusion_factory(name: str):
     def factory(weights: str | None = None, *, options: dict[str, Any] | None = None, init: str = "pretrained",
                 torch_dtype: str = "float32", device: str | None = None, local_files_only: bool | None = None,
                 seed: int = 0) -> FusionBackbone:
-        from dfbench.registry import create_backbone
 
         if weights is not None:
             raise DfbenchInputError(f"backbone {name}: --weights does not apply to a fusion; give each source's "

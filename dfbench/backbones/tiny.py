@@ -15,6 +15,7 @@ upgrade does not move the CI baseline.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -108,22 +109,24 @@ def _create(cls: type[BackboneT], name: str, configs: dict, weights: str | None,
     return backbone if init == "meta" else backbone.to(device or "cpu", torch_dtype)
 
 
-def tiny_sd15(weights: str | None = None, *, init: str = "random", seed: int = 0, device: str | None = None,
-              torch_dtype: str = "float32", local_files_only: bool | None = None) -> StableDiffusionBackbone:
-    """Tiny SD1.5 (random weights, real module names), 64 px — tests and the offline demo."""
-    return _create(StableDiffusionBackbone, "tiny-sd15", tiny_sd15_configs(), weights, init, seed, device,
-                   torch_dtype, local_files_only)
+def tiny_factory(name: str, cls: type[BackboneT], configs: Callable[[], dict[str, dict]],
+                 summary: str) -> Callable[..., BackboneT]:
+    """The registry factory of a tiny model: seeded name-keyed random weights (``init="random"``, the default),
+    ``meta``, or a saved folder (``weights``)."""
+
+    def factory(weights: str | None = None, *, init: str = "random", seed: int = 0, device: str | None = None,
+                torch_dtype: str = "float32", local_files_only: bool | None = None) -> BackboneT:
+        return _create(cls, name, configs(), weights, init, seed, device, torch_dtype, local_files_only)
+
+    factory.__doc__ = f"{summary}, {TINY_RESOLUTION} px — tests and the offline demo."
+    return factory
 
 
-def tiny_sd21(weights: str | None = None, *, init: str = "random", seed: int = 0, device: str | None = None,
-              torch_dtype: str = "float32", local_files_only: bool | None = None) -> StableDiffusionBackbone:
-    """Tiny SD2.1 (random weights, real module names), 64 px — tests and the offline demo."""
-    return _create(StableDiffusionBackbone, "tiny-sd21", tiny_sd21_configs(), weights, init, seed, device,
-                   torch_dtype, local_files_only)
-
-
-def tiny_sdxl(weights: str | None = None, *, init: str = "random", seed: int = 0, device: str | None = None,
-              torch_dtype: str = "float32", local_files_only: bool | None = None) -> StableDiffusionXLBackbone:
-    """Tiny SDXL (random weights, real module names, both text encoders), 64 px — tests and the demo."""
-    return _create(StableDiffusionXLBackbone, "tiny-sdxl", tiny_sdxl_configs(), weights, init, seed, device,
-                   torch_dtype, local_files_only)
+#: the tiny models: (registry name, class, architecture, one line)
+TINY_MODELS: tuple[tuple[str, type[DiffusionBackbone], Callable[[], dict[str, dict]], str], ...] = (
+    ("tiny-sd15", StableDiffusionBackbone, tiny_sd15_configs, "Tiny SD1.5 (random weights, real module names)"),
+    ("tiny-sd21", StableDiffusionBackbone, tiny_sd21_configs, "Tiny SD2.1 (random weights, real module names)"),
+    ("tiny-sdxl", StableDiffusionXLBackbone, tiny_sdxl_configs,
+     "Tiny SDXL (random weights, real module names, both text encoders)"),
+)
+tiny_sd15, tiny_sd21, tiny_sdxl = (tiny_factory(*model) for model in TINY_MODELS)

@@ -26,8 +26,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     source = extract.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", metavar="PATH", help="image files, or folders (their images, sorted)")
     source.add_argument("--dataset", metavar="TASK", help="fill the feature cache with the images of a task's "
-                        "split (a task of `dfbench list tasks`, with --data-root, --split; under torchrun / accelerate launch each rank "
-                        "takes disjoint batches)")
+                        "split (a task of `dfbench list tasks`, with --data-root, --split; under torchrun / "
+                        "accelerate launch each rank takes disjoint batches)")
     choice = extract.add_mutually_exclusive_group(required=True)
     choice.add_argument("--select", nargs="+", metavar="NAME", help="activation names or aliases")
     choice.add_argument("--preset", help="a named recipe (see `dfbench list presets`): selection + settings")

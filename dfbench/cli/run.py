@@ -25,7 +25,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help_appendix=tasks_help,
     )
     run.add_argument("--backbone", required=True, help="backbone name (see `dfbench list backbones`)")
-    run.add_argument("--task", required=True, help="task, or task/protocol (every task and protocol is listed at the end of this help)")
+    run.add_argument("--task", required=True,
+                     help="task, or task/protocol (every task and protocol is listed at the end of this help)")
     run_choice = run.add_mutually_exclusive_group(required=True)
     run_choice.add_argument("--select", nargs="+", metavar="NAME", help="activation names or aliases")
     run_choice.add_argument("--preset", help="a named recipe: selection + settings")

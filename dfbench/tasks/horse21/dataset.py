@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dfbench.errors import DfbenchInputError
+from dfbench.heads.pixel_features import nearest_indices
 
 #: the release's image extensions (``_list_image_files_recursively``)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif")
@@ -131,7 +132,6 @@ def load_split(spec: DdpmDataset, data_root: str | Path, split: str, release_lim
 def resize_nearest(label: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """``label`` resized to ``size`` (an int: square; or (H, W)) with OpenCV's ``INTER_NEAREST`` rule:
     source index ``floor(i · in / out)``, capped at ``in − 1`` (what the release's ``cv2.resize`` does)."""
-    from dfbench.heads.pixel_features import nearest_indices
 
     height, width = (size, size) if isinstance(size, int) else size
     if label.shape == (height, width):

@@ -38,6 +38,7 @@ import numpy as np
 from dfbench.atomic import atomic_write_png
 from dfbench.errors import DfbenchInputError
 from dfbench.images import image_size
+from dfbench.plots import plot_per_category
 from dfbench.tasks.base import MetricSpec, Task, TaskOutput
 from dfbench.tasks.horse21.dataset import (
     DOWNLOAD_HINT,
@@ -48,7 +49,9 @@ from dfbench.tasks.horse21.dataset import (
     load_split,
     resize_nearest,
 )
+from dfbench.tasks.horse21.mini import mini_horse21_root
 from dfbench.tasks.horse21.protocols import DdpmOptions, GdfResplit, GdfResplitOptions, ReleaseSplit
+from dfbench.tasks.segmentation.plots import plot_overlays
 
 
 class LabelScarceTask(Task):
@@ -83,8 +86,6 @@ class LabelScarceTask(Task):
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
-        from dfbench.plots import plot_per_category
-        from dfbench.tasks.segmentation.plots import plot_overlays
 
         figures = [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png",
                                      items="classes")]
@@ -148,7 +149,6 @@ class Horse21Task(LabelScarceTask):
     dataset = HORSE_21
 
     def mini_root(self) -> Path:
-        from dfbench.tasks.horse21.mini import mini_horse21_root
 
         return mini_horse21_root()
 

@@ -18,7 +18,7 @@ from dfbench.features import combine_to_grid, image_features
 from dfbench.tasks.base import RunContext
 from dfbench.tasks.nyuv2.dataset import DepthSample, ground_truth
 from dfbench.tasks.nyuv2.options import DepthProbeOptions
-from dfbench.tasks.nyuv2.probes import LinearBinsProbe
+from dfbench.tasks.nyuv2.probes import LinearBinsProbe, cleandift_sig_loss
 from dfbench.tasks.nyuv2.scoring import DepthProtocol
 
 if TYPE_CHECKING:
@@ -80,7 +80,6 @@ def train_linear_bins(maps: list[torch.Tensor], targets: list[torch.Tensor], opt
     """A :class:`LinearBinsProbe` trained with AdamW on CleanDIFT's SigLoss: ``maps`` C×h×w, ``targets``
     h×w metres (0 = invalid) at the maps' size; each step pools the valid pixels of ``batch_size`` images
     (a seeded shuffle per epoch). Returns the probe and the mean loss of each epoch."""
-    from dfbench.tasks.nyuv2.probes import LinearBinsProbe, cleandift_sig_loss
 
     torch.manual_seed(seed)
     probe = LinearBinsProbe(maps[0].shape[0], options.min_depth, options.max_depth, options.bins,

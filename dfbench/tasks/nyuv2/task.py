@@ -34,11 +34,13 @@ from pathlib import Path
 
 from dfbench.atomic import atomic_write_npy
 from dfbench.tasks.base import MetricSpec, Task, TaskOutput
-from dfbench.tasks.nyuv2.dataset import DOWNLOAD_HINT, load_depth, load_samples
+from dfbench.tasks.nyuv2.dataset import DOWNLOAD_HINT, load_depth, load_samples, nyuv2_root
 from dfbench.tasks.nyuv2.dpt import Probe3dDpt
 from dfbench.tasks.nyuv2.linear import CleanDiftLinear
 from dfbench.tasks.nyuv2.metrics import METRIC_KEYS
+from dfbench.tasks.nyuv2.mini import mini_nyuv2_root
 from dfbench.tasks.nyuv2.options import DptOptions, LinearBinsOptions
+from dfbench.tasks.nyuv2.plots import plot_depth_examples
 
 
 class NyuV2Task(Task):
@@ -66,13 +68,11 @@ class NyuV2Task(Task):
     leaderboard_metrics = ("rmse", "abs_rel", "delta1", "rmse_si", "delta1_si")
 
     def mini_root(self) -> Path:
-        from dfbench.tasks.nyuv2.mini import mini_nyuv2_root
 
         return mini_nyuv2_root()
 
     def data_folder(self, data_root: str) -> Path:
         """The folder layout, or the official ``nyu_depth_v2_labeled.mat`` written into it once."""
-        from dfbench.tasks.nyuv2.dataset import nyuv2_root
 
         return nyuv2_root(data_root)
 
@@ -81,7 +81,6 @@ class NyuV2Task(Task):
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
-        from dfbench.tasks.nyuv2.plots import plot_depth_examples
 
         rows = [(stem, Path(image), load_depth(depth), output.predictions[stem])
                 for stem, image, depth in output.details.get("examples", [])]

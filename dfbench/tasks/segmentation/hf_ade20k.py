@@ -24,6 +24,7 @@ from PIL import Image
 from dfbench.atomic import atomic_build_dir
 from dfbench.errors import DfbenchInputError
 from dfbench.home import dfbench_home
+from dfbench.hub import hub_dataset_reachable
 from dfbench.tasks.segmentation.dataset import ADE20K
 
 HUB_PREFIX = "hf:"
@@ -46,7 +47,6 @@ def load_hf(data_root: str | Path) -> dict[str, Any]:
     """The source's splits as ``datasets.Dataset`` objects by dfbench split name."""
     import datasets
 
-    from dfbench.hub import hub_dataset_reachable
 
     source = str(data_root)
     try:

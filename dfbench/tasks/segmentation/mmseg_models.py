@@ -38,6 +38,8 @@ from mmengine.model import BaseModule  # noqa: E402
 from mmseg.registry import HOOKS, MODELS  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
+from dfbench.signing import sign  # noqa: E402
+
 register_all_modules(init_default_scope=False)   # mmseg's models, datasets, transforms, metrics, hooks
 
 
@@ -124,7 +126,6 @@ class SignCheckpointsHook(Hook):
         from mmengine.dist import is_main_process
         from mmengine.runner import find_latest_checkpoint
 
-        from dfbench.signing import sign
 
         latest = find_latest_checkpoint(runner.work_dir) if is_main_process() else None
         if latest and latest != self.signed:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dfbench.atomic import atomic_write_png
+from dfbench.plots import plot_per_category
 from dfbench.tasks.base import MetricSpec, Task, TaskOutput
 from dfbench.tasks.segmentation.dataset import (
     ADE20K,
@@ -37,7 +38,10 @@ from dfbench.tasks.segmentation.dataset import (
     load_samples,
     mmseg_metainfo,
 )
+from dfbench.tasks.segmentation.hf_ade20k import hf_ade20k_root, is_hf_source
 from dfbench.tasks.segmentation.linear import LinearProbe, LinearProbeOptions
+from dfbench.tasks.segmentation.mini import mini_segmentation_root
+from dfbench.tasks.segmentation.plots import plot_overlays
 from dfbench.tasks.segmentation.uper import GdfUper, GdfUperOptions
 
 
@@ -59,7 +63,6 @@ class SegmentationTask(Task):
     leaderboard_metrics = ("mIoU", "mAcc", "aAcc")
 
     def mini_root(self) -> Path:
-        from dfbench.tasks.segmentation.mini import mini_segmentation_root
 
         return mini_segmentation_root(self.layout)
 
@@ -68,8 +71,6 @@ class SegmentationTask(Task):
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
-        from dfbench.plots import plot_per_category
-        from dfbench.tasks.segmentation.plots import plot_overlays
 
         figures = [plot_per_category(output.per_category, "IoU", title, folder / "per-class-iou.png",
                                      items="classes")]
@@ -98,7 +99,6 @@ class Ade20kTask(SegmentationTask):
     def data_folder(self, data_root: str) -> Path:
         """The folder layout, or a Hugging Face source (``hf:<id>``, a ``save_to_disk`` folder) written
         into it once (:mod:`dfbench.tasks.segmentation.hf_ade20k`)."""
-        from dfbench.tasks.segmentation.hf_ade20k import hf_ade20k_root, is_hf_source
 
         return hf_ade20k_root(data_root) if is_hf_source(data_root) else Path(data_root)
 

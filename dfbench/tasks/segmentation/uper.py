@@ -36,6 +36,7 @@ import torch
 
 from dfbench.errors import DfbenchInputError
 from dfbench.options import require_at_least_one
+from dfbench.signing import is_signed
 from dfbench.tasks.base import RunContext, TaskOutput
 from dfbench.tasks.segmentation.dataset import SegmentationLayout, SegmentationSample, dataset_root
 from dfbench.tasks.segmentation.scoring import SegmentationProtocol, image_labels, score_maps
@@ -202,7 +203,6 @@ def resume_point(work_dir: Path) -> str | None:
     unpickling it could run code."""
     from mmengine.runner import CheckpointLoader, find_latest_checkpoint
 
-    from dfbench.signing import is_signed
 
     CheckpointLoader.register_scheme(RUN_CHECKPOINT, load_run_checkpoint, force=True)
     latest = find_latest_checkpoint(str(work_dir)) if work_dir.is_dir() else None

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dfbench.atomic import atomic_write, atomic_write_text
+from dfbench.cache import file_sha256
 from dfbench.errors import DfbenchInputError
 from dfbench.heads.nn_matcher import match_points
 from dfbench.options import require_at_least_one
@@ -185,8 +187,6 @@ def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     the JSON always names a whole tensor file."""
     from safetensors.torch import save_file
 
-    from dfbench.atomic import atomic_write, atomic_write_text
-    from dfbench.cache import file_sha256
 
     optimizer = state["optimizer"]
     tensors = {f"head.{name}": value for name, value in state["head"].items()}
@@ -219,7 +219,6 @@ def load_checkpoint(folder: Path) -> dict[str, Any] | None:
     from an earlier dfbench (``checkpoint.pt``) is refused, never unpickled; a damaged checkpoint is one line."""
     from safetensors.torch import load_file
 
-    from dfbench.cache import file_sha256
 
     if (folder / LEGACY_CHECKPOINT).exists():
         raise DfbenchInputError(f"run folder {folder}: {LEGACY_CHECKPOINT} is a pickle (an earlier dfbench's "

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from dfbench.backbones.protocol import Backbone, DescriptorBackbone, PairFittedBackbone
 from dfbench.features import ImageFeatures, combine_activations
 from dfbench.heads.nn_matcher import match_patch_grid, match_points, upsampled_norm
+from dfbench.images import content_box
 from dfbench.tasks.spair.dataset import SpairPair
 from dfbench.tasks.spair.scoring import PairPrediction
 
@@ -117,7 +118,6 @@ def input_placement(size: tuple[int, int], resolution: int, resize_mode: str) ->
     """How an image of ``size`` (H, W) sits in the res×res model input: (scale, offset) as (x, y) tensors,
     input = original × scale + offset. ``pad``: Tale's ``preprocess_kps_pad`` (× res / max(W, H), the
     letterbox offset of :func:`~dfbench.images.content_box`); ``squash``: res / W and res / H, no offset."""
-    from dfbench.images import content_box
 
     height, width = size
     if resize_mode == "squash":

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from dfbench.images import load_image
 from dfbench.plots import pyplot, save_figure
+from dfbench.tasks.spair.pck import bbox_reference, correct_keypoints
 
 
 def plot_matches(predictions: Sequence[Any], path: Path, alpha: float = 0.1, limit: int = 4) -> Path:
@@ -17,8 +19,6 @@ def plot_matches(predictions: Sequence[Any], path: Path, alpha: float = 0.1, lim
     import torch
     from matplotlib.lines import Line2D
 
-    from dfbench.images import load_image
-    from dfbench.tasks.spair.pck import bbox_reference, correct_keypoints
 
     plt = pyplot()
     chosen = list(predictions)[:limit]

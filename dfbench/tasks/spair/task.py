@@ -38,9 +38,12 @@ import json
 from pathlib import Path
 
 from dfbench.atomic import atomic_write_text
+from dfbench.plots import plot_per_category
 from dfbench.tasks.base import Task, TaskOutput
 from dfbench.tasks.spair.dataset import DOWNLOAD_HINT, spair_images
 from dfbench.tasks.spair.gdf_conv import GdfConvOptions, SpairSubsetOptions
+from dfbench.tasks.spair.mini import mini_spair_root
+from dfbench.tasks.spair.plots import plot_matches
 from dfbench.tasks.spair.protocols import DiftNn, GdfConv, PatchNn, PatchNnOptions
 from dfbench.tasks.spair.scoring import PREDICTIONS_FILE, PRIMARY, metric_specs
 
@@ -62,7 +65,6 @@ class SpairTask(Task):
     leaderboard_metrics = (PRIMARY, "pck@0.1_img", "pck@0.1_bbox_per_image")
 
     def mini_root(self) -> Path:
-        from dfbench.tasks.spair.mini import mini_spair_root
 
         return mini_spair_root()
 
@@ -71,8 +73,6 @@ class SpairTask(Task):
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
-        from dfbench.plots import plot_per_category
-        from dfbench.tasks.spair.plots import plot_matches
 
         return [plot_per_category(output.per_category, PRIMARY, title, folder / "per-category.png",
                                   pooled=output.metrics.get(PRIMARY)),
