@@ -143,7 +143,8 @@ def test_help_lists_every_task_protocol_and_option_from_the_metadata(command, ca
     lines = capsys.readouterr().out.splitlines()
     for name in registry.TASKS.names("*"):
         task = registry.TASKS.get(name)()
-        assert f"  {name} (default split: {task.default_split})" in lines
+        sweep = f"; sweep: {task.sweep_protocol}" if task.sweep_protocol else ""
+        assert f"  {name} (default split: {task.default_split}{sweep})" in lines
         for protocol in task.protocols.values():
             (index,) = [i for i, line in enumerate(lines) if line.strip().startswith(
                 f"{name}/{protocol.name} v{protocol.version}:")]

@@ -9,6 +9,7 @@ evaluation passes t=261); both stay configurable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -105,21 +106,21 @@ def _create(family: str, base: DiffusionBackbone, unet_weights: str | None, init
     return base
 
 
-def cleandift_sd15(weights: str | None = None, *, unet_weights: str | None = None, init: str = "pretrained",
-                   torch_dtype: str = "float32", device: str | None = None, local_files_only: bool | None = None,
-                   seed: int = 0) -> DiffusionBackbone:
-    """CleanDIFT SD1.5: sd15 + CompVis/cleandift cleandift_sd15_unet.safetensors; clean pass, t=261."""
-    check_unet_file(unet_weights)  # before the (long) base model load
-    base = sd15(weights, init=init, torch_dtype=torch_dtype, device=device, local_files_only=local_files_only,
-                seed=seed)
-    return _create("sd15", base, unet_weights, init, local_files_only)
+def cleandift_factory(family: str, base_factory: Callable[..., DiffusionBackbone]) -> Callable[..., DiffusionBackbone]:
+    """The registry factory of CleanDIFT on ``family``: the base model (``weights``, ``init`` as its factory takes
+    them) with the fine-tuned UNet (``unet_weights``, else the hub file); clean pass, t=261."""
+
+    def factory(weights: str | None = None, *, unet_weights: str | None = None, init: str = "pretrained",
+                torch_dtype: str = "float32", device: str | None = None, local_files_only: bool | None = None,
+                seed: int = 0) -> DiffusionBackbone:
+        check_unet_file(unet_weights)  # before the (long) base model load
+        base = base_factory(weights, init=init, torch_dtype=torch_dtype, device=device,
+                            local_files_only=local_files_only, seed=seed)
+        return _create(family, base, unet_weights, init, local_files_only)
+
+    factory.__doc__ = f"CleanDIFT {family}: {family} + {CLEANDIFT_REPO} {CLEANDIFT_FILES[family]}; clean pass, t=261."
+    return factory
 
 
-def cleandift_sd21(weights: str | None = None, *, unet_weights: str | None = None, init: str = "pretrained",
-                   torch_dtype: str = "float32", device: str | None = None, local_files_only: bool | None = None,
-                   seed: int = 0) -> DiffusionBackbone:
-    """CleanDIFT SD2.1: sd21 + CompVis/cleandift cleandift_sd21_unet.safetensors; clean pass, t=261."""
-    check_unet_file(unet_weights)  # before the (long) base model load
-    base = sd21(weights, init=init, torch_dtype=torch_dtype, device=device, local_files_only=local_files_only,
-                seed=seed)
-    return _create("sd21", base, unet_weights, init, local_files_only)
+cleandift_sd15 = cleandift_factory("sd15", sd15)
+cleandift_sd21 = cleandift_factory("sd21", sd21)
