@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from dfbench.atomic import atomic_write, atomic_write_text
+from dfbench.backbones.protocol import Backbone
 from dfbench.errors import DfbenchInputError
 from dfbench.home import dfbench_home
 from dfbench.images import load_image as default_loader
@@ -259,7 +260,7 @@ class FeatureCache:
             raise DfbenchInputError(f"feature cache {self.root}: not writable; choose another --cache-dir")
 
     @staticmethod
-    def config_for(backbone: Any, settings: ExtractSettings, storage_dtype: str) -> dict[str, Any]:
+    def config_for(backbone: Backbone, settings: ExtractSettings, storage_dtype: str) -> dict[str, Any]:
         """What the stored values depend on."""
         values = settings.value_dict()
         values.pop("batch_size")
@@ -268,7 +269,7 @@ class FeatureCache:
                 "weights": backbone.weight_fingerprint(), "recipe": backbone.recipe_version,
                 "settings": values, "storage_dtype": storage_dtype}
 
-    def open(self, backbone: Any, settings: ExtractSettings, writer: str | None = None) -> ConfigStore:
+    def open(self, backbone: Backbone, settings: ExtractSettings, writer: str | None = None) -> ConfigStore:
         """The store of this backbone + settings, created on first use."""
         config = self.config_for(backbone, settings, self.storage_dtype)
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
@@ -310,7 +311,7 @@ def default_writer() -> str:
     return f"r{rank}-{socket.gethostname()[:16]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def cached_extract(backbone: Any, items: Sequence[CacheItem], selection: Sequence[str], settings: ExtractSettings,
+def cached_extract(backbone: Backbone, items: Sequence[CacheItem], selection: Sequence[str], settings: ExtractSettings,
                    store: ConfigStore, rank: int = 0, world_size: int = 1, progress: bool = False,
                    load_image: Callable[[Path], Any] | None = None,
                    on_batch: Callable[[int], None] | None = None) -> dict[str, int]:
@@ -345,7 +346,7 @@ def cached_extract(backbone: Any, items: Sequence[CacheItem], selection: Sequenc
     return counts
 
 
-def load_features(backbone: Any, items: Sequence[CacheItem], selection: Sequence[str], settings: ExtractSettings,
+def load_features(backbone: Backbone, items: Sequence[CacheItem], selection: Sequence[str], settings: ExtractSettings,
                   store: ConfigStore, progress: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """Every item's activations (float32), computing only what the store lacks. A shard found
     damaged while reading is dropped and its images are extracted again."""

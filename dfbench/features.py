@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dfbench.backbones.protocol import Backbone
 from dfbench.cache import CacheItem, image_key, load_features
 from dfbench.images import content_box, image_size, load_image
+from dfbench.settings import ExtractSettings
 
 
 @dataclass
@@ -75,8 +77,8 @@ def combine_to_grid(activations: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat(maps).cpu()
 
 
-def image_features(backbone: Any, images: dict[str, tuple[Path, str]], selection: list[str], settings: Any,
-                   cache: Any = None, progress: bool = False,
+def image_features(backbone: Backbone, images: dict[str, tuple[Path, str]], selection: list[str],
+                   settings: ExtractSettings, cache: Any = None, progress: bool = False,
                    keep: Callable[[dict[str, torch.Tensor]], Any] | None = None, crop: bool = True) -> ImageFeatures:
     """Features of ``images`` ({key: (path, category)}), extracted once each, in sorted key order.
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from dfbench.errors import DfbenchInputError
+
+if TYPE_CHECKING:
+    from dfbench.backbones.protocol import Backbone
 
 ResizeMode = Literal["squash", "pad"]
 LatentMode = Literal["mode", "sample"]
@@ -172,7 +175,7 @@ def check_prompt(template: str) -> None:
                                 "placeholder is {category}")
 
 
-def resolve_settings(backbone: Any, preset_settings: dict[str, Any] | None = None,
+def resolve_settings(backbone: Backbone, preset_settings: dict[str, Any] | None = None,
                      given: dict[str, Any] | None = None) -> ExtractSettings:
     """The settings of a run, by precedence: the backbone's defaults < the preset's < the values given
     (flags or a suite's ``settings:``); the resolution is resolved to the backbone's default, so a
@@ -188,10 +191,9 @@ def resolve_settings(backbone: Any, preset_settings: dict[str, Any] | None = Non
         if foreign:
             raise DfbenchInputError(f"backbone {backbone.name} does not use the setting(s) {', '.join(foreign)} "
                                     f"(it uses {', '.join(used)}); leave them out")
-    if settings.resolution is None:
-        settings = settings.replace(resolution=backbone.default_resolution)
-    backbone.check_resolution(settings.resolution)
-    return settings
+    resolution = backbone.default_resolution if settings.resolution is None else settings.resolution
+    backbone.check_resolution(resolution)
+    return settings.replace(resolution=resolution)
 
 
 def settings_label(settings: dict[str, Any]) -> str:

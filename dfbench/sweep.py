@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dfbench.atomic import atomic_write_text
-from dfbench.backbones.protocol import ConfiguredBackbone
+from dfbench.backbones.protocol import Backbone, ConfiguredBackbone
 from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
 from dfbench.distributed import process_group
 from dfbench.errors import DfbenchInputError
@@ -94,7 +94,7 @@ def within_noise(first: SweepEntry, second: SweepEntry) -> bool:
     return abs(first.value - second.value) <= spread
 
 
-def run_sweep(backbone: Any, task_name: str, patterns: list[str], timesteps: list[int] | None = None,
+def run_sweep(backbone: Backbone, task_name: str, patterns: list[str], timesteps: list[int] | None = None,
               prompts: list[str] | None = None, combine_top: int = 0, data_root: str | None = "mini",
               split: str | None = None, limit: int | None = None, settings: dict[str, Any] | None = None,
               options: dict[str, Any] | None = None, results_dir: str | Path = "results", cache_dir: str | None = None,

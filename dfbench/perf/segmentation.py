@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
+from dfbench.backbones.protocol import Backbone
 from dfbench.perf.common import machine_description, peak_rss_gib, timed
 from dfbench.settings import ExtractSettings
 
 
-def _gdf_uper_iteration_s(backbone: Any, dataset: str, preset: str, crop: int | None, repeats: int,
+def _gdf_uper_iteration_s(backbone: Backbone, dataset: str, preset: str, crop: int | None, repeats: int,
                           log: Callable[[str], None]) -> dict[str, Any]:
     """Seconds per ``gdf-uper`` training iteration (batch 2 at the crop size: preprocessing, extraction,
     adapter, UPerHead + aux losses, backward, AdamW step), median of ``repeats`` after one warm-up."""
@@ -72,7 +73,7 @@ def _linear_step_s(channels: int, size: int, repeats: int) -> float:
     return timed(lambda: train_probe(maps, labels, 150, options, 0, "cpu"), repeats, torch.device("cpu")) / steps
 
 
-def _linear_run_s(backbone: Any, cache_dir: Path, settings: dict[str, Any], selection: list[str]) -> float:
+def _linear_run_s(backbone: Backbone, cache_dir: Path, settings: dict[str, Any], selection: list[str]) -> float:
     """Wall time of one ``ade20k/linear`` run (50 steps) on the mini set with ``cache_dir``."""
     from dfbench.runner import RunSpec, run_one
 

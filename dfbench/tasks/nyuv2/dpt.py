@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dfbench.backbones.protocol import Backbone
 from dfbench.errors import DfbenchInputError
 from dfbench.images import load_image
+from dfbench.settings import ExtractSettings
 from dfbench.tasks.base import RunContext
 from dfbench.tasks.nyuv2.augment import augment, centre_box, centre_crop
 from dfbench.tasks.nyuv2.dataset import DepthSample, ground_truth
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
 DPT_STRIDE = 16
 
 
-def dpt_inputs(backbone: Any, images: list[Any], names: list[str], settings: Any, grid: int) -> list[torch.Tensor]:
+def dpt_inputs(backbone: Backbone, images: list[Any], names: list[str], settings: ExtractSettings,
+               grid: int) -> list[torch.Tensor]:
     """The four selected activations of ``images`` (square crops), each resized (nearest) to grid×grid."""
     features = backbone.extract(images, names, settings)
     # the extraction ran under inference mode: clone, so the head's autograd may use the maps

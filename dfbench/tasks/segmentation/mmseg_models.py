@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfbench.backbones.protocol import Backbone
+from dfbench.settings import ExtractSettings
 from dfbench.tasks.segmentation.mmseg_compat import ensure_mmcv_ops
 
 ensure_mmcv_ops()
@@ -54,8 +56,8 @@ def feature_levels(shapes: dict[str, tuple[int, int, int]]) -> list[list[str]]:
 class FrozenFeatureBackbone(BaseModule):
     """A frozen dfbench backbone returning one tensor per level (see the module docstring)."""
 
-    def __init__(self, backbone: Any, selection: Sequence[str], settings: Any, levels: Sequence[Sequence[str]],
-                 init_cfg: dict | None = None) -> None:
+    def __init__(self, backbone: Backbone, selection: Sequence[str], settings: ExtractSettings,
+                 levels: Sequence[Sequence[str]], init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
         # not a submodule (a backbone may be an nn.Module): frozen, outside state_dict and the optimizer
         object.__setattr__(self, "feature_backbone", backbone)

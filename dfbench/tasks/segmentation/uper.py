@@ -34,8 +34,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from dfbench.backbones.protocol import Backbone
 from dfbench.errors import DfbenchInputError
 from dfbench.options import require_at_least_one
+from dfbench.settings import ExtractSettings
 from dfbench.signing import is_signed
 from dfbench.tasks.base import RunContext, TaskOutput
 from dfbench.tasks.segmentation.dataset import SegmentationLayout, SegmentationSample, dataset_root
@@ -137,8 +139,9 @@ def mmseg_dataset(layout: SegmentationLayout, data_root: Path, split: str, sampl
     return dataset.get_subset(indices)
 
 
-def build_segmentor(backbone: Any, selection: list[str], settings: Any, shapes: dict[str, tuple[int, int, int]],
-                    num_classes: int, options: GdfUperOptions, recipe: GdfRecipe, sync_bn: bool) -> Any:
+def build_segmentor(backbone: Backbone, selection: list[str], settings: ExtractSettings,
+                    shapes: dict[str, tuple[int, int, int]], num_classes: int, options: GdfUperOptions,
+                    recipe: GdfRecipe, sync_bn: bool) -> Any:
     """mmseg's ``EncoderDecoder`` with the frozen backbone, GDF's adapter and GDF's heads."""
     from mmengine.config import ConfigDict
     from mmengine.registry import DefaultScope
@@ -176,11 +179,12 @@ def build_segmentor(backbone: Any, selection: list[str], settings: Any, shapes: 
         return MODELS.build(config)
 
 
-def activation_shapes(backbone: Any, selection: list[str], settings: Any) -> dict[str, tuple[int, int, int]]:
-    """(C, h, w) of each selected activation at the backbone's resolution, from one mid-grey image."""
+def activation_shapes(backbone: Backbone, selection: list[str],
+                      settings: ExtractSettings) -> dict[str, tuple[int, int, int]]:
+    """(C, h, w) of each selected activation at the settings' resolution, from one mid-grey image."""
     resolution = settings.resolution or backbone.default_resolution
     features = backbone.extract(torch.zeros(1, 3, resolution, resolution), selection, settings)
-    return {name: tuple(value.shape[1:]) for name, value in features.items()}
+    return {name: (int(value.shape[1]), int(value.shape[2]), int(value.shape[3])) for name, value in features.items()}
 
 
 #: the prefix of this run's own checkpoints, for mmengine's CheckpointLoader (see :func:`resume_point`)
@@ -270,8 +274,8 @@ class GdfUper(SegmentationProtocol):
         return output
 
 
-def train_and_predict(layout: SegmentationLayout, context: RunContext, backbone: Any, selection: list[str],
-                      settings: Any, data_root: Path, split: str, train: list[SegmentationSample],
+def train_and_predict(layout: SegmentationLayout, context: RunContext, backbone: Backbone, selection: list[str],
+                      settings: ExtractSettings, data_root: Path, split: str, train: list[SegmentationSample],
                       evaluated: list[SegmentationSample], options: GdfUperOptions,
                       ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
     """Train GDF's UPerNet on ``train`` (resuming from the run folder) and predict ``evaluated``.
@@ -286,8 +290,8 @@ def train_and_predict(layout: SegmentationLayout, context: RunContext, backbone:
                                   options)
 
 
-def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone: Any, selection: list[str],
-                       settings: Any, data_root: Path, split: str, train: list[SegmentationSample],
+def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone: Backbone, selection: list[str],
+                       settings: ExtractSettings, data_root: Path, split: str, train: list[SegmentationSample],
                        evaluated: list[SegmentationSample], options: GdfUperOptions,
                        ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
     from mmengine.dataset import pseudo_collate
