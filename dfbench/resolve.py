@@ -182,12 +182,15 @@ class ResolvedRun:
     published: dict[str, float] = field(default_factory=dict)
     published_source: str = ""
 
+    def extracted(self, what: str) -> ResolvedFeatures:
+        """The feature side; a run that scores saved predictions has none (one line naming ``what`` was asked)."""
+        if self.features is None:
+            raise DfbenchInputError(f"{self.protocol_label}: this run scores saved predictions; it has no {what}")
+        return self.features
+
     @property
     def backbone(self) -> Backbone:
-        """The run's backbone (a run that scores saved predictions has none)."""
-        if self.features is None:
-            raise DfbenchInputError(f"{self.protocol_label}: this run scores saved predictions; it has no backbone")
-        return self.features.backbone
+        return self.extracted("backbone").backbone
 
     @property
     def selection(self) -> list[str]:
@@ -195,16 +198,12 @@ class ResolvedRun:
 
     @property
     def settings(self) -> ExtractSettings:
-        if self.features is None:
-            raise DfbenchInputError(f"{self.protocol_label}: this run scores saved predictions; it has no settings")
-        return self.features.settings
+        return self.extracted("settings").settings
 
     @property
     def resolution(self) -> int:
         """The input size of the run's features."""
-        if self.features is None:
-            raise DfbenchInputError(f"{self.protocol_label}: this run scores saved predictions; it has no resolution")
-        return self.features.resolution
+        return self.extracted("resolution").resolution
 
     @property
     def protocol_label(self) -> str:

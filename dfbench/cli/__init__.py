@@ -1,6 +1,10 @@
 """The ``dfbench`` command line, one module per subcommand (as lm-eval's ``_cli/``).
 
 Exit codes: 0 success, 1 a failed check, 2 bad input (one line on stderr, no traceback).
+
+The subcommand modules import the layers they call (the runner, the resolver, the cache, the tasks: torch,
+diffusers and mmseg behind them) inside their handlers, so ``dfbench --help`` and a mistyped flag answer in a
+fraction of a second; everything else in the package imports at module top.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``dfbench perf``: speed and memory suites, one module each, every figure measured side by side in one
 process (or, for peak memory, in fresh child processes). Each suite module has ``from_args(args, log)``,
 which the CLI calls; :data:`SUITES` lists them (``dfbench perf list``). Measured figures, with the machine,
-are in docs/performance.md."""
+are in docs/performance.md. The suites import the models and tasks they time inside their functions: a suite
+often runs in a child process of its own (peak memory), and ``dfbench perf list`` loads none of them."""
 
 from __future__ import annotations
 

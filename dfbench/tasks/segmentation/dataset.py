@@ -131,7 +131,7 @@ def load_label(layout: SegmentationLayout, path: str | Path, size: tuple[int, in
 
 def mmseg_metainfo(layout: SegmentationLayout) -> dict:
     """mmseg's own ``METAINFO`` of the dataset: ``classes`` and ``palette``."""
-    from dfbench.tasks.segmentation.mmseg_compat import ensure_mmcv_ops
+    from dfbench.tasks.segmentation.mmseg_compat import ensure_mmcv_ops  # mmcv: only when mmseg reads the data
 
     ensure_mmcv_ops()
     from mmseg.datasets import ADE20KDataset, CityscapesDataset

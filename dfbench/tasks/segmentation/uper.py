@@ -146,7 +146,7 @@ def build_segmentor(backbone: Backbone, selection: list[str], settings: ExtractS
     from mmengine.config import ConfigDict
     from mmengine.registry import DefaultScope
 
-    from dfbench.tasks.segmentation.mmseg_models import MODELS, feature_levels
+    from dfbench.tasks.segmentation.mmseg_models import MODELS, feature_levels  # mmseg: only for gdf-uper
 
     levels = feature_levels(shapes)
     channels = [[shapes[name][0] for name in level] for level in levels]
