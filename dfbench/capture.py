@@ -15,9 +15,10 @@ Where each signal is read (docs/activations.md):
   head split); ``.attnN.out``: the output of the ``Attention`` module (after ``to_out``);
 * ``.ff.inner``: the output of the GEGLU (``ff.net.0``).
 
-Token sequences (B×HW×C) become maps B×C×H×W; H and W are read from the input of the enclosing
-``Transformer2DModel``. When every requested activation has been captured, the forward is
-stopped by an exception raised from the last hook (truncation): later modules never run.
+Token sequences (B×HW×C) become maps B×C×H×W: on a grid the backbone gives (a DiT's patch grid), else
+with H and W read from the input of the enclosing ``Transformer2DModel`` (a UNet's). When every requested
+activation has been captured, the forward is stopped by an exception raised from the last hook (truncation):
+later modules never run.
 """
 
 from __future__ import annotations
@@ -79,13 +80,16 @@ class ActivationCapture:
         features = capture.run(lambda: unet(latents, t, encoder_hidden_states=text))
 
     ``names`` must be canonical (see :mod:`dfbench.activations`). With ``stop_early`` (default) the
-    forward ends as soon as the last requested activation is recorded.
+    forward ends as soon as the last requested activation is recorded. ``token_grid``: the (rows, columns) every
+    token sequence forms (a DiT's patch grid); without it, a UNet's enclosing ``Transformer2DModel`` gives each.
     """
 
-    def __init__(self, unet: nn.Module, names: Sequence[str], stop_early: bool = True) -> None:
+    def __init__(self, unet: nn.Module, names: Sequence[str], stop_early: bool = True,
+                 token_grid: tuple[int, int] | None = None) -> None:
         self.unet = unet
         self.names = list(dict.fromkeys(names))
         self.stop_early = stop_early
+        self.token_grid = token_grid
         modules = dict(unet.named_modules())
         self._targets: dict[str, list[str]] = {}
         for name in self.names:
@@ -134,7 +138,9 @@ class ActivationCapture:
             tensor = _first_tensor(output)
             for name in names:
                 value = tensor
-                if value.dim() == 3:
+                if value.dim() == 3 and self.token_grid is not None:
+                    value = tokens_to_map(value, *self.token_grid)
+                elif value.dim() == 3:
                     match = _TRANSFORMER_RE.match(name)
                     if not match or match.group(1) not in self._spatial:
                         raise RuntimeError(f"{name!r}: token output without a known spatial size")

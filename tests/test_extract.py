@@ -23,7 +23,9 @@ def test_recipe_equals_straightforward_dift_implementation(tiny_sd15, photos):
     try:
         expected = []
         with torch.no_grad():
-            text = backbone.text_encoders[0](backbone.tokenize(backbone.tokenizers[0], ""))[0]
+            ids = backbone.tokenizers[0]([""], padding="max_length", max_length=77, truncation=True,
+                                         return_tensors="pt").input_ids
+            text = backbone.text_encoders[0](ids)[0]
             for image in pixels:
                 # fresh noise per image (DIFT's torch.randn_like per image): its own seeded generator
                 noise = torch.randn(members, 4, 8, 8, generator=per_image_generator(7, image))
@@ -78,8 +80,8 @@ def test_posterior_sampling_and_clean_pass(tiny_sd15, photos):
 def test_prompt_embedding_computed_once_per_distinct_prompt(photos):
     backbone = create_backbone("tiny-sd15")
     calls = []
-    original = backbone.encode_prompt
-    backbone.encode_prompt = lambda prompt: calls.append(prompt) or original(prompt)
+    original = backbone.text.encode
+    backbone.text.encode = lambda prompt, device: calls.append(prompt) or original(prompt, device)
     settings = SETTINGS.replace(prompt="a photo of a {category}")
     backbone.extract(photos, ["up_blocks.1"], settings, categories=["cat", "person", "cat"])
     backbone.extract(photos[:1], ["up_blocks.1"], settings, categories=["cat"])

@@ -98,7 +98,7 @@ def _create(family: str, base: DiffusionBackbone, unet_weights: str | None, init
     if init == "meta":          # weightless: it stands for the weights it would load (a run's identity names them)
         base.source = f"{base.source} + {unet_weights or hub_unet_label(family)}"
     elif unet_weights is not None or init == "pretrained":
-        load_unet_weights(base.unet, unet_weights or cleandift_unet_file(family, local_files_only))
+        load_unet_weights(base.denoiser, unet_weights or cleandift_unet_file(family, local_files_only))
         # the hub file by its name, not by this machine's cache path: the same weights are the same run anywhere
         base.source = f"{base.source} + {unet_weights or hub_unet_label(family)}"
     base.name = f"cleandift-{family}"

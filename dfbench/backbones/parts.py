@@ -34,10 +34,12 @@ SD_SCHEDULER_CONFIG = {
 
 @dataclass
 class PromptEmbedding:
-    """A prompt's text conditioning: per-token states 1×77×D and, for SDXL, the pooled 1×P vector."""
+    """A prompt's text conditioning: per-token states 1×L×D, for SDXL the pooled 1×P vector, for T5 the mask."""
 
     hidden_states: torch.Tensor
     pooled: torch.Tensor | None = None
+    #: which text tokens count (1) and which are padding (0), where the denoiser masks its cross-attention (PixArt)
+    attention_mask: torch.Tensor | None = None
 
 
 def byte_level_clip_tokenizer() -> Any:

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.parts import PromptEmbedding
-from dfbench.backbones.stable_diffusion import ModelCard, card_factory
+from dfbench.backbones.stable_diffusion import ModelCard, StableDiffusionBackbone, card_factory
+from dfbench.backbones.text import DualClipText, TextConditioner
 
 
-class StableDiffusionXLBackbone(DiffusionBackbone):
+class StableDiffusionXLBackbone(StableDiffusionBackbone):
     """SDXL: ``encoder_hidden_states`` = the penultimate hidden states of both text encoders,
     concatenated (768 + 1280 = 2048 channels); ``added_cond_kwargs`` = the pooled projection of
     the second encoder (``text_embeds``) and ``time_ids`` = (original size, crop top-left, target
     size) = (res, res, 0, 0, res, res), as the SDXL pipeline builds them."""
 
-    TEXT_ENCODERS = (
-        ("text_encoder", "tokenizer", "CLIPTextModel"),
-        ("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection"),
-    )
-
-    def encode_prompt(self, prompt: str) -> PromptEmbedding:
-        states, pooled = [], None
-        for encoder, tokenizer in zip(self.text_encoders, self.tokenizers, strict=True):
-            output = encoder(self.tokenize(tokenizer, prompt), output_hidden_states=True)
-            states.append(output.hidden_states[-2])
-            pooled = output[0]  # the last encoder's projected pooled output (text_embeds)
-        return PromptEmbedding(hidden_states=torch.cat(states, dim=-1), pooled=pooled)
+    TEXT: ClassVar[type[TextConditioner]] = DualClipText
 
     def added_cond_kwargs(self, embedding: PromptEmbedding, rows: int, resolution: int) -> dict:
         time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=self.dtype)

@@ -2,23 +2,55 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
+
+import torch
 
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.parts import PromptEmbedding, load_config
+from dfbench.backbones.text import ClipText, TextConditioner
 
 BackboneT = TypeVar("BackboneT", bound=DiffusionBackbone)
 
 
 class StableDiffusionBackbone(DiffusionBackbone):
-    """SD1.5 / SD2.1: ``encoder_hidden_states`` = the text encoder's last hidden state (1×77×D)."""
+    """SD1.5 / SD2.1: a ``UNet2DConditionModel`` called with ``encoder_hidden_states`` = the CLIP text encoder's
+    last hidden state (1×77×D); its names are the UNet's module paths with the papers' aliases."""
 
-    def encode_prompt(self, prompt: str) -> PromptEmbedding:
-        encoder, tokenizer = self.text_encoders[0], self.tokenizers[0]
-        hidden = encoder(self.tokenize(tokenizer, prompt))[0]
-        return PromptEmbedding(hidden_states=hidden)
+    TEXT: ClassVar[type[TextConditioner]] = ClipText
+
+    @property
+    def unet(self) -> Any:
+        """The denoiser: this family's UNet."""
+        return self.denoiser
+
+    def added_cond_kwargs(self, embedding: PromptEmbedding, rows: int, resolution: int) -> dict | None:
+        """Extra UNet conditioning (SDXL's ``text_embeds`` / ``time_ids``); ``None`` for SD1.x/2.x."""
+        return None
+
+    def meta_added_cond_kwargs(self, rows: int, resolution: int) -> dict | None:
+        """Meta-device stand-ins for :meth:`added_cond_kwargs`, for shape-only forwards."""
+        return None
+
+    def denoiser_call(self, rows: torch.Tensor, timesteps: torch.Tensor, embeddings: list[PromptEmbedding],
+                      resolution: int) -> Callable[[], Any]:
+        text = torch.cat([embedding.hidden_states for embedding in embeddings]).to(self.dtype)
+        per_row = [self.added_cond_kwargs(embedding, 1, resolution) for embedding in embeddings]
+        first = per_row[0]
+        added = None if first is None else {key: torch.cat([row[key] for row in per_row if row is not None])
+                                            for key in first}
+        return functools.partial(self.denoiser, rows, timesteps, encoder_hidden_states=text, added_cond_kwargs=added,
+                                 return_dict=False)
+
+    def meta_call(self, denoiser: Any, resolution: int) -> Callable[[], Any]:
+        size = resolution // self.vae_scale_factor
+        sample = torch.empty(1, denoiser.config.in_channels, size, size)
+        text = torch.empty(1, 77, denoiser.config.cross_attention_dim)
+        added = self.meta_added_cond_kwargs(1, resolution)
+        return lambda: denoiser(sample, 1, text, added_cond_kwargs=added, return_dict=False)
 
 
 @dataclass(frozen=True)
@@ -33,10 +65,15 @@ class ModelCard:
     summary: str
     #: the component folders whose configs are bundled (SDXL adds text_encoder_2)
     components: tuple[str, ...] = ("unet", "vae", "text_encoder")
+    #: (component, configs folder) for components this model shares with another one (PixArt-Σ 512 and 1024 share
+    #: their VAE, scheduler and T5)
+    shared: tuple[tuple[str, str], ...] = ()
 
     def bundled_configs(self) -> dict[str, dict]:
         """The packaged real configs keyed by component folder."""
-        return {component: load_config(self.configs, component) for component in self.components}
+        folders = dict(self.shared)
+        return {component: load_config(folders.get(component, self.configs), component)
+                for component in self.components}
 
     def doc(self) -> str:
         """The registry's description of the model (``dfbench list backbones``)."""

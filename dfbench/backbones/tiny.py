@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import torch
 
 from dfbench.backbones.base import DiffusionBackbone
+from dfbench.backbones.pixart import MODEL_CARDS as PIXART_CARDS
+from dfbench.backbones.pixart import PixArtBackbone
 from dfbench.backbones.sdxl import MODEL_CARD as SDXL_CARD
 from dfbench.backbones.sdxl import StableDiffusionXLBackbone
 from dfbench.backbones.stable_diffusion import MODEL_CARDS, StableDiffusionBackbone
@@ -52,6 +54,20 @@ def tiny_sd21_configs() -> dict[str, dict]:
     unet = {"block_out_channels": [32, 64, 64, 64], "attention_head_dim": [2, 4, 4, 4], "cross_attention_dim": 32,
             "norm_num_groups": 8, "sample_size": 8}
     return _shrink(MODEL_CARDS["sd21"].bundled_configs(), unet)
+
+
+#: T5 (v1.1's gated GELU) at small widths, for PixArt's text conditioning
+TINY_T5 = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2,
+           "vocab_size": 514}
+
+
+def tiny_pixart_configs() -> dict[str, dict]:
+    """PixArt-α's configs (28 blocks, 2×2 patches, T5 text) with 16-channel blocks (2 heads of 8)."""
+    configs = PIXART_CARDS["pixart-alpha"].bundled_configs()
+    transformer = {"num_attention_heads": 2, "attention_head_dim": 8, "cross_attention_dim": 16,
+                   "caption_channels": TINY_T5["d_model"], "sample_size": 8}
+    return {"transformer": {**configs["transformer"], **transformer}, "vae": {**configs["vae"], **TINY_VAE},
+            "text_encoder": {**configs["text_encoder"], **TINY_T5}, "scheduler": configs["scheduler"]}
 
 
 def tiny_sdxl_configs() -> dict[str, dict]:
@@ -102,7 +118,7 @@ def _create(cls: type[BackboneT], name: str, configs: dict, weights: str | None,
     if init == "meta":          # weightless: it stands for the weights it would have (a run's identity names them)
         backbone.source = weights or "random init"
     if init == "random":
-        for component, model in (("unet", backbone.unet), ("vae", backbone.vae),
+        for component, model in ((cls.DENOISER[0], backbone.denoiser), ("vae", backbone.vae),
                                  *((f"text_encoder_{index}", encoder)
                                    for index, encoder in enumerate(backbone.text_encoders))):
             name_seeded_init(model, seed, f"{name}/{component}")
@@ -128,5 +144,7 @@ TINY_MODELS: tuple[tuple[str, type[DiffusionBackbone], Callable[[], dict[str, di
     ("tiny-sd21", StableDiffusionBackbone, tiny_sd21_configs, "Tiny SD2.1 (random weights, real module names)"),
     ("tiny-sdxl", StableDiffusionXLBackbone, tiny_sdxl_configs,
      "Tiny SDXL (random weights, real module names, both text encoders)"),
+    ("tiny-pixart", PixArtBackbone, tiny_pixart_configs,
+     "Tiny PixArt-α (random weights, real module names: 28 DiT blocks, T5 text)"),
 )
-tiny_sd15, tiny_sd21, tiny_sdxl = (tiny_factory(*model) for model in TINY_MODELS)
+tiny_sd15, tiny_sd21, tiny_sdxl, tiny_pixart = (tiny_factory(*model) for model in TINY_MODELS)

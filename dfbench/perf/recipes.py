@@ -62,12 +62,12 @@ def run_recipes(backbone_name: str = "sd15", resolution: int | None = None, dtyp
                 repeats: int = 1, ensemble: int = 8, device: str = "cpu", measure_rss: bool = True,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time truncation, the ensemble recipe, DIFT-style encoding and a clean pass side by side."""
-    from dfbench.backbones.base import DiffusionBackbone
+    from dfbench.backbones.stable_diffusion import StableDiffusionBackbone
     from dfbench.resolve import build_backbone
 
     log(f"building {backbone_name} with random weights ({dtype}) …")
     backbone = build_backbone(backbone_name, init="random", device=device, dtype=dtype)
-    assert isinstance(backbone, DiffusionBackbone), "the recipes time a diffusion backbone's parts"
+    assert isinstance(backbone, StableDiffusionBackbone), "the recipes time a Stable Diffusion UNet's parts"
     resolution = resolution or backbone.default_resolution
     dev = backbone.device
     pixels = to_model_input([perf_image()], resolution, "squash")

@@ -39,9 +39,9 @@ def run_sweep_perf(backbone_name: str = "sd15", device: str | None = None, dtype
     from dfbench.sweep import expand_candidates, run_sweep
 
     backbone = build_backbone(backbone_name, init="random", device=device, dtype=dtype)
-    assert isinstance(backbone, DiffusionBackbone), "the sweep benchmark counts UNet rows"
+    assert isinstance(backbone, DiffusionBackbone), "the sweep benchmark counts denoiser rows"
     rows = [0]
-    backbone.unet.register_forward_pre_hook(lambda module, args: rows.__setitem__(0, rows[0] + args[0].shape[0]))
+    backbone.denoiser.register_forward_pre_hook(lambda module, args: rows.__setitem__(0, rows[0] + args[0].shape[0]))
     names = expand_candidates(CANDIDATES, backbone.activation_names())
     images = len(TASKS.get("spair")().split_images(TASKS.get("spair")().mini_root(), "test"))
     settings = {"dtype": dtype}
