@@ -48,7 +48,8 @@ def test_the_ci_suite_finds_every_run_already_recorded(tmp_path, monkeypatch):
     shutil.copytree(FIXTURE / "results", results)
     monkeypatch.setattr(suite, "run_one", lambda *args, **kwargs: pytest.fail(f"ran {args[0]}"))
     lines = []
-    outcome = run_suite(ROOT / "configs" / "ci.yaml", results, progress=False, log=lines.append)
+    # the CI suite as it was when the fixture was written (rows added since, e.g. a DiT, are not in it)
+    outcome = run_suite(FIXTURE / "ci.yaml", results, progress=False, log=lines.append)
     assert sum("already recorded, skipped" in line for line in lines) == 10 and not outcome.results
 
 

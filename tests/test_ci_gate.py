@@ -247,3 +247,15 @@ def test_bootstrap_stderr_matches_a_closed_form():
     stderr = bootstrap_stderr(len(values), lambda chosen: float(values[chosen].mean()), seed=0, draws=4000)
     assert stderr == pytest.approx(values.std() / np.sqrt(len(values)), rel=0.05)
     assert bootstrap_stderr(len(values), lambda chosen: float(values[chosen].mean()), seed=0, draws=4000) == stderr
+
+
+@pytest.mark.slow
+def test_dit_tokens_laid_out_column_major_are_caught(tmp_path, monkeypatch):
+    """A DiT's tokens are row-major over the patch grid (PixArtTransformer2DModel's unpatchify reshapes them as
+    (height, width)); a map built column-major transposes every feature map, which the gate's PixArt row sees."""
+    from dfbench import capture
+
+    original = capture.tokens_to_map
+    monkeypatch.setattr(capture, "tokens_to_map",
+                        lambda tokens, height, width: original(tokens, width, height).transpose(2, 3))
+    assert "aepe" in flagged(gate(tmp_path, "spair/dift-nn", "tiny-pixart"))

@@ -41,3 +41,13 @@ MODEL_CARD = ModelCard("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl
                        "Stable Diffusion XL base 1.0, two text encoders",
                        components=("unet", "vae", "text_encoder", "text_encoder_2"))
 sdxl = card_factory(MODEL_CARD, StableDiffusionXLBackbone)
+
+# Playground v2 (GDF's ``pgv2``, feature/components/models.py) is an SDXL UNet trained from scratch: its
+# unet/config.json text was not found, but a re-save of the same snapshot (baseten/playground-v2-aesthetic-onnx)
+# shows every architecture field equal to SDXL-base's, and the official fp32 UNet file (10.3 GB, about 2.57 B
+# values) matches SDXL's UNet size, so it is built from SDXL's bundled configs. Its scheduler is SD's betas
+# (scaled_linear 0.00085-0.012, EulerAncestral for sampling): the noise is DDPM's at t, as for SDXL.
+PGV2_CARD = ModelCard("pgv2", "playgroundai/playground-v2-1024px-aesthetic", "sdxl", 1024,
+                      "Playground v2 1024px aesthetic (an SDXL UNet trained from scratch; GDF's pgv2)",
+                      components=MODEL_CARD.components)
+pgv2 = card_factory(PGV2_CARD, StableDiffusionXLBackbone)
