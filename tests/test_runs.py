@@ -155,7 +155,8 @@ def test_run_bench_without_arguments_runs_the_offline_demo(tmp_path):
                           timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny-sdxl / gdf-ours-sdxl" in done.stdout and "demo finished" in done.stdout
-    assert len(list((tmp_path / "results" / "runs").glob("*/record.json"))) == 9
+    assert "tiny-pixart / transformer_blocks.13" in done.stdout
+    assert len(list((tmp_path / "results" / "runs").glob("*/record.json"))) == 10
     assert "horse21/ddpm" in done.stdout                                 # the short Horse-21 run is in it
     assert "tiny-sd15+tiny-dinov2 / tale-of-two" in done.stdout          # and the fusion
     assert "nyuv2/cleandift-linear" in done.stdout                       # and the depth probe
