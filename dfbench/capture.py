@@ -44,7 +44,7 @@ def signal_module(name: str) -> str:
     """The module path whose output carries the canonical activation ``name``."""
     if name.endswith(".increment"):
         return name[: -len(".increment")] + ".conv2"
-    if match := re.search(r"\.(attn[12])\.(q|k|v)$", name):
+    if match := re.search(r"\.(attn[12]?)\.(q|k|v)$", name):
         return name[: match.start()] + f".{match.group(1)}.to_{match.group(2)}"
     if match := re.search(r"\.(attn[12])\.out$", name):
         return name[: match.start()] + f".{match.group(1)}"
@@ -82,14 +82,18 @@ class ActivationCapture:
     ``names`` must be canonical (see :mod:`dfbench.activations`). With ``stop_early`` (default) the
     forward ends as soon as the last requested activation is recorded. ``token_grid``: the (rows, columns) every
     token sequence forms (a DiT's patch grid); without it, a UNet's enclosing ``Transformer2DModel`` gives each.
+    ``streams``: for modules whose output is a tuple of streams (SD3's and FLUX's joint blocks return
+    ``(text, image)``), the element to read (the image stream).
     """
 
     def __init__(self, unet: nn.Module, names: Sequence[str], stop_early: bool = True,
-                 token_grid: tuple[int, int] | None = None) -> None:
+                 token_grid: tuple[int, int] | None = None, streams: dict[str, int] | None = None) -> None:
         self.unet = unet
         self.names = list(dict.fromkeys(names))
         self.stop_early = stop_early
         self.token_grid = token_grid
+        #: module path → the element of its output tuple that holds the image tokens (default: the first)
+        self.streams = streams or {}
         modules = dict(unet.named_modules())
         self._targets: dict[str, list[str]] = {}
         for name in self.names:
@@ -98,6 +102,7 @@ class ActivationCapture:
                 raise KeyError(f"{name!r}: the UNet has no module {path!r}")
             self._targets.setdefault(path, []).append(name)
         self._modules = modules
+        self._paths = {name: signal_module(name) for name in self.names}
         self._spatial: dict[str, tuple[int, int]] = {}
         self.features: Features = {}
 
@@ -135,7 +140,8 @@ class ActivationCapture:
 
     def _capture_hook(self, names: list[str]) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            tensor = _first_tensor(output)
+            index = self.streams.get(self._paths[names[0]], 0)
+            tensor = _first_tensor(output[index] if index else output)
             for name in names:
                 value = tensor
                 if value.dim() == 3 and self.token_grid is not None:

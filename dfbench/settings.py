@@ -21,9 +21,10 @@ LATENT_MODES = ("mode", "sample")
 DTYPES = ("float32", "bfloat16", "float16")
 PAD_COLORS = ("grey", "black")
 RESAMPLE_FILTERS = ("bicubic", "lanczos", "bilinear")
+TEXT_ENCODER_MODES = ("all", "clip", "none")
 #: fields added after records and caches were first written: a record and a cache key hold them only when
 #: they are off these defaults, so the identity of every earlier run and every cached feature stays the same
-LATER_FIELDS = {"pad_color": "grey", "resample": "bicubic"}
+LATER_FIELDS = {"pad_color": "grey", "resample": "bicubic", "text_encoders": "all"}
 MAX_RESOLUTION = 8192
 
 
@@ -54,7 +55,7 @@ def resolution_flag(text: str) -> int:
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "resolution": (int, type(None)), "resize_mode": (str,), "timestep": (int,), "add_noise": (bool,),
     "ensemble_size": (int,), "seed": (int,), "prompt": (str,), "latent_mode": (str,), "dtype": (str,),
-    "batch_size": (int,), "pad_color": (str,), "resample": (str,),
+    "batch_size": (int,), "pad_color": (str,), "resample": (str,), "text_encoders": (str,),
 }
 
 
@@ -79,6 +80,8 @@ class ExtractSettings:
             letterbox, ``utils/utils_correspondence.py:resize``).
         resample: the PIL filter that resizes the image: ``bicubic`` (default), ``lanczos`` (Tale of Two
             Features) or ``bilinear``.
+        text_encoders: which text encoders condition the denoiser: ``all``, ``clip`` (a family's T5 replaced by
+            zeros of its shape: SD3 and FLUX without the 9.5 GB T5) or ``none`` (zero embeddings of the right shapes).
     """
 
     resolution: int | None = None
@@ -93,6 +96,7 @@ class ExtractSettings:
     batch_size: int = 8
     pad_color: str = "grey"
     resample: str = "bicubic"
+    text_encoders: str = "all"
 
     def __post_init__(self) -> None:
         for name, kinds in FIELD_TYPES.items():
@@ -115,6 +119,9 @@ class ExtractSettings:
             raise DfbenchInputError(f"settings.dtype={self.dtype!r}: choose one of {DTYPES}")
         if self.pad_color not in PAD_COLORS:
             raise DfbenchInputError(f"settings.pad_color={self.pad_color!r}: choose one of {PAD_COLORS}")
+        if self.text_encoders not in TEXT_ENCODER_MODES:
+            raise DfbenchInputError(f"settings.text_encoders={self.text_encoders!r}: choose one of "
+                                    f"{TEXT_ENCODER_MODES}")
         if self.resample not in RESAMPLE_FILTERS:
             raise DfbenchInputError(f"settings.resample={self.resample!r}: choose one of {RESAMPLE_FILTERS}")
         if self.batch_size < 1:
@@ -206,7 +213,7 @@ def settings_label(settings: dict[str, Any]) -> str:
     for key in ("resize_mode", "latent_mode", "dtype"):
         if settings.get(key, defaults[key]) != defaults[key]:
             parts.append(str(settings[key]))
-    for key in ("pad_color", "resample"):
+    for key in ("pad_color", "resample", "text_encoders"):
         if settings.get(key, defaults[key]) != defaults[key]:
             parts.append(f"{key}={settings[key]}")
     if not settings.get("add_noise", True):

@@ -37,7 +37,7 @@ from typing_extensions import Self
 
 from dfbench.activations import ActivationInfo, addressable_names, validate_selection
 from dfbench.backbones.image_encoders import VaeEncoder
-from dfbench.backbones.noise import DiscreteNoise
+from dfbench.backbones.noise import DiscreteNoise, FlowMatchingNoise
 from dfbench.backbones.parts import (
     SD_SCHEDULER_CONFIG,
     TORCH_DTYPES,
@@ -75,11 +75,14 @@ class DiffusionBackbone:
     #: timestep, add_noise, ensemble_size, prompt, latent_mode); other backbones declare fewer
     setting_names: ClassVar[tuple[str, ...]] = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size",
                                                 "seed", "prompt", "latent_mode", "dtype", "batch_size",
-                                                "pad_color", "resample")
+                                                "pad_color", "resample", "text_encoders")
     #: the denoiser's folder in a diffusers model folder and its diffusers class
     DENOISER: ClassVar[tuple[str, str]] = ("unet", "UNet2DConditionModel")
     #: how a prompt becomes conditioning (its COMPONENTS: the encoders' folders and transformers classes)
     TEXT: ClassVar[type[TextConditioner]] = ClipText
+    #: the scheduler class its folder is loaded with, and how a latent is noised to t
+    SCHEDULER: ClassVar[str] = "DDPMScheduler"
+    NOISE: ClassVar[type[DiscreteNoise] | type[FlowMatchingNoise]] = DiscreteNoise
 
     def __init__(self, name: str, denoiser: torch.nn.Module, vae: torch.nn.Module, scheduler: Any,
                  text: TextConditioner, default_resolution: int, source: str = "") -> None:
@@ -87,7 +90,7 @@ class DiffusionBackbone:
         # diffusers models: their configs and call signatures are read dynamically, so typed as Any
         self.denoiser: Any = denoiser.eval().requires_grad_(False)
         self.image_encoder = VaeEncoder(vae.eval().requires_grad_(False))
-        self.noise = DiscreteNoise(scheduler)
+        self.noise = self.NOISE(scheduler)
         self.text = text
         self.default_resolution = default_resolution
         self.source = source
@@ -135,7 +138,7 @@ class DiffusionBackbone:
             denoiser = getattr(diffusers, class_name).from_pretrained(model_id, subfolder=folder, torch_dtype=dtype,
                                                                       **common)
             vae = diffusers.AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **common)
-            scheduler = diffusers.DDPMScheduler.from_pretrained(model_id, subfolder="scheduler", **common)
+            scheduler = getattr(diffusers, cls.SCHEDULER).from_pretrained(model_id, subfolder="scheduler", **common)
             encoders, tokenizers = [], []
             for model_folder, tokenizer_folder, encoder_class in cls.TEXT.COMPONENTS:
                 encoders.append(getattr(transformers, encoder_class).from_pretrained(
@@ -183,7 +186,7 @@ class DiffusionBackbone:
                             for model_folder, _, encoder_class in cls.TEXT.COMPONENTS]
         tokenizers = [byte_level_clip_tokenizer() for _ in cls.TEXT.COMPONENTS]
         # the training noise schedule: the bundled scheduler's betas (any sampler's config), else Stable Diffusion's
-        scheduler = (diffusers.DDPMScheduler.from_config(configs["scheduler"]) if "scheduler" in configs
+        scheduler = (getattr(diffusers, cls.SCHEDULER).from_config(configs["scheduler"]) if "scheduler" in configs
                      else diffusers.DDPMScheduler(**SD_SCHEDULER_CONFIG))
         backbone = cls(name, denoiser, vae, scheduler, cls.text_conditioner(encoders, tokenizers),
                        default_resolution, source=f"{init} init")
@@ -236,9 +239,9 @@ class DiffusionBackbone:
     def vae_scale_factor(self) -> int:
         return self.image_encoder.scale_factor
 
-    def prompt_embedding(self, prompt: str) -> PromptEmbedding:
-        """The text conditioner's embedding of ``prompt`` (computed once per distinct prompt)."""
-        return self.text.embedding(prompt, self.device)
+    def prompt_embedding(self, prompt: str, text_encoders: str = "all") -> PromptEmbedding:
+        """The text conditioner's embedding of ``prompt`` by ``text_encoders`` (once per distinct prompt and mode)."""
+        return self.text.embedding(prompt, self.device, text_encoders)
 
     def check_resolution(self, resolution: int) -> None:
         """The input size rule: a multiple of the image encoder's downsampling factor (8) of at least 8 pixels."""
@@ -260,6 +263,11 @@ class DiffusionBackbone:
     def meta_call(self, denoiser: Any, resolution: int) -> Callable[[], Any]:
         """A shape-only forward of ``denoiser`` (built on the meta device) for one image at ``resolution``."""
         raise NotImplementedError
+
+    def capture(self, denoiser: Any, names: list[str], resolution: int, stop_early: bool = True) -> ActivationCapture:
+        """The hooks that record ``names`` on ``denoiser`` at ``resolution`` (a family with several streams per
+        block says which one is the image's)."""
+        return ActivationCapture(denoiser, names, stop_early=stop_early, token_grid=self.token_grid(resolution))
 
     def token_grid(self, resolution: int) -> tuple[int, int] | None:
         """The patch grid (rows, columns) that the denoiser's token sequences form at ``resolution``; ``None`` for
@@ -284,8 +292,7 @@ class DiffusionBackbone:
         self.check_resolution(resolution)
         with torch.device("meta"):
             denoiser = type(self.denoiser).from_config(self.denoiser.config)
-            capture = ActivationCapture(denoiser, self.activation_names(), stop_early=False,
-                                        token_grid=self.token_grid(resolution))
+            capture = self.capture(denoiser, self.activation_names(), resolution, stop_early=False)
             capture.run(self.meta_call(denoiser, resolution))
         # capture.features is filled in execution order
         return [ActivationInfo(name, *value.shape[1:4]) for name, value in capture.features.items()]
@@ -348,11 +355,12 @@ class DiffusionBackbone:
         members = settings.ensemble_size
         resolution = latents.shape[-1] * self.vae_scale_factor   # the input's own size (a tensor input may differ)
         row_prompts = [prompt for prompt in prompts for _ in range(members)]
-        capture = ActivationCapture(self.denoiser, names, token_grid=self.token_grid(resolution))
+        capture = self.capture(self.denoiser, names, resolution)
         pieces: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         for start in range(0, len(latents), settings.batch_size):
             rows = latents[start : start + settings.batch_size]
-            embeddings = [self.prompt_embedding(prompt) for prompt in row_prompts[start : start + len(rows)]]
+            embeddings = [self.prompt_embedding(prompt, settings.text_encoders)
+                          for prompt in row_prompts[start : start + len(rows)]]
             timesteps = self.noise.model_timesteps(settings.timestep, len(rows), rows.device)
             captured = capture.run(self.denoiser_call(rows, timesteps, embeddings, resolution))
             for name in names:

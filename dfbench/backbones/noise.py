@@ -35,3 +35,33 @@ class DiscreteNoise:
     def model_timesteps(self, timestep: int, rows: int, device: torch.device) -> torch.Tensor:
         """What the denoiser is told for ``rows`` rows: t itself."""
         return torch.full((rows,), timestep, dtype=torch.long, device=device)
+
+
+class FlowMatchingNoise:
+    """Rectified flow (SD3, FLUX): x_t = (1 − σ)·x₀ + σ·ε with σ the model's scheduler's at t,
+    σ = s·u / (1 + (s − 1)·u), u = t / N, s its ``shift`` (``FlowMatchEulerDiscreteScheduler.__init__`` and
+    ``scale_noise``); the denoiser is told σ·N, the scheduler's own timestep for that σ."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    @property
+    def steps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def check(self, timestep: int) -> None:
+        if timestep >= self.steps:
+            raise DfbenchInputError(f"timestep {timestep}: this scheduler has {self.steps} steps")
+
+    def sigma(self, timestep: int) -> float:
+        """σ at ``timestep``, the scheduler's shift included."""
+        unshifted = timestep / self.steps
+        shift = float(self.scheduler.config.shift)
+        return shift * unshifted / (1 + (shift - 1) * unshifted)
+
+    def add(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        sigma = self.sigma(timestep)
+        return sigma * noise.to(latents.device) + (1.0 - sigma) * latents      # as diffusers' scale_noise
+
+    def model_timesteps(self, timestep: int, rows: int, device: torch.device) -> torch.Tensor:
+        return torch.full((rows,), self.sigma(timestep) * self.steps, dtype=torch.float32, device=device)

@@ -25,15 +25,30 @@ class TextConditioner:
         self._cache: dict[str, PromptEmbedding] = {}
 
     def encode(self, prompt: str, device: torch.device) -> PromptEmbedding:
-        """The conditioning of one prompt."""
+        """The conditioning of one prompt by every encoder."""
         raise NotImplementedError
 
-    def embedding(self, prompt: str, device: torch.device) -> PromptEmbedding:
-        """:meth:`encode`, once per distinct prompt."""
-        if prompt not in self._cache:
+    def encode_clip(self, prompt: str, device: torch.device) -> PromptEmbedding:
+        """The conditioning with the CLIP encoders only, any T5's part zeros (a CLIP-only family: :meth:`encode`)."""
+        return self.encode(prompt, device)
+
+    def empty(self, device: torch.device) -> PromptEmbedding:
+        """Zero conditioning of the shapes :meth:`encode` gives, from the encoders' configs (no encoder runs)."""
+        raise NotImplementedError
+
+    def embedding(self, prompt: str, device: torch.device, encoders: str = "all") -> PromptEmbedding:
+        """The conditioning of ``prompt`` by ``encoders`` (``all``, ``clip``, ``none``: settings.text_encoders),
+        computed once per distinct prompt and mode."""
+        key = f"{encoders}:{prompt}"
+        if key not in self._cache:
             with torch.inference_mode():
-                self._cache[prompt] = self.encode(prompt, device)
-        return self._cache[prompt]
+                if encoders == "none":
+                    self._cache[key] = self.empty(device)
+                elif encoders == "clip":
+                    self._cache[key] = self.encode_clip(prompt, device)
+                else:
+                    self._cache[key] = self.encode(prompt, device)
+        return self._cache[key]
 
     def clear(self) -> None:
         """Forget the encoded prompts (after the encoders moved or changed dtype)."""
@@ -55,6 +70,11 @@ class ClipText(TextConditioner):
         ids = self.token_ids(self.tokenizers[0], prompt, device).input_ids
         return PromptEmbedding(hidden_states=self.encoders[0](ids)[0])
 
+    def empty(self, device: torch.device) -> PromptEmbedding:
+        config = self.encoders[0].config
+        return PromptEmbedding(hidden_states=torch.zeros(1, self.tokenizers[0].model_max_length, config.hidden_size,
+                                                         device=device))
+
 
 class DualClipText(TextConditioner):
     """SDXL: the penultimate hidden states of both encoders concatenated (768 + 1280 channels), and the second
@@ -72,6 +92,11 @@ class DualClipText(TextConditioner):
             states.append(output.hidden_states[-2])
             pooled = output[0]  # the last encoder's projected pooled output (text_embeds)
         return PromptEmbedding(hidden_states=torch.cat(states, dim=-1), pooled=pooled)
+
+    def empty(self, device: torch.device) -> PromptEmbedding:
+        width = sum(encoder.config.hidden_size for encoder in self.encoders)
+        return PromptEmbedding(hidden_states=torch.zeros(1, self.tokenizers[0].model_max_length, width, device=device),
+                               pooled=torch.zeros(1, self.encoders[-1].config.projection_dim, device=device))
 
 
 class T5Text(TextConditioner):
@@ -91,3 +116,62 @@ class T5Text(TextConditioner):
         mask = tokens.attention_mask
         hidden = self.encoders[0](tokens.input_ids, attention_mask=mask)[0]
         return PromptEmbedding(hidden_states=hidden, attention_mask=mask)
+
+    def encode_clip(self, prompt: str, device: torch.device) -> PromptEmbedding:
+        return self.empty(device)     # no CLIP here: T5 is the only encoder
+
+    def empty(self, device: torch.device) -> PromptEmbedding:
+        """Zeros for every token, each attended (a mask of ones)."""
+        width = self.encoders[0].config.d_model
+        return PromptEmbedding(hidden_states=torch.zeros(1, self.max_length, width, device=device),
+                               attention_mask=torch.ones(1, self.max_length, dtype=torch.long, device=device))
+
+
+class Sd3Text(TextConditioner):
+    """SD3 / SD3.5: CLIP-L and CLIP-G (each's penultimate hidden states, concatenated and zero-padded to T5's
+    width) followed along the sequence by T5-XXL's last hidden state over ``max_length`` tokens (256, the
+    pipeline's ``max_sequence_length``; no mask), and the two CLIPs' pooled projections concatenated
+    (``StableDiffusion3Pipeline.encode_prompt`` with ``clip_skip=None``)."""
+
+    COMPONENTS = (
+        ("text_encoder", "tokenizer", "CLIPTextModelWithProjection"),
+        ("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection"),
+        ("text_encoder_3", "tokenizer_3", "T5EncoderModel"),
+    )
+    TOKENIZER = "AutoTokenizer"
+
+    def __init__(self, encoders: Sequence[Any], tokenizers: Sequence[Any], max_length: int = 256) -> None:
+        super().__init__(encoders, tokenizers)
+        self.max_length = max_length
+
+    def clip_part(self, prompt: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CLIPs' hidden states (1×77×(768+1280)) and pooled projections (1×(768+1280))."""
+        states, pooled = [], []
+        for encoder, tokenizer in zip(self.encoders[:2], self.tokenizers[:2], strict=True):
+            output = encoder(self.token_ids(tokenizer, prompt, device, 77).input_ids, output_hidden_states=True)
+            states.append(output.hidden_states[-2])
+            pooled.append(output[0])
+        return torch.cat(states, dim=-1), torch.cat(pooled, dim=-1)
+
+    def joined(self, clip: torch.Tensor, pooled: torch.Tensor, t5: torch.Tensor) -> PromptEmbedding:
+        padded = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return PromptEmbedding(hidden_states=torch.cat([padded, t5], dim=-2), pooled=pooled)
+
+    def t5_zeros(self, device: torch.device) -> torch.Tensor:
+        return torch.zeros(1, self.max_length, self.encoders[2].config.d_model, device=device)
+
+    def encode(self, prompt: str, device: torch.device) -> PromptEmbedding:
+        clip, pooled = self.clip_part(prompt, device)
+        t5 = self.encoders[2](self.token_ids(self.tokenizers[2], prompt, device, self.max_length).input_ids)[0]
+        return self.joined(clip, pooled, t5)
+
+    def encode_clip(self, prompt: str, device: torch.device) -> PromptEmbedding:
+        """The pipeline without T5 (``text_encoder_3=None``): zeros in its place."""
+        clip, pooled = self.clip_part(prompt, device)
+        return self.joined(clip, pooled, self.t5_zeros(device))
+
+    def empty(self, device: torch.device) -> PromptEmbedding:
+        width = sum(encoder.config.hidden_size for encoder in self.encoders[:2])
+        pooled = sum(encoder.config.projection_dim for encoder in self.encoders[:2])
+        return self.joined(torch.zeros(1, 77, width, device=device), torch.zeros(1, pooled, device=device),
+                           self.t5_zeros(device))

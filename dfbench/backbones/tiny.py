@@ -23,6 +23,8 @@ import torch
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.pixart import MODEL_CARDS as PIXART_CARDS
 from dfbench.backbones.pixart import PixArtBackbone
+from dfbench.backbones.sd3 import MODEL_CARDS as SD3_CARDS
+from dfbench.backbones.sd3 import Sd3Backbone
 from dfbench.backbones.sdxl import MODEL_CARD as SDXL_CARD
 from dfbench.backbones.sdxl import StableDiffusionXLBackbone
 from dfbench.backbones.stable_diffusion import MODEL_CARDS, StableDiffusionBackbone
@@ -68,6 +70,22 @@ def tiny_pixart_configs() -> dict[str, dict]:
                    "caption_channels": TINY_T5["d_model"], "sample_size": 8}
     return {"transformer": {**configs["transformer"], **transformer}, "vae": {**configs["vae"], **TINY_VAE},
             "text_encoder": {**configs["text_encoder"], **TINY_T5}, "scheduler": configs["scheduler"]}
+
+
+def tiny_sd3_configs() -> dict[str, dict]:
+    """SD3-medium's configs (24 joint blocks, 16-channel latents, CLIP-L + CLIP-G + T5) with 16-channel blocks; T5 as
+    wide as the two CLIPs together (the pipeline pads their states to T5's width)."""
+    configs = SD3_CARDS["sd3-medium"].bundled_configs()
+    t5_width = 2 * TINY_TEXT["hidden_size"]
+    transformer = {"num_attention_heads": 2, "attention_head_dim": 8, "caption_projection_dim": 16,
+                   "joint_attention_dim": t5_width, "pooled_projection_dim": 2 * TINY_TEXT["projection_dim"],
+                   "sample_size": 8, "pos_embed_max_size": 16}
+    tiny = {"transformer": {**configs["transformer"], **transformer}, "vae": {**configs["vae"], **TINY_VAE},
+            "text_encoder_3": {**configs["text_encoder_3"], **TINY_T5, "d_model": t5_width},
+            "scheduler": configs["scheduler"]}
+    for component in ("text_encoder", "text_encoder_2"):
+        tiny[component] = {**configs[component], **TINY_TEXT}
+    return tiny
 
 
 def tiny_sdxl_configs() -> dict[str, dict]:
@@ -146,5 +164,7 @@ TINY_MODELS: tuple[tuple[str, type[DiffusionBackbone], Callable[[], dict[str, di
      "Tiny SDXL (random weights, real module names, both text encoders)"),
     ("tiny-pixart", PixArtBackbone, tiny_pixart_configs,
      "Tiny PixArt-α (random weights, real module names: 28 DiT blocks, T5 text)"),
+    ("tiny-sd3", Sd3Backbone, tiny_sd3_configs,
+     "Tiny SD3 (random weights, real module names: 24 joint blocks, CLIP-L + CLIP-G + T5, rectified flow)"),
 )
-tiny_sd15, tiny_sd21, tiny_sdxl, tiny_pixart = (tiny_factory(*model) for model in TINY_MODELS)
+tiny_sd15, tiny_sd21, tiny_sdxl, tiny_pixart, tiny_sd3 = (tiny_factory(*model) for model in TINY_MODELS)

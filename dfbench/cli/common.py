@@ -32,12 +32,15 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
     group.add_argument("--batch-size", type=int, help="UNet rows per forward (default 8)")
     group.add_argument("--pad-color", choices=["grey", "black"], help="the fill of --resize-mode pad (default grey)")
+    group.add_argument("--text-encoders", choices=["all", "clip", "none"],
+                       help="text encoders that condition the denoiser: all (default), clip (a T5 replaced by zeros: "
+                       "SD3 / FLUX without the 9.5 GB T5) or none (zero embeddings of the right shapes)")
     group.add_argument("--resample", choices=["bicubic", "lanczos", "bilinear"],
                        help="the filter that resizes images (default bicubic; Tale of Two Features: lanczos)")
 
 
 SETTINGS_FLAGS = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size", "seed", "prompt",
-                  "latent_mode", "dtype", "batch_size", "pad_color", "resample")
+                  "latent_mode", "dtype", "batch_size", "pad_color", "resample", "text_encoders")
 
 
 def given_settings(args: argparse.Namespace) -> dict:
