@@ -83,26 +83,32 @@ class ActivationCapture:
     forward ends as soon as the last requested activation is recorded. ``token_grid``: the (rows, columns) every
     token sequence forms (a DiT's patch grid); without it, a UNet's enclosing ``Transformer2DModel`` gives each.
     ``streams``: for modules whose output is a tuple of streams (SD3's and FLUX's joint blocks return
-    ``(text, image)``), the element to read (the image stream).
+    ``(text, image)``), the element to read (the image stream). A token sequence longer than the grid is a joint
+    one with the image tokens last (FLUX's single blocks: ``[text, image]``): its last rows·columns tokens are
+    read. ``readers``: names read from another module or transformed (FLUX's AdaLN modulation vectors), as
+    name → (module path, a function of the module's output).
     """
 
     def __init__(self, unet: nn.Module, names: Sequence[str], stop_early: bool = True,
-                 token_grid: tuple[int, int] | None = None, streams: dict[str, int] | None = None) -> None:
+                 token_grid: tuple[int, int] | None = None, streams: dict[str, int] | None = None,
+                 readers: dict[str, tuple[str, Callable[[Any], torch.Tensor]]] | None = None) -> None:
         self.unet = unet
         self.names = list(dict.fromkeys(names))
         self.stop_early = stop_early
         self.token_grid = token_grid
         #: module path → the element of its output tuple that holds the image tokens (default: the first)
         self.streams = streams or {}
+        self.readers = readers or {}
         modules = dict(unet.named_modules())
+        self._paths = {name: self.readers[name][0] if name in self.readers else signal_module(name)
+                       for name in self.names}
         self._targets: dict[str, list[str]] = {}
         for name in self.names:
-            path = signal_module(name)
+            path = self._paths[name]
             if path not in modules:
-                raise KeyError(f"{name!r}: the UNet has no module {path!r}")
+                raise KeyError(f"{name!r}: the model has no module {path!r}")
             self._targets.setdefault(path, []).append(name)
         self._modules = modules
-        self._paths = {name: signal_module(name) for name in self.names}
         self._spatial: dict[str, tuple[int, int]] = {}
         self.features: Features = {}
 
@@ -143,9 +149,10 @@ class ActivationCapture:
             index = self.streams.get(self._paths[names[0]], 0)
             tensor = _first_tensor(output[index] if index else output)
             for name in names:
-                value = tensor
+                value = self.readers[name][1](output) if name in self.readers else tensor
                 if value.dim() == 3 and self.token_grid is not None:
-                    value = tokens_to_map(value, *self.token_grid)
+                    height, width = self.token_grid
+                    value = tokens_to_map(value[:, -height * width:], height, width)
                 elif value.dim() == 3:
                     match = _TRANSFORMER_RE.match(name)
                     if not match or match.group(1) not in self._spatial:

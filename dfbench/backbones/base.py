@@ -337,7 +337,7 @@ class DiffusionBackbone:
         with torch.inference_mode(), out_of_memory_as_input_error(self.name, resolution, settings.batch_size):
             for start in tqdm(steps, desc=f"extract {self.name}", disable=not progress, unit="batch"):
                 chunk = pixels[start : start + images_per_step]
-                posterior_eps, noise = per_image_draws(chunk, settings, self.denoiser.config.in_channels,
+                posterior_eps, noise = per_image_draws(chunk, settings, self.vae.config.latent_channels,
                                                        self.vae_scale_factor)
                 latents = self.image_encoder.encode(chunk, posterior_eps, members, self.device)
                 if noise is not None:
@@ -361,7 +361,7 @@ class DiffusionBackbone:
             rows = latents[start : start + settings.batch_size]
             embeddings = [self.prompt_embedding(prompt, settings.text_encoders)
                           for prompt in row_prompts[start : start + len(rows)]]
-            timesteps = self.noise.model_timesteps(settings.timestep, len(rows), rows.device)
+            timesteps = self.noise.model_timesteps(settings.timestep, rows)
             captured = capture.run(self.denoiser_call(rows, timesteps, embeddings, resolution))
             for name in names:
                 pieces[name].append(captured[name])

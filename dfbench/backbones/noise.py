@@ -3,6 +3,7 @@ told. A family picks one; ``--timestep`` keeps its meaning per family and is rec
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -32,9 +33,9 @@ class DiscreteNoise:
         timesteps = torch.full((len(latents),), timestep, dtype=torch.long, device=latents.device)
         return self.scheduler.add_noise(latents, noise.to(latents.device), timesteps)
 
-    def model_timesteps(self, timestep: int, rows: int, device: torch.device) -> torch.Tensor:
-        """What the denoiser is told for ``rows`` rows: t itself."""
-        return torch.full((rows,), timestep, dtype=torch.long, device=device)
+    def model_timesteps(self, timestep: int, rows: torch.Tensor) -> torch.Tensor:
+        """What the denoiser is told for the latent ``rows``: t itself."""
+        return torch.full((len(rows),), timestep, dtype=torch.long, device=rows.device)
 
 
 class FlowMatchingNoise:
@@ -53,15 +54,31 @@ class FlowMatchingNoise:
         if timestep >= self.steps:
             raise DfbenchInputError(f"timestep {timestep}: this scheduler has {self.steps} steps")
 
-    def sigma(self, timestep: int) -> float:
-        """σ at ``timestep``, the scheduler's shift included."""
+    def sigma(self, timestep: int, image_tokens: int = 0) -> float:
+        """σ at ``timestep``, the scheduler's shift included: a fixed ``shift``, or with ``use_dynamic_shifting``
+        (FLUX.1-dev) FluxPipeline's: μ linear in the image's token count (``calculate_shift``: ``base_shift`` at
+        ``base_image_seq_len`` tokens, ``max_shift`` at ``max_image_seq_len``), σ = e^μ / (e^μ + 1/u − 1)
+        (``_time_shift_exponential``)."""
         unshifted = timestep / self.steps
-        shift = float(self.scheduler.config.shift)
+        config = self.scheduler.config
+        if unshifted == 0:
+            return 0.0
+        if getattr(config, "use_dynamic_shifting", False):
+            slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
+            mu = image_tokens * slope + config.base_shift - slope * config.base_image_seq_len
+            return math.exp(mu) / (math.exp(mu) + (1 / unshifted - 1))
+        shift = float(config.shift)
         return shift * unshifted / (1 + (shift - 1) * unshifted)
 
+    @staticmethod
+    def image_tokens(latents: torch.Tensor) -> int:
+        """The image's token count after 2×2 packing (what FluxPipeline's ``image_seq_len`` counts)."""
+        return latents.shape[-2] * latents.shape[-1] // 4
+
     def add(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
-        sigma = self.sigma(timestep)
+        sigma = self.sigma(timestep, self.image_tokens(latents))
         return sigma * noise.to(latents.device) + (1.0 - sigma) * latents      # as diffusers' scale_noise
 
-    def model_timesteps(self, timestep: int, rows: int, device: torch.device) -> torch.Tensor:
-        return torch.full((rows,), self.sigma(timestep) * self.steps, dtype=torch.float32, device=device)
+    def model_timesteps(self, timestep: int, rows: torch.Tensor) -> torch.Tensor:
+        sigma = self.sigma(timestep, self.image_tokens(rows))
+        return torch.full((len(rows),), sigma * self.steps, dtype=torch.float32, device=rows.device)

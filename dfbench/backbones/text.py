@@ -175,3 +175,38 @@ class Sd3Text(TextConditioner):
         pooled = sum(encoder.config.projection_dim for encoder in self.encoders[:2])
         return self.joined(torch.zeros(1, 77, width, device=device), torch.zeros(1, pooled, device=device),
                            self.t5_zeros(device))
+
+
+class FluxText(TextConditioner):
+    """FLUX.1: T5-XXL's last hidden state over ``max_length`` tokens (512, FluxPipeline's ``max_sequence_length``;
+    no mask) and CLIP-L's pooled output (``pooler_output``, 768) as ``pooled_projections``
+    (``FluxPipeline._get_t5_prompt_embeds`` / ``_get_clip_prompt_embeds``)."""
+
+    COMPONENTS = (
+        ("text_encoder", "tokenizer", "CLIPTextModel"),
+        ("text_encoder_2", "tokenizer_2", "T5EncoderModel"),
+    )
+    TOKENIZER = "AutoTokenizer"
+
+    def __init__(self, encoders: Sequence[Any], tokenizers: Sequence[Any], max_length: int = 512) -> None:
+        super().__init__(encoders, tokenizers)
+        self.max_length = max_length
+
+    def pooled(self, prompt: str, device: torch.device) -> torch.Tensor:
+        ids = self.token_ids(self.tokenizers[0], prompt, device, 77).input_ids
+        return self.encoders[0](ids, output_hidden_states=False).pooler_output
+
+    def t5_zeros(self, device: torch.device) -> torch.Tensor:
+        return torch.zeros(1, self.max_length, self.encoders[1].config.d_model, device=device)
+
+    def encode(self, prompt: str, device: torch.device) -> PromptEmbedding:
+        ids = self.token_ids(self.tokenizers[1], prompt, device, self.max_length).input_ids
+        return PromptEmbedding(hidden_states=self.encoders[1](ids, output_hidden_states=False)[0],
+                               pooled=self.pooled(prompt, device))
+
+    def encode_clip(self, prompt: str, device: torch.device) -> PromptEmbedding:
+        return PromptEmbedding(hidden_states=self.t5_zeros(device), pooled=self.pooled(prompt, device))
+
+    def empty(self, device: torch.device) -> PromptEmbedding:
+        return PromptEmbedding(hidden_states=self.t5_zeros(device),
+                               pooled=torch.zeros(1, self.encoders[0].config.hidden_size, device=device))

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import torch
 
 from dfbench.backbones.base import DiffusionBackbone
+from dfbench.backbones.flux import MODEL_CARDS as FLUX_CARDS
+from dfbench.backbones.flux import FluxBackbone
 from dfbench.backbones.pixart import MODEL_CARDS as PIXART_CARDS
 from dfbench.backbones.pixart import PixArtBackbone
 from dfbench.backbones.sd3 import MODEL_CARDS as SD3_CARDS
@@ -86,6 +88,17 @@ def tiny_sd3_configs() -> dict[str, dict]:
     for component in ("text_encoder", "text_encoder_2"):
         tiny[component] = {**configs[component], **TINY_TEXT}
     return tiny
+
+
+def tiny_flux_configs() -> dict[str, dict]:
+    """FLUX.1-dev's configs (19 double + 38 single blocks, 2×2-packed 16-channel latents, guidance embedding) with
+    16-channel blocks (2 heads of 8; RoPE axes 2 + 2 + 4 = the head width)."""
+    configs = FLUX_CARDS["flux-dev"].bundled_configs()
+    transformer = {"num_attention_heads": 2, "attention_head_dim": 8, "axes_dims_rope": [2, 2, 4],
+                   "joint_attention_dim": TINY_T5["d_model"], "pooled_projection_dim": TINY_TEXT["hidden_size"]}
+    return {"transformer": {**configs["transformer"], **transformer}, "vae": {**configs["vae"], **TINY_VAE},
+            "text_encoder": {**configs["text_encoder"], **TINY_TEXT},
+            "text_encoder_2": {**configs["text_encoder_2"], **TINY_T5}, "scheduler": configs["scheduler"]}
 
 
 def tiny_sdxl_configs() -> dict[str, dict]:
@@ -166,5 +179,7 @@ TINY_MODELS: tuple[tuple[str, type[DiffusionBackbone], Callable[[], dict[str, di
      "Tiny PixArt-α (random weights, real module names: 28 DiT blocks, T5 text)"),
     ("tiny-sd3", Sd3Backbone, tiny_sd3_configs,
      "Tiny SD3 (random weights, real module names: 24 joint blocks, CLIP-L + CLIP-G + T5, rectified flow)"),
+    ("tiny-flux", FluxBackbone, tiny_flux_configs,
+     "Tiny FLUX.1-dev (random weights, real module names: 19 double + 38 single blocks, T5 + CLIP-L)"),
 )
-tiny_sd15, tiny_sd21, tiny_sdxl, tiny_pixart, tiny_sd3 = (tiny_factory(*model) for model in TINY_MODELS)
+tiny_sd15, tiny_sd21, tiny_sdxl, tiny_pixart, tiny_sd3, tiny_flux = (tiny_factory(*model) for model in TINY_MODELS)

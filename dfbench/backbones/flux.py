@@ -1,0 +1,155 @@
+"""FLUX.1 [dev] and [schnell]: a rectified-flow transformer of 19 double-stream blocks (text and image side by
+side) and 38 single-stream blocks (one ``[text, image]`` sequence), on 2×2-packed 16-channel latents, with RoPE
+positions, conditioned on T5-XXL and CLIP-L's pooled output; [dev] also embeds a guidance value.
+
+The denoiser is called as ``FluxPipeline`` calls it: the latents packed 2×2 (``_pack_latents``: 64 channels per
+token, tokens row-major over the packed grid), ``img_ids`` = (0, row, column) of each token, ``txt_ids`` zeros,
+``timestep`` = the scheduler's σ·1000 / 1000 (the transformer multiplies it back), ``guidance`` = 3.5 (the
+pipeline's default ``guidance_scale``) on [dev]. Noise: x_t = (1 − σ)·x₀ + σ·ε with σ the scheduler's at
+``--timestep``: [dev] shifts it by the image's token count (``use_dynamic_shifting``), [schnell] does not.
+
+Activations, image tokens only, on the packed grid (resolution / 16 per side): ``transformer_blocks.{i}`` (element
+1 of a double block's ``(text, image)``), ``single_transformer_blocks.{i}`` (its image tokens, the sequence's
+last), ``.attn.{q,k,v}`` (a double block's image projections; a single block's projections of its image tokens),
+and ``.mod.{shift,scale,gate}`` — the block's AdaLN modulation of its attention input (the first three chunks of
+``norm1.linear`` / ``norm.linear``), N×C×1×1, from which DiTF's modulated descriptor is composed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from dfbench.activations import validate_selection
+from dfbench.backbones.base import DiffusionBackbone
+from dfbench.backbones.noise import DiscreteNoise, FlowMatchingNoise
+from dfbench.backbones.parts import PromptEmbedding
+from dfbench.backbones.stable_diffusion import ModelCard, card_factory
+from dfbench.backbones.text import FluxText, TextConditioner
+from dfbench.capture import ActivationCapture
+from dfbench.errors import DfbenchInputError
+
+SIGNALS = ("", ".attn.q", ".attn.k", ".attn.v", ".mod.shift", ".mod.scale", ".mod.gate")
+MODULATION = {"shift": 0, "scale": 1, "gate": 2}
+#: FluxPipeline's default guidance_scale, embedded by [dev]
+GUIDANCE = 3.5
+
+
+def modulation_reader(chunks: int, which: int) -> Callable[[Any], torch.Tensor]:
+    """Chunk ``which`` of ``chunks`` of an AdaLN linear's output N×(chunks·C), as N×C×1×1."""
+
+    def read(output: Any) -> torch.Tensor:
+        width = output.shape[1] // chunks
+        return output[:, which * width : (which + 1) * width, None, None]
+
+    return read
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """N×C×H×W latents → N×(H/2·W/2)×4C tokens (``FluxPipeline._pack_latents``)."""
+    batch, channels, height, width = latents.shape
+    packed = latents.view(batch, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return packed.reshape(batch, (height // 2) * (width // 2), channels * 4)
+
+
+def image_ids(rows: int, columns: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(0, row, column) of each packed token, row-major (``FluxPipeline._prepare_latent_image_ids``)."""
+    ids = torch.zeros(rows, columns, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(rows)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(columns)[None, :]
+    return ids.reshape(rows * columns, 3).to(device=device, dtype=dtype)
+
+
+class FluxBackbone(DiffusionBackbone):
+    """FLUX.1 (see the module docstring)."""
+
+    DENOISER = ("transformer", "FluxTransformer2DModel")
+    TEXT: ClassVar[type[TextConditioner]] = FluxText
+    SCHEDULER = "FlowMatchEulerDiscreteScheduler"
+    NOISE: ClassVar[type[DiscreteNoise] | type[FlowMatchingNoise]] = FlowMatchingNoise
+    #: T5 tokens (FluxPipeline's ``max_sequence_length``)
+    MAX_SEQUENCE_LENGTH: ClassVar[int] = 512
+
+    @classmethod
+    def text_conditioner(cls, encoders: Sequence[Any], tokenizers: Sequence[Any]) -> TextConditioner:
+        return FluxText(encoders, tokenizers, cls.MAX_SEQUENCE_LENGTH)
+
+    def check_resolution(self, resolution: int) -> None:
+        """A multiple of 16 pixels (8-pixel latent cells packed 2×2)."""
+        if resolution < 16 or resolution % 16:
+            raise DfbenchInputError(f"settings.resolution={resolution}: {self.name} needs a positive multiple of 16 "
+                                    f"(e.g. {self.default_resolution})")
+
+    def token_grid(self, resolution: int) -> tuple[int, int]:
+        side = resolution // self.vae_scale_factor // 2
+        return side, side
+
+    def activation_names(self) -> list[str]:
+        doubles = len(self.denoiser.transformer_blocks)
+        singles = len(self.denoiser.single_transformer_blocks)
+        return [*(f"transformer_blocks.{index}{signal}" for index in range(doubles) for signal in SIGNALS),
+                *(f"single_transformer_blocks.{index}{signal}" for index in range(singles) for signal in SIGNALS)]
+
+    def canonical_selection(self, selection: Sequence[str]) -> list[str]:
+        """Negative block indices resolved within each stack (``single_transformer_blocks.-1`` = block 37)."""
+        sizes = {"transformer_blocks": len(self.denoiser.transformer_blocks),
+                 "single_transformer_blocks": len(self.denoiser.single_transformer_blocks)}
+        resolved = [re.sub(r"^(transformer_blocks|single_transformer_blocks)\.(-\d+)",
+                           lambda match: f"{match[1]}.{sizes[match[1]] + int(match[2])}", name.strip())
+                    for name in selection]
+        return validate_selection(resolved, self.activation_names(), self.name)
+
+    def capture(self, denoiser: Any, names: list[str], resolution: int, stop_early: bool = True) -> ActivationCapture:
+        """Blocks read at element 1 of ``(text, image)``; ``.mod.*`` read off the blocks' AdaLN linears."""
+        streams = {f"{stack}.{index}": 1 for stack in ("transformer_blocks", "single_transformer_blocks")
+                   for index in range(len(getattr(denoiser, stack)))}
+        readers = {}
+        for name in names:
+            if match := re.fullmatch(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.mod\.(\w+)", name):
+                double = match[1] == "transformer_blocks"
+                path = f"{match[1]}.{match[2]}.{'norm1' if double else 'norm'}.linear"
+                readers[name] = (path, modulation_reader(6 if double else 3, MODULATION[match[3]]))
+        return ActivationCapture(denoiser, names, stop_early=stop_early, token_grid=self.token_grid(resolution),
+                                 streams=streams, readers=readers)
+
+    def call_arguments(self, denoiser: Any, latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
+        """The packed latents, their ids and the timestep (and guidance) as FluxPipeline passes them."""
+        rows, columns = latents.shape[-2] // 2, latents.shape[-1] // 2
+        arguments = {"hidden_states": pack(latents), "timestep": timesteps / 1000,
+                     "img_ids": image_ids(rows, columns, latents.device, latents.dtype),
+                     "txt_ids": torch.zeros(self.MAX_SEQUENCE_LENGTH, 3, device=latents.device, dtype=latents.dtype),
+                     "guidance": None}
+        if denoiser.config.guidance_embeds:
+            arguments["guidance"] = torch.full([1], GUIDANCE, device=latents.device,
+                                               dtype=torch.float32).expand(len(latents))
+        return arguments
+
+    def denoiser_call(self, rows: torch.Tensor, timesteps: torch.Tensor, embeddings: list[PromptEmbedding],
+                      resolution: int) -> Callable[[], Any]:
+        text = torch.cat([embedding.hidden_states for embedding in embeddings]).to(self.dtype)
+        pooled = torch.cat([embedding.pooled for embedding in embeddings if embedding.pooled is not None])
+        arguments = self.call_arguments(self.denoiser, rows, timesteps)
+        return lambda: self.denoiser(**arguments, encoder_hidden_states=text, pooled_projections=pooled.to(self.dtype),
+                                     return_dict=False)
+
+    def meta_call(self, denoiser: Any, resolution: int) -> Callable[[], Any]:
+        config, size = denoiser.config, resolution // self.vae_scale_factor
+        arguments = self.call_arguments(denoiser, torch.empty(1, config.in_channels // 4, size, size), torch.zeros(1))
+        text = torch.empty(1, self.MAX_SEQUENCE_LENGTH, config.joint_attention_dim)
+        pooled = torch.empty(1, config.pooled_projection_dim)
+        return lambda: denoiser(**arguments, encoder_hidden_states=text, pooled_projections=pooled, return_dict=False)
+
+
+FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "scheduler")
+MODEL_CARDS = {card.name: card for card in (
+    ModelCard("flux-dev", "black-forest-labs/FLUX.1-dev", "flux-dev", 1024,
+              "FLUX.1 [dev] (19 double + 38 single blocks, T5-XXL + CLIP-L, guidance-distilled, rectified flow)",
+              FLUX_COMPONENTS),
+    ModelCard("flux-schnell", "black-forest-labs/FLUX.1-schnell", "flux-schnell", 1024,
+              "FLUX.1 [schnell] (19 double + 38 single blocks, T5-XXL + CLIP-L, timestep-distilled)", FLUX_COMPONENTS,
+              shared=tuple((component, "flux-dev") for component in ("vae", "text_encoder", "text_encoder_2"))),
+)}
+flux_dev, flux_schnell = (card_factory(MODEL_CARDS[name], FluxBackbone) for name in ("flux-dev", "flux-schnell"))
