@@ -211,3 +211,24 @@ _register(Preset(
     "CleanDIFT SD1.5 s3/s4/s5 ⊕ DINOv2-base blocks.11, one clean pass at t=261, each L2-normalised, renormalised",
     backbone_options={"resolution.1": 960, "resolution.2": 840, "renormalize": True},
 ))
+
+# DiTF (Gan et al., NeurIPS 2025; ganchaofan0000/DiTF): eval_spair.sh runs --img_size 640 640 --t 260 --k 28
+# --ensemble_size 8 --cd. Its k=28 counts the 19 double blocks first, and src/flux/modules/layers.py:291-312
+# (SingleStreamBlock.forward_feat) returns the block's *input* (x_feat = x.clone(), line 294) with the block's own
+# modulation: the map is single block 9's input = single_transformer_blocks.8's output, the AdaLN is block 9's.
+# src/flux/feat_flux.py:113-171: t/1000 unshifted as σ, a posterior sample (the flux AE's encode), guidance 3.5,
+# bfloat16, modulation and features averaged over the ensemble; eval_spair.py:113-160 builds the descriptor.
+DITF_SETTINGS = {"resolution": 640, "timestep": 260, "ensemble_size": 8, "latent_mode": "sample",
+                 "prompt": "a photo of a {category}", "dtype": "bfloat16"}
+_register(Preset(
+    "ditf-flux",
+    ("single_transformer_blocks.8", "single_transformer_blocks.9.mod.shift", "single_transformer_blocks.9.mod.scale"),
+    DITF_SETTINGS, "flux-dev",
+    "Gan et al., NeurIPS 2025 (DiTF), ganchaofan0000/DiTF eval_spair.sh (t=260, k=28, ensemble 8, --cd) and "
+    "eval_spair.py:113-160 (channels 154 and 1446 zeroed, LayerNorm without affine, (1+scale)·x+shift with the "
+    "block's AdaLN). Deviations: a square 640² input (DiTF keeps the aspect, each side rounded to 16 px), the "
+    "prompt 'a photo of a {category}' (DiTF: per-image MLLM captions, about +0.3 points), per-image seeded noise",
+    "DiTF on FLUX.1-dev: single block 9's input, massive-activation channels discarded, LayerNorm, its AdaLN",
+    backbone_options={"sigma": "linear", "guidance": 3.5, "descriptor": "ditf", "discard": "154,1446",
+                      "norm": True, "modulate": True},
+))

@@ -133,3 +133,60 @@ def test_save_and_load_round_trip(tiny_flux, photos, tmp_path):
     actual = loaded.extract(photos[:1], NAMES[:2], SETTINGS)
     for name in NAMES[:2]:
         torch.testing.assert_close(actual[name], expected[name])
+
+
+def test_ditf_descriptor_on_a_hand_worked_case():
+    """eval_spair.py:148-160: zero the discarded channels, LayerNorm over channels (no affine, eps 1e-6), then
+    (1 + scale)·x + shift. One location with channels (1, 100, 3, 5), channel 1 discarded: (1, 0, 3, 5) has mean
+    2.25 and biased variance 3.6875; scale (0, 1, 0, -1), shift (1, 1, 1, 1)."""
+    from dfbench.backbones.flux import FluxOptions, ditf_descriptor
+
+    features = torch.tensor([1.0, 100.0, 3.0, 5.0]).view(1, 4, 1, 1)
+    scale, shift = torch.tensor([0.0, 1.0, 0.0, -1.0]).view(1, 4, 1, 1), torch.ones(1, 4, 1, 1)
+    activations = {"single_transformer_blocks.8": features, "single_transformer_blocks.9.mod.scale": scale,
+                   "single_transformer_blocks.9.mod.shift": shift}
+    std = math.sqrt(3.6875 + 1e-6)
+    normed = [(value - 2.25) / std for value in (1.0, 0.0, 3.0, 5.0)]
+    expected = [normed[0] + 1, 2 * normed[1] + 1, normed[2] + 1, 0 * normed[3] + 1]
+    result = ditf_descriptor(activations, FluxOptions(descriptor="ditf", discard="1"))
+    assert result.flatten().tolist() == pytest.approx(expected, rel=1e-6)
+    plain = ditf_descriptor(activations, FluxOptions(descriptor="ditf", discard="", norm=False, modulate=False))
+    assert plain.flatten().tolist() == [1.0, 100.0, 3.0, 5.0]
+    with pytest.raises(Exception, match="the map has 4 channels"):
+        ditf_descriptor(activations, FluxOptions(descriptor="ditf"))          # 154, 1446: FLUX.1-dev's
+
+
+def test_ditf_options_are_recorded_and_make_distinct_runs(tmp_path):
+    """The ablation's three rows (as they come, + AdaLN, + channel discard) are three identities; σ = t/1000."""
+    from dfbench.resolve import resolve_run
+    from dfbench.runner import RunSpec
+    from dfbench.tasks.base import TaskOutput
+
+    specs = [RunSpec("tiny-flux", "spair/dift-nn", ["single_transformer_blocks.8"], data_root="mini",
+                     settings={"timestep": 260}, backbone_options={"descriptor": "none", "sigma": "linear"}),
+             *(RunSpec("tiny-flux", "spair/dift-nn", ["single_transformer_blocks.8",
+                                                      "single_transformer_blocks.9.mod.shift",
+                                                      "single_transformer_blocks.9.mod.scale"], data_root="mini",
+                       settings={"timestep": 260},
+                       backbone_options={"descriptor": "ditf", "sigma": "linear", "discard": discard})
+               for discard in ("", "3"))]
+    runs = [resolve_run(spec, weightless=True) for spec in specs]
+    assert len({run.identity_hash() for run in runs}) == 3
+    record = runs[2].record(TaskOutput(metrics={}))
+    assert record.details["backbone_options"]["discard"] == "3" and "DiTF[discard 3" in record.details[
+        "backbone_detail"]
+    assert runs[0].backbone.noise.sigma(260, 1600) == pytest.approx(0.26)
+
+
+def test_ditf_descriptor_runs_through_spair(tmp_path):
+    """The descriptor reaches the matcher: spair/dift-nn on the mini set with DiTF's recipe on tiny-flux."""
+    from dfbench.cli import main
+    from dfbench.results import load_results
+
+    code = main(["run", "--backbone", "tiny-flux", "--task", "spair", "--preset", "ditf-flux", "--data-root", "mini",
+                 "--resolution", "64", "--ensemble", "2", "--dtype", "float32", "--limit", "3",
+                 "--backbone-option", "discard=3", "--results", str(tmp_path), "--no-progress", "--no-figures"])
+    assert code == 0
+    (record,) = load_results(tmp_path)
+    assert record.preset == "ditf-flux" and record.details["backbone_options"]["descriptor"] == "ditf"
+    assert 0 <= record.metrics["pck@0.1_bbox"] <= 100

@@ -254,6 +254,10 @@ class DiffusionBackbone:
         """A fingerprint of the weights actually loaded (denoiser, VAE, text encoders; see the cache)."""
         return weight_fingerprint([self.denoiser, self.vae, *self.text_encoders])
 
+    def configure(self, options: dict[str, Any]) -> None:
+        """Apply backbone options (``--backbone-option``); a family without options refuses any in one line."""
+        raise DfbenchInputError(f"backbone {self.name} takes no backbone options (given: {', '.join(options)})")
+
     # ------------------------------------------------------------------ the denoiser call (per family)
     def denoiser_call(self, rows: torch.Tensor, timesteps: torch.Tensor, embeddings: list[PromptEmbedding],
                       resolution: int) -> Callable[[], Any]:

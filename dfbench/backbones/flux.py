@@ -5,7 +5,8 @@ positions, conditioned on T5-XXL and CLIP-L's pooled output; [dev] also embeds a
 The denoiser is called as ``FluxPipeline`` calls it: the latents packed 2×2 (``_pack_latents``: 64 channels per
 token, tokens row-major over the packed grid), ``img_ids`` = (0, row, column) of each token, ``txt_ids`` zeros,
 ``timestep`` = the scheduler's σ·1000 / 1000 (the transformer multiplies it back), ``guidance`` = 3.5 (the
-pipeline's default ``guidance_scale``) on [dev]. Noise: x_t = (1 − σ)·x₀ + σ·ε with σ the scheduler's at
+pipeline's default ``guidance_scale``; backbone option ``guidance``) on [dev]. Backbone options
+(:class:`FluxOptions`) also give DiTF's σ rule and descriptor. Noise: x_t = (1 − σ)·x₀ + σ·ε with σ the scheduler's at
 ``--timestep``: [dev] shifts it by the image's token count (``use_dynamic_shifting``), [schnell] does not.
 
 Activations, image tokens only, on the packed grid (resolution / 16 per side): ``transformer_blocks.{i}`` (element
@@ -17,11 +18,14 @@ and ``.mod.{shift,scale,gate}`` — the block's AdaLN modulation of its attentio
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from dfbench.activations import validate_selection
 from dfbench.backbones.base import DiffusionBackbone
@@ -31,11 +35,68 @@ from dfbench.backbones.stable_diffusion import ModelCard, card_factory
 from dfbench.backbones.text import FluxText, TextConditioner
 from dfbench.capture import ActivationCapture
 from dfbench.errors import DfbenchInputError
+from dfbench.features import combine_activations
+from dfbench.options import parse_options
 
 SIGNALS = ("", ".attn.q", ".attn.k", ".attn.v", ".mod.shift", ".mod.scale", ".mod.gate")
 MODULATION = {"shift": 0, "scale": 1, "gate": 2}
-#: FluxPipeline's default guidance_scale, embedded by [dev]
-GUIDANCE = 3.5
+SIGMA_RULES = ("scheduler", "linear")
+DESCRIPTORS = ("none", "ditf")
+
+
+@dataclass(frozen=True)
+class FluxOptions:
+    """Backbone options of FLUX (``--backbone-option KEY=VALUE``, a preset's ``backbone_options``).
+
+    sigma: ``scheduler`` (σ at t from the model's scheduler, [dev]'s dynamic shift included) or ``linear``
+    (DiTF's σ = t/1000 unshifted: ``src/flux/feat_flux.py`` 137-144, ``t = timestep / 1000``). guidance: the
+    guidance value [dev] embeds (FluxPipeline's default 3.5; DiTF's ``guidance=3.5``). descriptor: ``none``
+    (the selected activations as every backbone combines them) or ``ditf`` — DiTF's descriptor
+    (``eval_spair.py`` 113, 145-160): the one selected map with the channels in ``discard`` zeroed (its "massive
+    activations"; ``154,1446`` for FLUX.1-dev, ``--cd``), LayerNorm over channels without affine (eps 1e-6,
+    ``norm``), then ``(1 + scale)·x + shift`` with the selected ``….mod.scale`` / ``….mod.shift`` (``modulate``).
+    """
+
+    sigma: str = "scheduler"
+    guidance: float = 3.5
+    descriptor: str = "none"
+    discard: str = "154,1446"
+    norm: bool = True
+    modulate: bool = True
+
+    def validate(self, where: str) -> None:
+        if self.sigma not in SIGMA_RULES or self.descriptor not in DESCRIPTORS:
+            raise DfbenchInputError(f"{where}: sigma={self.sigma!r} / descriptor={self.descriptor!r}: choose sigma "
+                                    f"from {', '.join(SIGMA_RULES)} and descriptor from {', '.join(DESCRIPTORS)}")
+        try:
+            self.discarded()
+        except ValueError:
+            raise DfbenchInputError(f"{where}: discard={self.discard!r}: channel numbers separated by commas "
+                                    "(e.g. 154,1446), or empty") from None
+
+    def discarded(self) -> list[int]:
+        """The channels ``discard`` names."""
+        return [int(part) for part in self.discard.replace(" ", "").split(",") if part]
+
+
+def ditf_descriptor(activations: dict[str, torch.Tensor], options: FluxOptions) -> torch.Tensor:
+    """DiTF's descriptor N×C×h×w from one selected map and (``modulate``) its ``….mod.scale`` / ``….mod.shift``."""
+    maps = [value for name, value in activations.items() if ".mod." not in name]
+    mods = {name.rsplit(".", 1)[1]: value for name, value in activations.items() if ".mod." in name}
+    if len(maps) != 1 or options.modulate and not {"shift", "scale"} <= set(mods):
+        raise DfbenchInputError("backbone option descriptor=ditf takes one activation map and, with modulate, the "
+                                "….mod.shift and ….mod.scale of the block that reads it (preset ditf-flux)")
+    features = maps[0].float().clone()
+    if any(channel >= features.shape[1] for channel in options.discarded()):
+        raise DfbenchInputError(f"backbone option discard={options.discard}: the map has {features.shape[1]} "
+                                "channels (154,1446 are FLUX.1-dev's; choose channels of this model)")
+    if options.discarded():
+        features[:, options.discarded()] = 0.0
+    if options.norm:
+        features = F.layer_norm(features.permute(0, 2, 3, 1), (features.shape[1],), eps=1e-6).permute(0, 3, 1, 2)
+    if options.modulate:
+        features = (1 + mods["scale"].float()) * features + mods["shift"].float()
+    return features
 
 
 def modulation_reader(chunks: int, which: int) -> Callable[[Any], torch.Tensor]:
@@ -73,9 +134,38 @@ class FluxBackbone(DiffusionBackbone):
     #: T5 tokens (FluxPipeline's ``max_sequence_length``)
     MAX_SEQUENCE_LENGTH: ClassVar[int] = 512
 
+    #: the options in force (all of them, resolved), recorded with every run and part of its identity
+    options: dict[str, Any] = dataclasses.asdict(FluxOptions())
+
     @classmethod
     def text_conditioner(cls, encoders: Sequence[Any], tokenizers: Sequence[Any]) -> TextConditioner:
         return FluxText(encoders, tokenizers, cls.MAX_SEQUENCE_LENGTH)
+
+    def configure(self, options: dict[str, Any]) -> None:
+        self.flux_options = parse_options(FluxOptions, options, f"backbone {self.name}")
+        self.options = dataclasses.asdict(self.flux_options)
+        assert isinstance(self.noise, FlowMatchingNoise)
+        self.noise.shifted = self.flux_options.sigma == "scheduler"
+
+    @property
+    def chosen_options(self) -> FluxOptions:
+        return getattr(self, "flux_options", FluxOptions())
+
+    def describe(self) -> str:
+        """The options in one line, for the leaderboard."""
+        options = self.chosen_options
+        parts = [f"σ {options.sigma}", f"guidance {options.guidance:g}"]
+        if options.descriptor == "ditf":
+            steps = [step for step, on in (("discard " + options.discard, bool(options.discarded())),
+                                           ("LN", options.norm), ("AdaLN", options.modulate)) if on]
+            parts.append("DiTF[" + ", ".join(steps) + "]")
+        return " ".join(parts)
+
+    def combine(self, activations: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One descriptor map N×C×H×W: DiTF's (``descriptor=ditf``), else the default combination."""
+        if self.chosen_options.descriptor == "ditf":
+            return ditf_descriptor(activations, self.chosen_options)
+        return combine_activations(activations)
 
     def check_resolution(self, resolution: int) -> None:
         """A multiple of 16 pixels (8-pixel latent cells packed 2×2)."""
@@ -123,7 +213,7 @@ class FluxBackbone(DiffusionBackbone):
                      "txt_ids": torch.zeros(self.MAX_SEQUENCE_LENGTH, 3, device=latents.device, dtype=latents.dtype),
                      "guidance": None}
         if denoiser.config.guidance_embeds:
-            arguments["guidance"] = torch.full([1], GUIDANCE, device=latents.device,
+            arguments["guidance"] = torch.full([1], self.chosen_options.guidance, device=latents.device,
                                                dtype=torch.float32).expand(len(latents))
         return arguments
 

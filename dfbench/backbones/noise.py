@@ -45,6 +45,8 @@ class FlowMatchingNoise:
 
     def __init__(self, scheduler: Any) -> None:
         self.scheduler = scheduler
+        #: σ as the scheduler shifts it (default), or σ = t/N unshifted (DiTF's rule for FLUX)
+        self.shifted = True
 
     @property
     def steps(self) -> int:
@@ -61,8 +63,8 @@ class FlowMatchingNoise:
         (``_time_shift_exponential``)."""
         unshifted = timestep / self.steps
         config = self.scheduler.config
-        if unshifted == 0:
-            return 0.0
+        if unshifted == 0 or not self.shifted:
+            return unshifted
         if getattr(config, "use_dynamic_shifting", False):
             slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
             mu = image_tokens * slope + config.base_shift - slope * config.base_image_seq_len

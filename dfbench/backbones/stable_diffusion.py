@@ -97,15 +97,19 @@ def card_factory(card: ModelCard, backbone_class: type[BackboneT]) -> Callable[.
     """The registry factory of a built-in model: ``pretrained`` weights from its hub id (or ``weights``, a
     folder or another id), or ``random`` / ``meta`` weights from its bundled configs."""
 
-    def factory(weights: str | None = None, *, init: str = "pretrained", torch_dtype: str = "float32",
-                device: str | None = None, local_files_only: bool | None = None, seed: int = 0) -> BackboneT:
+    def factory(weights: str | None = None, *, options: dict[str, Any] | None = None, init: str = "pretrained",
+                torch_dtype: str = "float32", device: str | None = None, local_files_only: bool | None = None,
+                seed: int = 0) -> BackboneT:
         if init == "pretrained":
-            return backbone_class.from_pretrained(card.name, weights or card.hub_id, card.default_resolution,
-                                                  torch_dtype, device, local_files_only)
-        backbone = backbone_class.from_configs(card.name, card.bundled_configs(), card.default_resolution, init,
-                                               seed, device, torch_dtype)
+            backbone = backbone_class.from_pretrained(card.name, weights or card.hub_id, card.default_resolution,
+                                                      torch_dtype, device, local_files_only)
+        else:
+            backbone = backbone_class.from_configs(card.name, card.bundled_configs(), card.default_resolution, init,
+                                                   seed, device, torch_dtype)
         if init == "meta":      # weightless: it stands for the weights it would load (a run's identity names them)
             backbone.source = str(weights or card.hub_id)
+        if options:
+            backbone.configure(options)
         return backbone
 
     factory.__doc__ = card.doc()

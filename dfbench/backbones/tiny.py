@@ -161,9 +161,13 @@ def tiny_factory(name: str, cls: type[BackboneT], configs: Callable[[], dict[str
     """The registry factory of a tiny model: seeded name-keyed random weights (``init="random"``, the default),
     ``meta``, or a saved folder (``weights``)."""
 
-    def factory(weights: str | None = None, *, init: str = "random", seed: int = 0, device: str | None = None,
-                torch_dtype: str = "float32", local_files_only: bool | None = None) -> BackboneT:
-        return _create(cls, name, configs(), weights, init, seed, device, torch_dtype, local_files_only)
+    def factory(weights: str | None = None, *, options: dict[str, Any] | None = None, init: str = "random",
+                seed: int = 0, device: str | None = None, torch_dtype: str = "float32",
+                local_files_only: bool | None = None) -> BackboneT:
+        backbone = _create(cls, name, configs(), weights, init, seed, device, torch_dtype, local_files_only)
+        if options:
+            backbone.configure(options)
+        return backbone
 
     factory.__doc__ = f"{summary}, {TINY_RESOLUTION} px — tests and the offline demo."
     return factory
