@@ -148,3 +148,43 @@ def test_activations_table_shows_aliases(capsys):
     assert main(["activations", "tiny-sd15", "--grep", r"^up_blocks\.1$"]) == 0
     out = capsys.readouterr().out
     assert "aliases (CleanDIFT, DIFT, GDF)" in out and "us6, up_ft_index=1" in out
+
+
+def test_massive_channels_on_a_hand_made_map():
+    """Channel peaks (max |x| over images and positions) 1, 2, 3, 400 and -90: median 3, so at threshold 10 the
+    outliers are channel 3 (×133.3) then channel 4 (×30)."""
+    import torch
+
+    from dfbench.activation_stats import massive_channels
+
+    features = torch.zeros(2, 5, 2, 2)
+    features[0, :, 0, 0] = torch.tensor([1.0, -2.0, 3.0, 1.0, 5.0])
+    features[1, :, 1, 1] = torch.tensor([0.5, 1.0, -1.0, 400.0, -90.0])
+    median, outliers = massive_channels(features, threshold=10)
+    assert median == 3.0
+    assert [(o.channel, o.peak) for o in outliers] == [(3, 400.0), (4, 90.0)]
+    assert [o.ratio for o in outliers] == pytest.approx([400 / 3, 30.0])
+
+
+def test_activations_stats_reads_the_models_own_activations(tmp_path, capsys, photos):
+    """The CLI's outliers are those of the activations `extract` returns for the same images and settings."""
+    import json
+
+    import torch
+
+    from dfbench import ExtractSettings, create_backbone
+    from dfbench.activation_stats import massive_channels
+    from dfbench.cli import main
+
+    for index, photo in enumerate(photos[:2]):
+        photo.save(tmp_path / f"{index}.png")
+    assert main(["activations", "tiny-sd15", "--stats", "--images", str(tmp_path), "--grep", r"^up_blocks\.[12]$",
+                 "--resolution", "64", "--threshold", "2", "--format", "json"]) == 0
+    report = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(report) == {"up_blocks.1", "up_blocks.2"}
+    features = create_backbone("tiny-sd15").extract(photos[:2], ["up_blocks.1"], ExtractSettings(resolution=64))
+    median, outliers = massive_channels(features["up_blocks.1"], threshold=2)
+    assert report["up_blocks.1"]["median_peak"] == pytest.approx(median)
+    assert [o["channel"] for o in report["up_blocks.1"]["outliers"]] == [o.channel for o in outliers]
+    assert torch.is_tensor(features["up_blocks.1"])
+    assert main(["activations", "tiny-sd15", "--stats", "--grep", "x"]) == 2          # no --images: one line
