@@ -47,12 +47,14 @@ def requested_dtype(preset: Preset | None, given: dict[str, Any]) -> str:
 
 def build_backbone(name: str, *, dtype: str = DEFAULT_DTYPE, weights: str | None = None, device: str | None = None,
                    options: dict[str, Any] | None = None, unet_weights: str | None = None,
-                   weightless: bool = False, init: str | None = None) -> Backbone:
+                   weightless: bool = False, init: str | None = None, text_encoders: str = "all") -> Backbone:
     """The backbone registered as ``name`` with the user's overrides: the one function every command builds a
     backbone from user input with. ``weightless``: built on the meta device (names, shapes, options and the
     weights' source only; :func:`dfbench.registry.weightless_backbone`); ``init="random"``: seeded random weights
     from the bundled configs (``dfbench perf``: full-size models without downloads)."""
     overrides: dict[str, Any] = {"options": dict(options)} if options else {}
+    if text_encoders != "all":       # the encoders left out are never loaded (a factory without them refuses it)
+        overrides["text_encoders"] = text_encoders
     if init is not None:
         overrides["init"] = init
     if weights:
@@ -104,6 +106,8 @@ def resolve_features(backbone: str | Backbone, *, selection: list[str] | tuple[s
     given = dict(settings or {})
     found = get_preset(preset) if preset else None
     dtype = requested_dtype(found, given)
+    text_encoders = str(given.get("text_encoders") or (found.settings.get("text_encoders") if found else None)
+                        or "all")
     chosen = list(selection) or (list(found.selection) if found else [])
     if require_selection and not chosen:       # before any weights load
         raise DfbenchInputError("no activations selected: pass --select NAME… or --preset P")
@@ -111,7 +115,8 @@ def resolve_features(backbone: str | Backbone, *, selection: list[str] | tuple[s
     if isinstance(backbone, str):
         options = {**(found.backbone_options if found else {}), **(backbone_options or {})}
         backbone = build_backbone(backbone, dtype=dtype, weights=weights, device=device, options=options,
-                                  unet_weights=unet_weights, weightless=weightless, init=init)
+                                  unet_weights=unet_weights, weightless=weightless, init=init,
+                                  text_encoders=text_encoders)
     elif not weightless:
         loaded = str(getattr(backbone, "dtype", "")).removeprefix("torch.")
         if loaded and loaded != dtype:

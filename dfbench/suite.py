@@ -156,8 +156,10 @@ def weightless_key(spec: RunSpec) -> str:
 def backbone_key(spec: RunSpec) -> str:
     """What decides a spec's loaded backbone (rows with the same key share one): its weightless key, the
     dtype and the device."""
-    dtype = requested_dtype(get_preset(spec.preset) if spec.preset else None, spec.settings)
-    return f"{weightless_key(spec)}|{dtype}|{spec.device}"
+    preset = get_preset(spec.preset) if spec.preset else None
+    dtype = requested_dtype(preset, spec.settings)
+    text = spec.settings.get("text_encoders") or (preset.settings.get("text_encoders") if preset else None) or "all"
+    return f"{weightless_key(spec)}|{dtype}|{spec.device}|{text}"
 
 
 def run_identity(spec: RunSpec, weightless: Backbone | None) -> str | None:
@@ -230,9 +232,11 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
         key = backbone_key(spec)
         if missing is None and key not in backbones:
             try:
-                backbones[key] = build_backbone(spec.backbone, dtype=requested_dtype(
-                    get_preset(spec.preset) if spec.preset else None, spec.settings), weights=spec.weights,
-                    device=spec.device, options=spec_backbone_options(spec))
+                preset = get_preset(spec.preset) if spec.preset else None
+                backbones[key] = build_backbone(
+                    spec.backbone, dtype=requested_dtype(preset, spec.settings), weights=spec.weights,
+                    device=spec.device, options=spec_backbone_options(spec),
+                    text_encoders=key.rsplit("|", 1)[1])
             except DfbenchInputError as error:       # weights not found: the message says how to get them
                 missing = str(error)
         if missing is not None:

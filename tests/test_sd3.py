@@ -134,3 +134,23 @@ def test_save_and_load_round_trip(tiny_sd3, photos, tmp_path):
     loaded = create_backbone("sd3-medium", weights=str(tmp_path / "model"), device="cpu")
     expected = tiny_sd3.extract(photos[:1], [NAME], SETTINGS)[NAME]
     torch.testing.assert_close(loaded.extract(photos[:1], [NAME], SETTINGS)[NAME], expected)
+
+
+def test_a_backbone_built_without_t5_never_loads_it(tiny_sd3, photos, tmp_path):
+    """--text-encoders clip: the T5's weights are never read (its folder may hold only its config), its place in
+    the conditioning is zeros, and the features equal a full model's in the same mode; asking such a backbone
+    for all encoders is one line."""
+    from dfbench.backbones.parts import is_meta
+    from dfbench.resolve import resolve_features
+
+    tiny_sd3.save_pretrained(tmp_path / "model")
+    for weights in (tmp_path / "model" / "text_encoder_3").glob("*.safetensors"):
+        weights.unlink()                                           # only config.json is left
+    features = resolve_features("sd3-medium", selection=[NAME], weights=str(tmp_path / "model"), device="cpu",
+                                settings={**SETTINGS.to_dict(), "text_encoders": "clip"})
+    assert [is_meta(encoder) for encoder in features.backbone.text_encoders] == [False, False, True]
+    clip = SETTINGS.replace(text_encoders="clip")
+    torch.testing.assert_close(features.backbone.extract(photos[:1], [NAME], clip)[NAME],
+                               tiny_sd3.extract(photos[:1], [NAME], clip)[NAME])
+    with pytest.raises(DfbenchInputError, match="text_encoder_3 was not loaded"):
+        features.backbone.extract(photos[:1], [NAME], SETTINGS)

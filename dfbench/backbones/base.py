@@ -44,10 +44,12 @@ from dfbench.backbones.parts import (
     PromptEmbedding,
     byte_level_clip_tokenizer,
     default_device,
+    encoder_from_config,
     fill_prompts,
+    is_meta,
+    load_error,
     out_of_memory_as_input_error,
     per_image_draws,
-    text_config,
 )
 from dfbench.backbones.text import ClipText, TextConditioner
 from dfbench.cache import weight_fingerprint
@@ -118,6 +120,11 @@ class DiffusionBackbone:
     def tokenizers(self) -> list[Any]:
         return self.text.tokenizers
 
+    @property
+    def loaded_encoders(self) -> list[Any]:
+        """The text encoders with weights (``--text-encoders clip|none`` leaves some out)."""
+        return [encoder for encoder in self.text_encoders if not is_meta(encoder)]
+
     @classmethod
     def text_conditioner(cls, encoders: Sequence[Any], tokenizers: Sequence[Any]) -> TextConditioner:
         """The family's text conditioner over loaded encoders (a family with options, e.g. T5's length, overrides)."""
@@ -125,10 +132,19 @@ class DiffusionBackbone:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def skipped_encoders(cls, text_encoders: str) -> set[int]:
+        """The text encoders (by position) that ``--text-encoders`` leaves unloaded: every one for ``none``, those
+        that are not CLIP (a T5) for ``clip``; they are built on the meta device from their config (no weights)."""
+        return {index for index, (_, _, encoder_class) in enumerate(cls.TEXT.COMPONENTS)
+                if text_encoders == "none" or text_encoders == "clip" and not encoder_class.startswith("CLIP")}
+
+    @classmethod
     def from_pretrained(cls, name: str, model_id: str | Path, default_resolution: int, torch_dtype: str = "float32",
-                        device: str | None = None, local_files_only: bool | None = None) -> Self:
+                        device: str | None = None, local_files_only: bool | None = None,
+                        text_encoders: str = "all") -> Self:
         """Load every component with diffusers/transformers ``from_pretrained`` from a hub id or a
-        local diffusers folder (the denoiser's folder, ``vae/ scheduler/`` and the text encoders' folders)."""
+        local diffusers folder (the denoiser's folder, ``vae/ scheduler/`` and the text encoders' folders); the
+        encoders ``text_encoders`` leaves out are built from their config only (:meth:`skipped_encoders`)."""
         dtype = TORCH_DTYPES[torch_dtype]
         model_id = str(model_id)
         local_files_only = hub_source(name, model_id, local_files_only)
@@ -140,37 +156,29 @@ class DiffusionBackbone:
             vae = diffusers.AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **common)
             scheduler = getattr(diffusers, cls.SCHEDULER).from_pretrained(model_id, subfolder="scheduler", **common)
             encoders, tokenizers = [], []
-            for model_folder, tokenizer_folder, encoder_class in cls.TEXT.COMPONENTS:
-                encoders.append(getattr(transformers, encoder_class).from_pretrained(
-                    model_id, subfolder=model_folder, dtype=dtype, **common))
+            skipped = cls.skipped_encoders(text_encoders)
+            for index, (model_folder, tokenizer_folder, encoder_class) in enumerate(cls.TEXT.COMPONENTS):
+                model_class = getattr(transformers, encoder_class)
+                if index in skipped:
+                    config = model_class.config_class.from_pretrained(model_id, subfolder=model_folder, **common)
+                    with torch.device("meta"):
+                        encoders.append(model_class(config))
+                else:
+                    encoders.append(model_class.from_pretrained(model_id, subfolder=model_folder, dtype=dtype,
+                                                                **common))
                 tokenizers.append(getattr(transformers, cls.TEXT.TOKENIZER).from_pretrained(
                     model_id, subfolder=tokenizer_folder, local_files_only=bool(local_files_only)))
         except (OSError, ValueError) as error:
-            raise cls.load_error(name, model_id, error) from None
+            folders = (folder, "vae", "scheduler", *(part for entry in cls.TEXT.COMPONENTS for part in entry[:2]))
+            raise load_error(name, model_id, folders, error) from None
         backbone = cls(name, denoiser, vae, scheduler, cls.text_conditioner(encoders, tokenizers),
                        default_resolution, source=model_id)
         return backbone.to(device or default_device(), torch_dtype)
 
     @classmethod
-    def load_error(cls, name: str, model_id: str, error: Exception) -> DfbenchInputError:
-        """One line for a model that did not load: what a local folder lacks, or how to download it."""
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        folders = (cls.DENOISER[0], "vae", "scheduler", *(part for entry in cls.TEXT.COMPONENTS for part in entry[:2]))
-        if Path(model_id).is_dir():  # a local folder: say what is missing there, not how to download it
-            missing = [folder for folder in folders if not (Path(model_id) / folder).is_dir()]
-            return DfbenchInputError(
-                f"--weights {model_id}: not a diffusers model folder for {name}"
-                + (f" (missing {', '.join(f'{m}/' for m in missing)})" if missing else f" ({first_line[:200]})")
-                + f"; it needs {' '.join(f'{folder}/' for folder in folders)}")
-        return DfbenchInputError(
-            f"cannot load backbone {name} from {model_id!r} ({first_line[:200]}); download it with "
-            f"`hf download {model_id}` on a machine with internet, or pass --weights DIR with a local "
-            f"diffusers folder ({' '.join(f'{folder}/' for folder in folders)})")
-
-    @classmethod
     def from_configs(cls, name: str, configs: dict[str, dict[str, Any]], default_resolution: int,
                      init: str = "random", seed: int = 0, device: str | None = None,
-                     torch_dtype: str = "float32") -> Self:
+                     torch_dtype: str = "float32", text_encoders: str = "all") -> Self:
         """Build from architecture configs with seeded random weights (``init="random"``) or with no
         weights at all on the meta device (``init="meta"``: shapes only). Random-weight models get an offline
         byte-level tokenizer (real checkpoints bring their own)."""
@@ -182,8 +190,11 @@ class DiffusionBackbone:
             with torch.device("meta") if init == "meta" else nullcontext():
                 denoiser = getattr(diffusers, class_name).from_config(configs[folder])
                 vae = diffusers.AutoencoderKL.from_config(configs["vae"])
-                encoders = [cls.encoder_from_config(encoder_class, configs[model_folder])
-                            for model_folder, _, encoder_class in cls.TEXT.COMPONENTS]
+                skipped = cls.skipped_encoders(text_encoders)
+                encoders = []
+                for index, (model_folder, _, encoder_class) in enumerate(cls.TEXT.COMPONENTS):
+                    with torch.device("meta") if index in skipped else nullcontext():
+                        encoders.append(encoder_from_config(encoder_class, configs[model_folder]))
         tokenizers = [byte_level_clip_tokenizer() for _ in cls.TEXT.COMPONENTS]
         # the training noise schedule: the bundled scheduler's betas (any sampler's config), else Stable Diffusion's
         scheduler = (getattr(diffusers, cls.SCHEDULER).from_config(configs["scheduler"]) if "scheduler" in configs
@@ -194,15 +205,6 @@ class DiffusionBackbone:
             return backbone
         return backbone.to(device or default_device(), torch_dtype)
 
-    @staticmethod
-    def encoder_from_config(class_name: str, config: dict[str, Any]) -> torch.nn.Module:
-        """A transformers text encoder of ``class_name`` built from a config dict (CLIP: its text config)."""
-        if class_name.startswith("CLIP"):
-            return getattr(transformers, class_name)(text_config(config))
-        clean = {key: value for key, value in config.items() if key not in ("torch_dtype", "dtype", "architectures")}
-        model_class = getattr(transformers, class_name)
-        return model_class(model_class.config_class(**clean))
-
     def save_pretrained(self, directory: str | Path) -> None:
         """Write every component in the diffusers folder layout (loadable by :meth:`from_pretrained`)."""
         directory = Path(directory)
@@ -212,13 +214,14 @@ class DiffusionBackbone:
         for (model_folder, tokenizer_folder, _), encoder, tokenizer in zip(
             self.TEXT.COMPONENTS, self.text_encoders, self.tokenizers, strict=True
         ):
-            encoder.save_pretrained(directory / model_folder)
+            if not is_meta(encoder):          # an encoder --text-encoders left out has no weights to write
+                encoder.save_pretrained(directory / model_folder)
             tokenizer.save_pretrained(directory / tokenizer_folder)
 
     def to(self, device: str | torch.device, torch_dtype: str | None = None) -> Self:
         """Move every model to ``device`` (and cast to ``torch_dtype``); returns ``self``."""
         dtype = TORCH_DTYPES[torch_dtype] if torch_dtype else None
-        for module in (self.denoiser, self.vae, *self.text_encoders):
+        for module in (self.denoiser, self.vae, *self.loaded_encoders):
             module.to(device)
             if dtype is not None and next(module.parameters()).dtype != dtype:
                 module.to(dtype)
@@ -252,7 +255,7 @@ class DiffusionBackbone:
 
     def weight_fingerprint(self) -> str:
         """A fingerprint of the weights actually loaded (denoiser, VAE, text encoders; see the cache)."""
-        return weight_fingerprint([self.denoiser, self.vae, *self.text_encoders])
+        return weight_fingerprint([self.denoiser, self.vae, *self.loaded_encoders])
 
     def configure(self, options: dict[str, Any]) -> None:
         """Apply backbone options (``--backbone-option``); a family without options refuses any in one line."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 from dfbench.errors import DfbenchInputError
 from dfbench.settings import ExtractSettings
@@ -134,3 +135,32 @@ def per_image_draws(pixels: torch.Tensor, settings: ExtractSettings, latent_chan
         if settings.add_noise:
             noise.append(torch.randn(shape, generator=generator))
     return (torch.cat(posterior_eps) if sample else None, torch.cat(noise) if settings.add_noise else None)
+
+
+def is_meta(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds no weights (built on the meta device)."""
+    return any(parameter.is_meta for parameter in module.parameters())
+
+
+def encoder_from_config(class_name: str, config: dict[str, Any]) -> torch.nn.Module:
+    """A transformers text encoder of ``class_name`` built from a config dict (CLIP: its text config)."""
+    if class_name.startswith("CLIP"):
+        return getattr(transformers, class_name)(text_config(config))
+    clean = {key: value for key, value in config.items() if key not in ("torch_dtype", "dtype", "architectures")}
+    model_class = getattr(transformers, class_name)
+    return model_class(model_class.config_class(**clean))
+
+
+def load_error(name: str, model_id: str, folders: Sequence[str], error: Exception) -> DfbenchInputError:
+    """One line for a model that did not load: what a local folder lacks, or how to download it."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if Path(model_id).is_dir():  # a local folder: say what is missing there, not how to download it
+        missing = [folder for folder in folders if not (Path(model_id) / folder).is_dir()]
+        return DfbenchInputError(
+            f"--weights {model_id}: not a diffusers model folder for {name}"
+            + (f" (missing {', '.join(f'{m}/' for m in missing)})" if missing else f" ({first_line[:200]})")
+            + f"; it needs {' '.join(f'{folder}/' for folder in folders)}")
+    return DfbenchInputError(
+        f"cannot load backbone {name} from {model_id!r} ({first_line[:200]}); download it with "
+        f"`hf download {model_id}` on a machine with internet, or pass --weights DIR with a local "
+        f"diffusers folder ({' '.join(f'{folder}/' for folder in folders)})")

@@ -99,13 +99,13 @@ def card_factory(card: ModelCard, backbone_class: type[BackboneT]) -> Callable[.
 
     def factory(weights: str | None = None, *, options: dict[str, Any] | None = None, init: str = "pretrained",
                 torch_dtype: str = "float32", device: str | None = None, local_files_only: bool | None = None,
-                seed: int = 0) -> BackboneT:
+                seed: int = 0, text_encoders: str = "all") -> BackboneT:
         if init == "pretrained":
             backbone = backbone_class.from_pretrained(card.name, weights or card.hub_id, card.default_resolution,
-                                                      torch_dtype, device, local_files_only)
+                                                      torch_dtype, device, local_files_only, text_encoders)
         else:
             backbone = backbone_class.from_configs(card.name, card.bundled_configs(), card.default_resolution, init,
-                                                   seed, device, torch_dtype)
+                                                   seed, device, torch_dtype, text_encoders)
         if init == "meta":      # weightless: it stands for the weights it would load (a run's identity names them)
             backbone.source = str(weights or card.hub_id)
         if options:

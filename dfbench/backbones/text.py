@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from dfbench.backbones.parts import PromptEmbedding
+from dfbench.backbones.parts import PromptEmbedding, is_meta
+from dfbench.errors import DfbenchInputError
 
 
 class TextConditioner:
@@ -40,6 +41,12 @@ class TextConditioner:
         """The conditioning of ``prompt`` by ``encoders`` (``all``, ``clip``, ``none``: settings.text_encoders),
         computed once per distinct prompt and mode."""
         key = f"{encoders}:{prompt}"
+        needed = [index for index, (_, _, encoder_class) in enumerate(self.COMPONENTS)
+                  if encoders == "all" or encoders == "clip" and encoder_class.startswith("CLIP")]
+        unloaded = [self.COMPONENTS[index][0] for index in needed if is_meta(self.encoders[index])]
+        if unloaded:
+            raise DfbenchInputError(f"text encoder {', '.join(unloaded)} was not loaded (the backbone was built for "
+                                    f"fewer text encoders); build it again for --text-encoders {encoders}")
         if key not in self._cache:
             with torch.inference_mode():
                 if encoders == "none":

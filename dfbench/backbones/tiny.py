@@ -23,6 +23,7 @@ import torch
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.flux import MODEL_CARDS as FLUX_CARDS
 from dfbench.backbones.flux import FluxBackbone
+from dfbench.backbones.parts import is_meta
 from dfbench.backbones.pixart import MODEL_CARDS as PIXART_CARDS
 from dfbench.backbones.pixart import PixArtBackbone
 from dfbench.backbones.sd3 import MODEL_CARDS as SD3_CARDS
@@ -140,18 +141,20 @@ def name_seeded_init(model: torch.nn.Module, seed: int, prefix: str) -> None:
 BackboneT = TypeVar("BackboneT", bound=DiffusionBackbone)
 
 
-def _create(cls: type[BackboneT], name: str, configs: dict, weights: str | None, init: str,
-            seed: int, device: str | None, torch_dtype: str, local_files_only: bool | None) -> BackboneT:
+def _create(cls: type[BackboneT], name: str, configs: dict, weights: str | None, init: str, seed: int,
+            device: str | None, torch_dtype: str, local_files_only: bool | None, text_encoders: str) -> BackboneT:
     if weights is not None and init != "meta":
-        return cls.from_pretrained(name, weights, TINY_RESOLUTION, torch_dtype, device or "cpu", local_files_only)
+        return cls.from_pretrained(name, weights, TINY_RESOLUTION, torch_dtype, device or "cpu", local_files_only,
+                                   text_encoders)
     init = "random" if init == "pretrained" else init
-    backbone = cls.from_configs(name, configs, TINY_RESOLUTION, init, seed, "cpu", "float32")
+    backbone = cls.from_configs(name, configs, TINY_RESOLUTION, init, seed, "cpu", "float32", text_encoders)
     if init == "meta":          # weightless: it stands for the weights it would have (a run's identity names them)
         backbone.source = weights or "random init"
     if init == "random":
         for component, model in ((cls.DENOISER[0], backbone.denoiser), ("vae", backbone.vae),
                                  *((f"text_encoder_{index}", encoder)
-                                   for index, encoder in enumerate(backbone.text_encoders))):
+                                   for index, encoder in enumerate(backbone.text_encoders)
+                                   if not is_meta(encoder))):
             name_seeded_init(model, seed, f"{name}/{component}")
     return backbone if init == "meta" else backbone.to(device or "cpu", torch_dtype)
 
@@ -163,8 +166,9 @@ def tiny_factory(name: str, cls: type[BackboneT], configs: Callable[[], dict[str
 
     def factory(weights: str | None = None, *, options: dict[str, Any] | None = None, init: str = "random",
                 seed: int = 0, device: str | None = None, torch_dtype: str = "float32",
-                local_files_only: bool | None = None) -> BackboneT:
-        backbone = _create(cls, name, configs(), weights, init, seed, device, torch_dtype, local_files_only)
+                local_files_only: bool | None = None, text_encoders: str = "all") -> BackboneT:
+        backbone = _create(cls, name, configs(), weights, init, seed, device, torch_dtype, local_files_only,
+                           text_encoders)
         if options:
             backbone.configure(options)
         return backbone
