@@ -138,3 +138,14 @@ def test_perf_suites_come_from_one_registry(capsys):
     assert listed == list(SUITES) and len(listed) == 10
     for suite in SUITES.values():
         assert callable(importlib.import_module(f"dfbench.perf.{suite.module}").from_args)
+
+
+@pytest.mark.slow
+def test_perf_backbone_times_a_dit_without_its_t5():
+    """The settings reach the child process: a DiT in bfloat16 with its T5 left out (never built with weights)."""
+    from dfbench.perf.backbone import run_backbones
+
+    (row,) = run_backbones(["tiny-pixart"], 64, ["transformer_blocks.13"], repeats=1, log=lambda message: None,
+                           settings={"dtype": "bfloat16", "text_encoders": "none"})
+    assert (row["dtype"], row["text_encoders"], row["selection"]) == ("bfloat16", "none", ["transformer_blocks.13"])
+    assert row["s_per_image"] > 0 and row["parameters_millions"] > 0

@@ -37,6 +37,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--images", type=int, default=1800, help="matching: distinct images (default 1,800)")
     perf.add_argument("--quick", action="store_true", help="segmentation: tiny-sd15 only")
     perf.add_argument("--select", nargs="+", metavar="NAME", help="backbone: activations extracted (default blocks.11)")
+    perf.add_argument("--text-encoders", choices=["all", "clip", "none"],
+                      help="backbone: text encoders built with weights (a DiT's T5 left out with clip / none)")
     perf.add_argument("--preset", default="tale-of-two", help="fusion: the fusion preset (default tale-of-two)")
     perf.add_argument("--out", help="also write the results as JSON here")
     perf.set_defaults(handler=cmd_perf)
