@@ -246,9 +246,14 @@ class DiffusionBackbone:
         """The text conditioner's embedding of ``prompt`` by ``text_encoders`` (once per distinct prompt and mode)."""
         return self.text.embedding(prompt, self.device, text_encoders)
 
+    @property
+    def patch_size(self) -> int:
+        """Latent cells per token side: 1 for a UNet, a DiT's patch (2 for PixArt, SD3 and FLUX's packing)."""
+        return 1
+
     def check_resolution(self, resolution: int) -> None:
-        """The input size rule: a multiple of the image encoder's downsampling factor (8) of at least 8 pixels."""
-        factor = self.vae_scale_factor
+        """The input size rule: a multiple of the image encoder's factor (8) times the patch size."""
+        factor = self.vae_scale_factor * self.patch_size
         if resolution < factor or resolution % factor:
             raise DfbenchInputError(f"settings.resolution={resolution}: {self.name} needs a positive multiple "
                                     f"of {factor} (e.g. {self.default_resolution})")
@@ -279,7 +284,10 @@ class DiffusionBackbone:
     def token_grid(self, resolution: int) -> tuple[int, int] | None:
         """The patch grid (rows, columns) that the denoiser's token sequences form at ``resolution``; ``None`` for
         a UNet, whose tokens take the grid of their enclosing ``Transformer2DModel``."""
-        return None
+        if self.patch_size == 1:
+            return None
+        side = resolution // self.vae_scale_factor // self.patch_size
+        return side, side
 
     # ------------------------------------------------------------------ activations
     def canonical_selection(self, selection: Sequence[str]) -> list[str]:

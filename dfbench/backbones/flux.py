@@ -167,15 +167,10 @@ class FluxBackbone(DiffusionBackbone):
             return ditf_descriptor(activations, self.chosen_options)
         return combine_activations(activations)
 
-    def check_resolution(self, resolution: int) -> None:
-        """A multiple of 16 pixels (8-pixel latent cells packed 2×2)."""
-        if resolution < 16 or resolution % 16:
-            raise DfbenchInputError(f"settings.resolution={resolution}: {self.name} needs a positive multiple of 16 "
-                                    f"(e.g. {self.default_resolution})")
-
-    def token_grid(self, resolution: int) -> tuple[int, int]:
-        side = resolution // self.vae_scale_factor // 2
-        return side, side
+    @property
+    def patch_size(self) -> int:
+        """2: the latents are packed 2×2 into tokens (the transformer's own patch size is 1)."""
+        return 2
 
     def activation_names(self) -> list[str]:
         doubles = len(self.denoiser.transformer_blocks)

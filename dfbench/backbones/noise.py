@@ -11,9 +11,8 @@ import torch
 from dfbench.errors import DfbenchInputError
 
 
-class DiscreteNoise:
-    """DDPM's forward process at an integer t: x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε (the scheduler's ``add_noise``),
-    and the denoiser is told t (Stable Diffusion, SDXL, PixArt: diffusers' img2img ``prepare_latents``)."""
+class NoiseSchedule:
+    """What every schedule shares: the model's scheduler, its number of training timesteps, the check of t."""
 
     def __init__(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -28,6 +27,11 @@ class DiscreteNoise:
         if timestep >= self.steps:
             raise DfbenchInputError(f"timestep {timestep}: this scheduler has {self.steps} steps")
 
+
+class DiscreteNoise(NoiseSchedule):
+    """DDPM's forward process at an integer t: x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε (the scheduler's ``add_noise``),
+    and the denoiser is told t (Stable Diffusion, SDXL, PixArt: diffusers' img2img ``prepare_latents``)."""
+
     def add(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
         """``latents`` noised to ``timestep`` with ``noise`` (one row each)."""
         timesteps = torch.full((len(latents),), timestep, dtype=torch.long, device=latents.device)
@@ -38,23 +42,15 @@ class DiscreteNoise:
         return torch.full((len(rows),), timestep, dtype=torch.long, device=rows.device)
 
 
-class FlowMatchingNoise:
+class FlowMatchingNoise(NoiseSchedule):
     """Rectified flow (SD3, FLUX): x_t = (1 − σ)·x₀ + σ·ε with σ the model's scheduler's at t,
     σ = s·u / (1 + (s − 1)·u), u = t / N, s its ``shift`` (``FlowMatchEulerDiscreteScheduler.__init__`` and
     ``scale_noise``); the denoiser is told σ·N, the scheduler's own timestep for that σ."""
 
     def __init__(self, scheduler: Any) -> None:
-        self.scheduler = scheduler
+        super().__init__(scheduler)
         #: σ as the scheduler shifts it (default), or σ = t/N unshifted (DiTF's rule for FLUX)
         self.shifted = True
-
-    @property
-    def steps(self) -> int:
-        return int(self.scheduler.config.num_train_timesteps)
-
-    def check(self, timestep: int) -> None:
-        if timestep >= self.steps:
-            raise DfbenchInputError(f"timestep {timestep}: this scheduler has {self.steps} steps")
 
     def sigma(self, timestep: int, image_tokens: int = 0) -> float:
         """σ at ``timestep``, the scheduler's shift included: a fixed ``shift``, or with ``use_dynamic_shifting``

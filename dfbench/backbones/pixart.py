@@ -24,7 +24,6 @@ from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.parts import PromptEmbedding
 from dfbench.backbones.stable_diffusion import ModelCard, card_factory
 from dfbench.backbones.text import T5Text, TextConditioner
-from dfbench.errors import DfbenchInputError
 
 #: GDF's call: no resolution / aspect-ratio conditioning (``feature/diffusion_feature.py:473``)
 NO_ADDED_CONDITIONS: dict[str, Any] = {"resolution": None, "aspect_ratio": None}
@@ -45,18 +44,6 @@ class PixArtBackbone(DiffusionBackbone):
     @property
     def patch_size(self) -> int:
         return int(self.denoiser.config.patch_size)
-
-    def check_resolution(self, resolution: int) -> None:
-        """A multiple of the VAE's factor times the patch size (16 pixels per token side)."""
-        factor = self.vae_scale_factor * self.patch_size
-        if resolution < factor or resolution % factor:
-            raise DfbenchInputError(f"settings.resolution={resolution}: {self.name} needs a positive multiple of "
-                                    f"{factor} (8-pixel latent cells in {self.patch_size}×{self.patch_size} patches;"
-                                    f" e.g. {self.default_resolution})")
-
-    def token_grid(self, resolution: int) -> tuple[int, int]:
-        side = resolution // self.vae_scale_factor // self.patch_size
-        return side, side
 
     def canonical_selection(self, selection: Sequence[str]) -> list[str]:
         """Names with negative block indices resolved (``transformer_blocks.-1`` → the last block)."""

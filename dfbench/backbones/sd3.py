@@ -55,16 +55,9 @@ class Sd3Backbone(DiffusionBackbone):
     def blocks(self) -> int:
         return len(self.denoiser.transformer_blocks)
 
-    def check_resolution(self, resolution: int) -> None:
-        """A multiple of 16 pixels (8-pixel latent cells in 2×2 patches)."""
-        factor = self.vae_scale_factor * int(self.denoiser.config.patch_size)
-        if resolution < factor or resolution % factor:
-            raise DfbenchInputError(f"settings.resolution={resolution}: {self.name} needs a positive multiple of "
-                                    f"{factor} (e.g. {self.default_resolution})")
-
-    def token_grid(self, resolution: int) -> tuple[int, int]:
-        side = resolution // self.vae_scale_factor // int(self.denoiser.config.patch_size)
-        return side, side
+    @property
+    def patch_size(self) -> int:
+        return int(self.denoiser.config.patch_size)
 
     def activation_names(self) -> list[str]:
         return [f"transformer_blocks.{index}{signal}" for index in range(self.blocks) for signal in BLOCK_SIGNALS]
