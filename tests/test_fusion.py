@@ -196,7 +196,7 @@ def test_fusion_names_options_and_sizes_are_checked():
         meta.check_resolution(512)
     with pytest.raises(DfbenchInputError, match="multiple of its 14-pixel patch"):
         create_backbone(TINY, init="meta", options={"resolution.2": 60})
-    with pytest.raises(DfbenchInputError, match="does not take options"):
+    with pytest.raises(DfbenchInputError, match="takes no backbone options"):
         create_backbone("tiny-sd15", init="meta", options={"pca.1": 4})
     with pytest.raises(UnknownNameError, match="two or more different"):
         create_backbone("tiny-sd15+tiny-sd15")
