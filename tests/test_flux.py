@@ -113,6 +113,7 @@ def test_single_block_tokens_are_the_image_ones_after_the_text(tiny_flux, photos
     torch.testing.assert_close(features[0], image[0].T.reshape(16, 4, 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "parameters"), [
     ("flux-dev", 23_802_816_640 // 2),                 # SOURCES.json: the bf16 index's total_size / 2 bytes
     ("flux-schnell", 23_802_816_640 // 2 - 10_229_760),   # [dev] less its guidance embedder (two 256→3072→3072)

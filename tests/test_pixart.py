@@ -89,6 +89,7 @@ def test_the_text_mask_reaches_the_cross_attention(tiny_pixart, photos):
     assert not torch.allclose(unmasked, short, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "resolution", "grid", "length"),
                          [("pixart-alpha", 512, 32, 120), ("pixart-sigma", 1024, 64, 300),
                           ("pixart-sigma-512", 512, 32, 300)])

@@ -112,6 +112,7 @@ def test_text_encoders_setting_is_recorded_only_off_its_default():
         ExtractSettings(text_encoders="t5")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "parameters", "blocks", "width"), [
     # SOURCES.json of each config: SD3-medium's fp16 file ≈ 2.08 B values with the 192²×1536 pos_embed buffer;
     # SD3.5-large's index: 8,146,280,768 values − its 192²×2432 buffer; SD3.5-medium: GGUF 2.47 B − 384²×1536
