@@ -19,9 +19,10 @@ architecture fields); pretrained weights from the hub ids ``facebook/dinov2-*`` 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 from dfbench.activations import ActivationInfo
 from dfbench.backbones.parts import TORCH_DTYPES, default_device
 from dfbench.cache import weight_fingerprint
+from dfbench.capture import ActivationCapture
 from dfbench.errors import DfbenchInputError, UnknownNameError
 from dfbench.hub import hub_source
 from dfbench.images import to_model_input
@@ -50,10 +52,6 @@ def bundled_config(size: str, registers: bool) -> dict[str, Any]:
     if registers:
         config["num_register_tokens"] = 4
     return config
-
-
-class _StopForward(Exception):
-    """Raised from the last needed hook: the forward ends there."""
 
 
 class Dinov2Backbone:
@@ -136,72 +134,59 @@ class Dinov2Backbone:
 
     def extract(self, images: Sequence[Any] | torch.Tensor, selection: Sequence[str], settings: Any = None,
                 categories: Sequence[str] | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
-        """Features of ``images``: {name: float32 N×C×h×w} (tokens: N×C×k×1)."""
-
+        """Features of ``images``: {name: float32 N×C×h×w} (tokens: N×C×k×1), read by the one activation capture
+        the diffusion backbones use; unless ``norm`` is asked for, the forward stops after the last module asked
+        for (later blocks never run)."""
         settings = settings or ExtractSettings(resolution=self.default_resolution)
         names = self.canonical_selection(selection)
         pixels = self.pixel_values(images, settings)
         grid = pixels.shape[-1] // PATCH_SIZE
+        capture = ActivationCapture(self.model, names, token_grid=(grid, grid), readers=self.readers(names))
         collected: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         step = max(1, settings.batch_size)
         with torch.inference_mode():
             for start in range(0, len(pixels), step):
-                tokens = self.tokens(pixels[start : start + step].to(self.device, self.dtype), names)
+                batch = pixels[start : start + step].to(self.device, self.dtype)
+                features = capture.run(functools.partial(self.model, pixel_values=batch))
                 for name in names:
-                    collected[name].append(self.to_map(tokens, name, grid))
+                    collected[name].append(features[name].float().cpu())
         return {name: torch.cat(values) for name, values in collected.items()}
 
-    def tokens(self, pixels: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-        """Token sequences N×T×C by base name, from forward hooks; unless ``norm`` is asked for, the
-        forward stops as soon as the last asked-for module has run (later blocks never run)."""
-        wanted = {name.rsplit(".", 1)[0] if name.endswith(TOKEN_PARTS) else name for name in names}
-        captured: dict[str, torch.Tensor] = {}
-        hooked = wanted - {"norm"}
-        stop_early = "norm" not in wanted
+    def readers(self, names: list[str]) -> dict[str, tuple[str, Callable[[Any], torch.Tensor]]]:
+        """Where each name is read and how: a module's token sequence (its patch tokens follow the CLS and
+        register tokens, so the capture's trailing grid are they), or its CLS / register tokens as N×C×k×1."""
+        paths = {id(module): path for path, module in self.model.named_modules()}
+        registers = self.registers
 
-        def keep(key: str):
-            def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-                captured[key] = output[0] if isinstance(output, (tuple, list)) else output
-                if stop_early and hooked <= captured.keys():
-                    raise _StopForward
+        def part_reader(part: str) -> Callable[[Any], torch.Tensor]:
+            def read(output: Any) -> torch.Tensor:
+                sequence = output[0] if isinstance(output, (tuple, list)) else output
+                if part == "cls":
+                    return sequence[:, :1].transpose(1, 2)[..., None]
+                if part == "registers":
+                    return sequence[:, 1 : 1 + registers].transpose(1, 2)[..., None]
+                return sequence
+            return read
 
-            return hook
-
-        handles = [self.hooked_module(name).register_forward_hook(keep(name)) for name in hooked]
-        try:
-            output = self.model(pixel_values=pixels)
-            if "norm" in wanted:
-                captured["norm"] = output.last_hidden_state
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        return captured
+        readers = {}
+        for name in names:
+            base, part = name.rsplit(".", 1) if name.endswith(TOKEN_PARTS) else (name, "patches")
+            readers[name] = (paths[id(self.hooked_module(base))], part_reader(part))
+        return readers
 
     def hooked_module(self, name: str) -> torch.nn.Module:
-        """The module whose output is the activation ``name`` (``embeddings``, ``blocks.i``, ``blocks.i.attn.q``…)."""
+        """The module whose output is the activation ``name`` (``embeddings``, ``blocks.i``, ``blocks.i.attn.q``,
+        ``norm``: the final LayerNorm, whose output is ``last_hidden_state``)."""
         if name == "embeddings":
             return self.model.embeddings
+        if name == "norm":
+            return self.model.layernorm
         block = re.fullmatch(r"blocks\.(\d+)(?:\.attn\.([qkv]))?", name)
         if block is None:
             raise UnknownNameError(f"{name!r}: not an activation of {self.name} (see `dfbench activations "
                                    f"{self.name}`)")
         layer = self.model.encoder.layer[int(block.group(1))]
         return qkv_linear(layer.attention, block.group(2)) if block.group(2) else layer
-
-    def to_map(self, tokens: dict[str, torch.Tensor], name: str, grid: int) -> torch.Tensor:
-        """A token sequence → N×C×grid×grid (patches), or the CLS / register tokens as N×C×k×1."""
-        base, part = (name.rsplit(".", 1) if name.endswith(TOKEN_PARTS) else (name, "patches"))
-        sequence = tokens[base].float()
-        if part == "cls":
-            chosen = sequence[:, :1]
-        elif part == "registers":
-            chosen = sequence[:, 1 : 1 + self.registers]
-        else:
-            chosen = sequence[:, 1 + self.registers :]
-            return chosen.transpose(1, 2).reshape(len(sequence), -1, grid, grid).cpu()
-        return chosen.transpose(1, 2)[..., None].cpu()
 
     def to(self, device: str | torch.device, torch_dtype: str | None = None) -> Dinov2Backbone:
 
