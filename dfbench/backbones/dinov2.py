@@ -135,8 +135,7 @@ class Dinov2Backbone:
     def extract(self, images: Sequence[Any] | torch.Tensor, selection: Sequence[str], settings: Any = None,
                 categories: Sequence[str] | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
         """Features of ``images``: {name: float32 N×C×h×w} (tokens: N×C×k×1), read by the one activation capture
-        the diffusion backbones use; unless ``norm`` is asked for, the forward stops after the last module asked
-        for (later blocks never run)."""
+        the diffusion backbones use; the forward stops after the last module asked for (later blocks never run)."""
         settings = settings or ExtractSettings(resolution=self.default_resolution)
         names = self.canonical_selection(selection)
         pixels = self.pixel_values(images, settings)
