@@ -45,6 +45,11 @@ def requested_dtype(preset: Preset | None, given: dict[str, Any]) -> str:
     return str(given.get("dtype") or (preset.settings.get("dtype") if preset else None) or DEFAULT_DTYPE)
 
 
+def requested_text_encoders(preset: Preset | None, given: dict[str, Any]) -> str:
+    """The text encoders asked for (settings.text_encoders): the given settings', else the preset's, else all."""
+    return str(given.get("text_encoders") or (preset.settings.get("text_encoders") if preset else None) or "all")
+
+
 def build_backbone(name: str, *, dtype: str = DEFAULT_DTYPE, weights: str | None = None, device: str | None = None,
                    options: dict[str, Any] | None = None, unet_weights: str | None = None,
                    weightless: bool = False, init: str | None = None, text_encoders: str = "all") -> Backbone:
@@ -89,10 +94,6 @@ class ResolvedFeatures:
         names = self.backbone.setting_names
         return {key: value for key, value in self.settings.value_dict().items() if key in names}
 
-    def with_selection(self, selection: list[str]) -> ResolvedFeatures:
-        """The same backbone and settings with another selection (made canonical): a sweep's candidate."""
-        return dataclasses.replace(self, selection=self.backbone.canonical_selection(selection))
-
 
 def resolve_features(backbone: str | Backbone, *, selection: list[str] | tuple[str, ...] = (),
                      preset: str | None = None, settings: dict[str, Any] | None = None, weights: str | None = None,
@@ -106,8 +107,7 @@ def resolve_features(backbone: str | Backbone, *, selection: list[str] | tuple[s
     given = dict(settings or {})
     found = get_preset(preset) if preset else None
     dtype = requested_dtype(found, given)
-    text_encoders = str(given.get("text_encoders") or (found.settings.get("text_encoders") if found else None)
-                        or "all")
+    text_encoders = requested_text_encoders(found, given)
     chosen = list(selection) or (list(found.selection) if found else [])
     if require_selection and not chosen:       # before any weights load
         raise DfbenchInputError("no activations selected: pass --select NAME… or --preset P")
@@ -142,7 +142,6 @@ def data_label(given: str | None, data_root: Path) -> str:
     (its version included), so the same mini set built elsewhere is the same data."""
     if given not in (None, "", "mini"):
         return str(data_root)
-
     try:
         return f"mini:{data_root.resolve().relative_to(dfbench_home().resolve())}"
     except ValueError:
@@ -216,9 +215,10 @@ class ResolvedRun:
         return f"{self.task.name}/{self.protocol.name}"
 
     def record(self, output: TaskOutput, *, backbone_label: str | None = None, preset_label: str | None = None,
-               run_id: str = "", extra: dict[str, Any] | None = None) -> Result:
+               run_id: str = "", extra: dict[str, Any] | None = None, stamped: bool = True) -> Result:
         """The run's record from the task's output (``backbone_label`` and ``preset_label`` stand in for a run
-        with no backbone: scored saved predictions)."""
+        with no backbone: scored saved predictions). ``stamped=False`` leaves out the environment and the time,
+        which are no part of the identity (the environment runs git)."""
         features = self.features
         details: dict[str, Any] = {"split": self.split, "data_root": self.data, "data_path": str(self.data_root),
                                    "limit": self.limit, **option_details(self.protocol, self.options)}
@@ -244,13 +244,14 @@ class ResolvedRun:
             per_category=output.per_category, timings=output.timings, details=details,
             preset=features.preset.name if features and features.preset else preset_label,
             weights=str(backbone.source) if backbone else "",
-            environment=environment(str(backbone.device)) if backbone else environment(), created=now(),
+            environment=(environment(str(backbone.device)) if backbone else environment()) if stamped else {},
+            created=now() if stamped else "",
             run_id=run_id, metric_specs={key: self.task.metric_spec(key).to_dict() for key in output.metrics},
         )
 
     def identity_hash(self) -> str:
         """The run's identity (:meth:`dfbench.results.Result.identity`): the same for the record it writes."""
-        return self.record(TaskOutput(metrics={})).identity_hash
+        return self.record(TaskOutput(metrics={}), stamped=False).identity_hash
 
 
 def resolve_task(task_name: str, options: dict[str, Any] | None, data_root: str | None, split: str | None,

@@ -20,7 +20,7 @@ from dfbench.backbones.protocol import Backbone
 from dfbench.distributed import Ranks
 from dfbench.errors import DfbenchInputError
 from dfbench.migrations import upgrade_suite_row
-from dfbench.resolve import resolve_run, resolve_scoring
+from dfbench.resolve import ResolvedRun, resolve_run, resolve_scoring
 from dfbench.results import RECORD_FILE, Result, now, run_id, save_result
 from dfbench.tasks.base import RunContext
 
@@ -155,6 +155,14 @@ def run_one(spec: RunSpec, results_dir: str | Path = "results", progress: bool =
         check_writable_folder(spec.save_predictions, "--save-predictions")
     cache = feature_cache(spec.cache_dir)
     run = resolve_run(spec, backbone, device=ranks.device, world_size=ranks.world_size)
+    return run_resolved(run, spec, results_dir, cache, progress, figures, ranks)
+
+
+def run_resolved(run: ResolvedRun, spec: RunSpec, results_dir: str | Path, cache: Any, progress: bool = True,
+                 figures: bool = True, ranks: Ranks | None = None) -> tuple[Result, Path]:
+    """:func:`run_one` from its resolved run on: the run folder, the task, the record, the predictions and figures
+    (the output folders already checked, ``cache`` made)."""
+    ranks = ranks or Ranks()
     made = None
     if ranks.rank == 0:
         made = new_run_folder(results_dir, run.protocol_label, run.backbone.name, run.identity_hash())

@@ -15,7 +15,7 @@ from dfbench.backbones.protocol import Backbone
 from dfbench.errors import DfbenchInputError
 from dfbench.options import parse_options
 from dfbench.registry import BACKBONES, TASKS, get_preset
-from dfbench.resolve import build_backbone, requested_dtype, resolve_run, split_task
+from dfbench.resolve import build_backbone, requested_dtype, requested_text_encoders, resolve_run, split_task
 from dfbench.results import Result, latest_records, load_results
 from dfbench.runner import RunSpec, run_one
 from dfbench.settings import ExtractSettings
@@ -155,11 +155,10 @@ def weightless_key(spec: RunSpec) -> str:
 
 def backbone_key(spec: RunSpec) -> str:
     """What decides a spec's loaded backbone (rows with the same key share one): its weightless key, the
-    dtype and the device."""
+    dtype, the device and the text encoders loaded."""
     preset = get_preset(spec.preset) if spec.preset else None
-    dtype = requested_dtype(preset, spec.settings)
-    text = spec.settings.get("text_encoders") or (preset.settings.get("text_encoders") if preset else None) or "all"
-    return f"{weightless_key(spec)}|{dtype}|{spec.device}|{text}"
+    return (f"{weightless_key(spec)}|{requested_dtype(preset, spec.settings)}|{spec.device}|"
+            f"{requested_text_encoders(preset, spec.settings)}")
 
 
 def run_identity(spec: RunSpec, weightless: Backbone | None) -> str | None:
@@ -236,7 +235,7 @@ def run_suite(path: str | Path, results_dir: str | Path = "results", force: bool
                 backbones[key] = build_backbone(
                     spec.backbone, dtype=requested_dtype(preset, spec.settings), weights=spec.weights,
                     device=spec.device, options=spec_backbone_options(spec),
-                    text_encoders=key.rsplit("|", 1)[1])
+                    text_encoders=requested_text_encoders(preset, spec.settings))
             except DfbenchInputError as error:       # weights not found: the message says how to get them
                 missing = str(error)
         if missing is not None:

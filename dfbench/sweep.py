@@ -37,7 +37,7 @@ from dfbench.plots import pyplot, save_figure
 from dfbench.registry import TASKS
 from dfbench.resolve import resolve_features, resolve_run, resolve_task, split_task
 from dfbench.results import now
-from dfbench.runner import RunSpec, check_results_folder, run_one
+from dfbench.runner import RunSpec, check_results_folder, run_resolved
 from dfbench.suite import recorded_runs
 
 
@@ -143,10 +143,11 @@ def run_sweep(backbone: Backbone, task_name: str, patterns: list[str], timesteps
                        split=split, limit=limit, options=sweep_options,
                        cache_dir=str(cache.root),
                        backbone_options=dict(backbone.options) if isinstance(backbone, ConfiguredBackbone) else {})
-        identity = resolve_run(spec, backbone).identity_hash()
+        run = resolve_run(spec, backbone)
+        identity = run.identity_hash()
         record = recorded.get(identity)
-        if record is None:
-            record, _ = run_one(spec, results_dir, progress=False, figures=False, backbone=backbone)
+        if record is None:        # the results folder was checked and the cache made before the extraction
+            record, _ = run_resolved(run, spec, results_dir, cache, progress=False, figures=False)
             recorded[identity] = record
         primary = record.details["leaderboard_metrics"][0]
         result.metric, result.higher_is_better = primary, record.higher_is_better(primary)

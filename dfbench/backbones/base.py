@@ -23,6 +23,7 @@ that extracted it; the same seed gives bit-identical features on CPU.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -82,6 +83,10 @@ class DiffusionBackbone:
     DENOISER: ClassVar[tuple[str, str]] = ("unet", "UNet2DConditionModel")
     #: how a prompt becomes conditioning (its COMPONENTS: the encoders' folders and transformers classes)
     TEXT: ClassVar[type[TextConditioner]] = ClipText
+    #: the T5 tokens of the family's pipeline (``max_sequence_length``); 0: the conditioner's own
+    MAX_SEQUENCE_LENGTH: ClassVar[int] = 0
+    #: the stacks of numbered blocks whose names take negative indices (``transformer_blocks.-1``: the last)
+    BLOCK_STACKS: ClassVar[tuple[str, ...]] = ()
     #: the scheduler class its folder is loaded with, and how a latent is noised to t
     SCHEDULER: ClassVar[str] = "DDPMScheduler"
     NOISE: ClassVar[type[DiscreteNoise] | type[FlowMatchingNoise]] = DiscreteNoise
@@ -127,8 +132,8 @@ class DiffusionBackbone:
 
     @classmethod
     def text_conditioner(cls, encoders: Sequence[Any], tokenizers: Sequence[Any]) -> TextConditioner:
-        """The family's text conditioner over loaded encoders (a family with options, e.g. T5's length, overrides)."""
-        return cls.TEXT(encoders, tokenizers)
+        """The family's text conditioner over loaded encoders, with the family's T5 length where it has one."""
+        return cls.TEXT(encoders, tokenizers, cls.MAX_SEQUENCE_LENGTH or None)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -291,8 +296,13 @@ class DiffusionBackbone:
 
     # ------------------------------------------------------------------ activations
     def canonical_selection(self, selection: Sequence[str]) -> list[str]:
-        """``selection`` with aliases resolved to canonical names; an unknown name is one clear error."""
-        return validate_selection(selection, self.activation_names(), self.name)
+        """``selection`` with aliases resolved to canonical names and negative block indices counted from the end of
+        their stack (:attr:`BLOCK_STACKS`); an unknown name is one clear error."""
+        sizes = {stack: len(getattr(self.denoiser, stack)) for stack in self.BLOCK_STACKS}
+        resolved = [re.sub(r"^(\w+)\.(-\d+)(?=\.|$)",
+                           lambda match: f"{match[1]}.{sizes[match[1]] + int(match[2])}" if match[1] in sizes
+                           else match[0], name.strip()) for name in selection]
+        return validate_selection(resolved, self.activation_names(), self.name)
 
     def activation_names(self) -> list[str]:
         """Every canonical activation name this backbone offers."""

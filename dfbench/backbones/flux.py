@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from dfbench.activations import validate_selection
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.noise import DiscreteNoise, FlowMatchingNoise
 from dfbench.backbones.parts import PromptEmbedding
@@ -133,27 +132,24 @@ class FluxBackbone(DiffusionBackbone):
     NOISE: ClassVar[type[DiscreteNoise] | type[FlowMatchingNoise]] = FlowMatchingNoise
     #: T5 tokens (FluxPipeline's ``max_sequence_length``)
     MAX_SEQUENCE_LENGTH: ClassVar[int] = 512
+    BLOCK_STACKS = ("transformer_blocks", "single_transformer_blocks")
 
-    #: the options in force (all of them, resolved), recorded with every run and part of its identity
-    options: dict[str, Any] = dataclasses.asdict(FluxOptions())
+    #: the options in force (the defaults until :meth:`configure`)
+    flux_options: FluxOptions = FluxOptions()
 
-    @classmethod
-    def text_conditioner(cls, encoders: Sequence[Any], tokenizers: Sequence[Any]) -> TextConditioner:
-        return FluxText(encoders, tokenizers, cls.MAX_SEQUENCE_LENGTH)
+    @property
+    def options(self) -> dict[str, Any]:
+        """Every option with its value, recorded with every run and part of its identity."""
+        return dataclasses.asdict(self.flux_options)
 
     def configure(self, options: dict[str, Any]) -> None:
         self.flux_options = parse_options(FluxOptions, options, f"backbone {self.name}")
-        self.options = dataclasses.asdict(self.flux_options)
         assert isinstance(self.noise, FlowMatchingNoise)
         self.noise.shifted = self.flux_options.sigma == "scheduler"
 
-    @property
-    def chosen_options(self) -> FluxOptions:
-        return getattr(self, "flux_options", FluxOptions())
-
     def describe(self) -> str:
         """The options in one line, for the leaderboard."""
-        options = self.chosen_options
+        options = self.flux_options
         parts = [f"σ {options.sigma}", f"guidance {options.guidance:g}"]
         if options.descriptor == "ditf":
             steps = [step for step, on in (("discard " + options.discard, bool(options.discarded())),
@@ -163,8 +159,8 @@ class FluxBackbone(DiffusionBackbone):
 
     def combine(self, activations: dict[str, torch.Tensor]) -> torch.Tensor:
         """One descriptor map N×C×H×W: DiTF's (``descriptor=ditf``), else the default combination."""
-        if self.chosen_options.descriptor == "ditf":
-            return ditf_descriptor(activations, self.chosen_options)
+        if self.flux_options.descriptor == "ditf":
+            return ditf_descriptor(activations, self.flux_options)
         return combine_activations(activations)
 
     @property
@@ -177,15 +173,6 @@ class FluxBackbone(DiffusionBackbone):
         singles = len(self.denoiser.single_transformer_blocks)
         return [*(f"transformer_blocks.{index}{signal}" for index in range(doubles) for signal in SIGNALS),
                 *(f"single_transformer_blocks.{index}{signal}" for index in range(singles) for signal in SIGNALS)]
-
-    def canonical_selection(self, selection: Sequence[str]) -> list[str]:
-        """Negative block indices resolved within each stack (``single_transformer_blocks.-1`` = block 37)."""
-        sizes = {"transformer_blocks": len(self.denoiser.transformer_blocks),
-                 "single_transformer_blocks": len(self.denoiser.single_transformer_blocks)}
-        resolved = [re.sub(r"^(transformer_blocks|single_transformer_blocks)\.(-\d+)",
-                           lambda match: f"{match[1]}.{sizes[match[1]] + int(match[2])}", name.strip())
-                    for name in selection]
-        return validate_selection(resolved, self.activation_names(), self.name)
 
     def capture(self, denoiser: Any, names: list[str], resolution: int, stop_early: bool = True) -> ActivationCapture:
         """Blocks read at element 1 of ``(text, image)``; ``.mod.*`` read off the blocks' AdaLN linears."""
@@ -208,7 +195,7 @@ class FluxBackbone(DiffusionBackbone):
                      "txt_ids": torch.zeros(self.MAX_SEQUENCE_LENGTH, 3, device=latents.device, dtype=latents.dtype),
                      "guidance": None}
         if denoiser.config.guidance_embeds:
-            arguments["guidance"] = torch.full([1], self.chosen_options.guidance, device=latents.device,
+            arguments["guidance"] = torch.full([1], self.flux_options.guidance, device=latents.device,
                                                dtype=torch.float32).expand(len(latents))
         return arguments
 

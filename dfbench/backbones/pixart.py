@@ -13,13 +13,11 @@ the patch grid (resolution / 16 per side). Negative block indices count from the
 from __future__ import annotations
 
 import functools
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
-from dfbench.activations import validate_selection
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.parts import PromptEmbedding
 from dfbench.backbones.stable_diffusion import ModelCard, card_factory
@@ -36,21 +34,11 @@ class PixArtBackbone(DiffusionBackbone):
     TEXT: ClassVar[type[TextConditioner]] = T5Text
     #: the T5 tokens a prompt is padded or cut to (``PixArtAlphaPipeline.encode_prompt``'s ``max_sequence_length``)
     MAX_SEQUENCE_LENGTH: ClassVar[int] = 120
-
-    @classmethod
-    def text_conditioner(cls, encoders: Sequence[Any], tokenizers: Sequence[Any]) -> TextConditioner:
-        return T5Text(encoders, tokenizers, cls.MAX_SEQUENCE_LENGTH)
+    BLOCK_STACKS = ("transformer_blocks",)
 
     @property
     def patch_size(self) -> int:
         return int(self.denoiser.config.patch_size)
-
-    def canonical_selection(self, selection: Sequence[str]) -> list[str]:
-        """Names with negative block indices resolved (``transformer_blocks.-1`` → the last block)."""
-        blocks = len(self.denoiser.transformer_blocks)
-        resolved = [re.sub(r"^transformer_blocks\.(-\d+)", lambda match: f"transformer_blocks.{blocks + int(match[1])}",
-                           name.strip()) for name in selection]
-        return validate_selection(resolved, self.activation_names(), self.name)
 
     def denoiser_call(self, rows: torch.Tensor, timesteps: torch.Tensor, embeddings: list[PromptEmbedding],
                       resolution: int) -> Callable[[], Any]:

@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from dfbench.activations import validate_selection
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.noise import DiscreteNoise, FlowMatchingNoise
 from dfbench.backbones.parts import PromptEmbedding
@@ -46,10 +45,7 @@ class Sd3Backbone(DiffusionBackbone):
     #: T5 tokens (``StableDiffusion3Pipeline``'s ``max_sequence_length``) and CLIP tokens
     MAX_SEQUENCE_LENGTH: ClassVar[int] = 256
     CLIP_TOKENS: ClassVar[int] = 77
-
-    @classmethod
-    def text_conditioner(cls, encoders: Sequence[Any], tokenizers: Sequence[Any]) -> TextConditioner:
-        return Sd3Text(encoders, tokenizers, cls.MAX_SEQUENCE_LENGTH)
+    BLOCK_STACKS = ("transformer_blocks",)
 
     @property
     def blocks(self) -> int:
@@ -63,15 +59,12 @@ class Sd3Backbone(DiffusionBackbone):
         return [f"transformer_blocks.{index}{signal}" for index in range(self.blocks) for signal in BLOCK_SIGNALS]
 
     def canonical_selection(self, selection: Sequence[str]) -> list[str]:
-        """Negative block indices resolved; a text-stream signal is one line saying so."""
-        resolved = []
+        """A text-stream signal is one line saying so; the rest as every diffusion backbone resolves names."""
         for name in selection:
             if TEXT_STREAM.search(name):
                 raise DfbenchInputError(f"{name!r}: a text-stream signal of the joint block; {self.name} offers the "
                                         "image stream only (transformer_blocks.{i}, .attn.{q,k,v}, .ff.inner)")
-            resolved.append(re.sub(r"^transformer_blocks\.(-\d+)",
-                                   lambda match: f"transformer_blocks.{self.blocks + int(match[1])}", name.strip()))
-        return validate_selection(resolved, self.activation_names(), self.name)
+        return super().canonical_selection(selection)
 
     def capture(self, denoiser: Any, names: list[str], resolution: int, stop_early: bool = True) -> ActivationCapture:
         """The block outputs read at element 1 of ``(text, image)``."""

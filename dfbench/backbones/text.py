@@ -20,9 +20,14 @@ class TextConditioner:
     #: the transformers class that loads the tokenizers
     TOKENIZER: ClassVar[str] = "CLIPTokenizer"
 
-    def __init__(self, encoders: Sequence[Any], tokenizers: Sequence[Any]) -> None:
+    #: the T5 tokens a prompt is padded or cut to, for conditioners with a T5 (the pipeline's
+    #: ``max_sequence_length``); a family may give its own
+    MAX_LENGTH: ClassVar[int] = 0
+
+    def __init__(self, encoders: Sequence[Any], tokenizers: Sequence[Any], max_length: int | None = None) -> None:
         self.encoders = [encoder.eval().requires_grad_(False) for encoder in encoders]
         self.tokenizers = list(tokenizers)
+        self.max_length = max_length or self.MAX_LENGTH
         self._cache: dict[str, PromptEmbedding] = {}
 
     def encode(self, prompt: str, device: torch.device) -> PromptEmbedding:
@@ -114,9 +119,7 @@ class T5Text(TextConditioner):
     COMPONENTS = (("text_encoder", "tokenizer", "T5EncoderModel"),)
     TOKENIZER = "AutoTokenizer"
 
-    def __init__(self, encoders: Sequence[Any], tokenizers: Sequence[Any], max_length: int = 120) -> None:
-        super().__init__(encoders, tokenizers)
-        self.max_length = max_length
+    MAX_LENGTH = 120
 
     def encode(self, prompt: str, device: torch.device) -> PromptEmbedding:
         tokens = self.token_ids(self.tokenizers[0], prompt, device, self.max_length)
@@ -147,9 +150,7 @@ class Sd3Text(TextConditioner):
     )
     TOKENIZER = "AutoTokenizer"
 
-    def __init__(self, encoders: Sequence[Any], tokenizers: Sequence[Any], max_length: int = 256) -> None:
-        super().__init__(encoders, tokenizers)
-        self.max_length = max_length
+    MAX_LENGTH = 256
 
     def clip_part(self, prompt: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The CLIPs' hidden states (1×77×(768+1280)) and pooled projections (1×(768+1280))."""
@@ -195,9 +196,7 @@ class FluxText(TextConditioner):
     )
     TOKENIZER = "AutoTokenizer"
 
-    def __init__(self, encoders: Sequence[Any], tokenizers: Sequence[Any], max_length: int = 512) -> None:
-        super().__init__(encoders, tokenizers)
-        self.max_length = max_length
+    MAX_LENGTH = 512
 
     def pooled(self, prompt: str, device: torch.device) -> torch.Tensor:
         ids = self.token_ids(self.tokenizers[0], prompt, device, 77).input_ids
