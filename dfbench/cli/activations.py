@@ -88,6 +88,7 @@ def print_stats(args: argparse.Namespace, options: dict) -> int:
                                 "whole model and hold every map)")
     pattern = re.compile(args.grep)
     images = [load_image(path) for path in image_paths(args.images)]
+    # the names are matched on the weightless model first: a --grep that matches nothing fails before weights load
     weightless = resolve_features(args.backbone, settings=given_settings(args), backbone_options=options,
                                   weightless=True, require_selection=False)
     names = [name for name in weightless.backbone.activation_names() if pattern.search(name)]
