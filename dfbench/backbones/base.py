@@ -140,8 +140,8 @@ class DiffusionBackbone:
     def skipped_encoders(cls, text_encoders: str) -> set[int]:
         """The text encoders (by position) that ``--text-encoders`` leaves unloaded: every one for ``none``, those
         that are not CLIP (a T5) for ``clip``; they are built on the meta device from their config (no weights)."""
-        return {index for index, (_, _, encoder_class) in enumerate(cls.TEXT.COMPONENTS)
-                if text_encoders == "none" or text_encoders == "clip" and not encoder_class.startswith("CLIP")}
+        return {index for index in range(len(cls.TEXT.COMPONENTS))
+                if text_encoders == "none" or text_encoders == "clip" and index not in cls.TEXT.clip_indices()}
 
     @classmethod
     def from_pretrained(cls, name: str, model_id: str | Path, default_resolution: int, torch_dtype: str = "float32",

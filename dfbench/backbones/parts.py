@@ -35,12 +35,16 @@ SD_SCHEDULER_CONFIG = {
 
 @dataclass
 class PromptEmbedding:
-    """A prompt's text conditioning: per-token states 1×L×D, for SDXL the pooled 1×P vector, for T5 the mask."""
+    """A prompt's text conditioning: per-token states 1×L×D, for SDXL the pooled 1×P vector, for T5 the mask; a
+    family that passes a second encoder's states separately (Hunyuan-DiT's mT5) has them as ``*_2``."""
 
     hidden_states: torch.Tensor
     pooled: torch.Tensor | None = None
     #: which text tokens count (1) and which are padding (0), where the denoiser masks its cross-attention (PixArt)
     attention_mask: torch.Tensor | None = None
+    #: the second encoder's states and mask, where the denoiser takes them as a separate input
+    hidden_states_2: torch.Tensor | None = None
+    attention_mask_2: torch.Tensor | None = None
 
 
 def byte_level_clip_tokenizer() -> Any:

@@ -30,6 +30,12 @@ class TextConditioner:
         self.max_length = max_length or self.MAX_LENGTH
         self._cache: dict[str, PromptEmbedding] = {}
 
+    @classmethod
+    def clip_indices(cls) -> set[int]:
+        """The encoders ``--text-encoders clip`` keeps: the CLIP ones (not a T5)."""
+        return {index for index, (_, _, encoder_class) in enumerate(cls.COMPONENTS)
+                if encoder_class.startswith("CLIP")}
+
     def encode(self, prompt: str, device: torch.device) -> PromptEmbedding:
         """The conditioning of one prompt by every encoder."""
         raise NotImplementedError
@@ -46,8 +52,8 @@ class TextConditioner:
         """The conditioning of ``prompt`` by ``encoders`` (``all``, ``clip``, ``none``: settings.text_encoders),
         computed once per distinct prompt and mode."""
         key = f"{encoders}:{prompt}"
-        needed = [index for index, (_, _, encoder_class) in enumerate(self.COMPONENTS)
-                  if encoders == "all" or encoders == "clip" and encoder_class.startswith("CLIP")]
+        needed = [index for index in range(len(self.COMPONENTS))
+                  if encoders == "all" or encoders == "clip" and index in self.clip_indices()]
         unloaded = [self.COMPONENTS[index][0] for index in needed if is_meta(self.encoders[index])]
         if unloaded:
             raise DfbenchInputError(f"text encoder {', '.join(unloaded)} was not loaded (the backbone was built for "
@@ -216,3 +222,49 @@ class FluxText(TextConditioner):
     def empty(self, device: torch.device) -> PromptEmbedding:
         return PromptEmbedding(hidden_states=self.t5_zeros(device),
                                pooled=torch.zeros(1, self.encoders[0].config.hidden_size, device=device))
+
+
+class HunyuanText(TextConditioner):
+    """Hunyuan-DiT: its bilingual CLIP (a ``BertModel``; 77 tokens) and mT5-XL (256 tokens), each's last hidden
+    state with its tokens' attention mask, passed to the transformer as two inputs (``HunyuanDiTPipeline.encode_prompt``
+    with ``text_encoder_index`` 0 and 1). ``--text-encoders clip`` keeps the BERT and zeroes mT5's part."""
+
+    COMPONENTS = (
+        ("text_encoder", "tokenizer", "BertModel"),
+        ("text_encoder_2", "tokenizer_2", "T5EncoderModel"),
+    )
+    TOKENIZER = "AutoTokenizer"
+
+    #: mT5's tokens (the pipeline's ``max_length`` for ``text_encoder_index=1``); the BERT's are 77
+    MAX_LENGTH = 256
+    CLIP_TOKENS = 77
+
+    @classmethod
+    def clip_indices(cls) -> set[int]:
+        return {0}          # the bilingual CLIP text tower, a BERT by class
+
+    def states(self, index: int, prompt: str, device: torch.device, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.token_ids(self.tokenizers[index], prompt, device, length)
+        return self.encoders[index](tokens.input_ids, attention_mask=tokens.attention_mask)[0], tokens.attention_mask
+
+    def zeros(self, index: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero states of encoder ``index``, every token attended (a mask of ones)."""
+        config = self.encoders[index].config
+        width = config.d_model if index else config.hidden_size
+        return (torch.zeros(1, length, width, device=device),
+                torch.ones(1, length, dtype=torch.long, device=device))
+
+    @staticmethod
+    def joined(clip: tuple[torch.Tensor, torch.Tensor], t5: tuple[torch.Tensor, torch.Tensor]) -> PromptEmbedding:
+        return PromptEmbedding(hidden_states=clip[0], attention_mask=clip[1], hidden_states_2=t5[0],
+                               attention_mask_2=t5[1])
+
+    def encode(self, prompt: str, device: torch.device) -> PromptEmbedding:
+        return self.joined(self.states(0, prompt, device, self.CLIP_TOKENS),
+                           self.states(1, prompt, device, self.max_length))
+
+    def encode_clip(self, prompt: str, device: torch.device) -> PromptEmbedding:
+        return self.joined(self.states(0, prompt, device, self.CLIP_TOKENS), self.zeros(1, self.max_length, device))
+
+    def empty(self, device: torch.device) -> PromptEmbedding:
+        return self.joined(self.zeros(0, self.CLIP_TOKENS, device), self.zeros(1, self.max_length, device))

@@ -23,6 +23,8 @@ import torch
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.flux import MODEL_CARDS as FLUX_CARDS
 from dfbench.backbones.flux import FluxBackbone
+from dfbench.backbones.hunyuan import MODEL_CARD as HUNYUAN_CARD
+from dfbench.backbones.hunyuan import HunyuanDitBackbone
 from dfbench.backbones.parts import is_meta
 from dfbench.backbones.pixart import MODEL_CARDS as PIXART_CARDS
 from dfbench.backbones.pixart import PixArtBackbone
@@ -99,6 +101,23 @@ def tiny_flux_configs() -> dict[str, dict]:
                    "joint_attention_dim": TINY_T5["d_model"], "pooled_projection_dim": TINY_TEXT["hidden_size"]}
     return {"transformer": {**configs["transformer"], **transformer}, "vae": {**configs["vae"], **TINY_VAE},
             "text_encoder": {**configs["text_encoder"], **TINY_TEXT},
+            "text_encoder_2": {**configs["text_encoder_2"], **TINY_T5}, "scheduler": configs["scheduler"]}
+
+
+#: a BERT (Hunyuan-DiT's bilingual CLIP tower) at small widths
+TINY_BERT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
+             "vocab_size": 514}
+
+
+def tiny_hunyuan_configs() -> dict[str, dict]:
+    """Hunyuan-DiT's configs (40 blocks with long skips, 2×2 patches, BERT + mT5 text) with 16-channel blocks (2 heads
+    of 8, the RoPE's width)."""
+    configs = HUNYUAN_CARD.bundled_configs()
+    transformer = {"num_attention_heads": 2, "attention_head_dim": 8, "hidden_size": 16,
+                   "cross_attention_dim": TINY_BERT["hidden_size"], "cross_attention_dim_t5": TINY_T5["d_model"],
+                   "pooled_projection_dim": 16, "sample_size": 8}
+    return {"transformer": {**configs["transformer"], **transformer}, "vae": {**configs["vae"], **TINY_VAE},
+            "text_encoder": {**configs["text_encoder"], **TINY_BERT},
             "text_encoder_2": {**configs["text_encoder_2"], **TINY_T5}, "scheduler": configs["scheduler"]}
 
 
@@ -189,5 +208,8 @@ TINY_MODELS: tuple[tuple[str, type[DiffusionBackbone], Callable[[], dict[str, di
      "Tiny SD3 (random weights, real module names: 24 joint blocks, CLIP-L + CLIP-G + T5, rectified flow)"),
     ("tiny-flux", FluxBackbone, tiny_flux_configs,
      "Tiny FLUX.1-dev (random weights, real module names: 19 double + 38 single blocks, T5 + CLIP-L)"),
+    ("tiny-hunyuan", HunyuanDitBackbone, tiny_hunyuan_configs,
+     "Tiny Hunyuan-DiT (random weights, real module names: 40 blocks with long skips, BERT + mT5)"),
 )
-tiny_sd15, tiny_sd21, tiny_sdxl, tiny_pixart, tiny_sd3, tiny_flux = (tiny_factory(*model) for model in TINY_MODELS)
+tiny_sd15, tiny_sd21, tiny_sdxl, tiny_pixart, tiny_sd3, tiny_flux, tiny_hunyuan = (tiny_factory(*model)
+                                                                                   for model in TINY_MODELS)
