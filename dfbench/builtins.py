@@ -42,5 +42,9 @@ BACKBONES.register("dinov2-reg-base", "dfbench.backbones.dinov2:dinov2_reg_base"
 BACKBONES.register("dinov2-reg-large", "dfbench.backbones.dinov2:dinov2_reg_large")
 BACKBONES.register("dinov2-reg-giant", "dfbench.backbones.dinov2:dinov2_reg_giant")
 BACKBONES.register("tiny-dinov2", "dfbench.backbones.dinov2:tiny_dinov2")
+BACKBONES.register("dinov3-small", "dfbench.backbones.dinov3:dinov3_small")
+BACKBONES.register("dinov3-base", "dfbench.backbones.dinov3:dinov3_base")
+BACKBONES.register("dinov3-large", "dfbench.backbones.dinov3:dinov3_large")
+BACKBONES.register("tiny-dinov3", "dfbench.backbones.dinov3:tiny_dinov3")
 # a fusion of registered backbones, named by its sources: sd15+dinov2-base, cleandift-sd15+dinov2-base, …
 BACKBONES.register_pattern("*+*", "dfbench.backbones.fusion:fusion_factory")

@@ -58,6 +58,8 @@ class Dinov2Backbone:
     """A DINOv2 ViT as a dfbench backbone (see the module docstring)."""
 
     default_resolution = DEFAULT_RESOLUTION
+    #: pixels per patch side
+    patch_size = PATCH_SIZE
     default_settings: dict[str, Any] = {}
     #: the extraction recipe's version (one recipe so far)
     recipe_version = 1
@@ -80,9 +82,10 @@ class Dinov2Backbone:
         return next(self.model.parameters()).dtype
 
     def check_resolution(self, resolution: int) -> None:
-        if resolution % PATCH_SIZE or resolution < PATCH_SIZE:
-            raise DfbenchInputError(f"resolution {resolution}: {self.name} needs a multiple of its {PATCH_SIZE}-pixel "
-                                    f"patch (e.g. {max(1, round(resolution / PATCH_SIZE)) * PATCH_SIZE})")
+        patch = self.patch_size
+        if resolution % patch or resolution < patch:
+            raise DfbenchInputError(f"resolution {resolution}: {self.name} needs a multiple of its {patch}-pixel "
+                                    f"patch (e.g. {max(1, round(resolution / patch)) * patch})")
 
     def map_names(self) -> list[str]:
         blocks = [name for index in range(self.layers)
@@ -116,7 +119,7 @@ class Dinov2Backbone:
         """Every activation with its channels and grid at ``resolution`` (no forward needed)."""
         resolution = resolution or self.default_resolution
         self.check_resolution(resolution)
-        grid, hidden = resolution // PATCH_SIZE, self.model.config.hidden_size
+        grid, hidden = resolution // self.patch_size, self.model.config.hidden_size
         rows = [ActivationInfo(name, hidden, grid, grid) for name in self.map_names()]
         for name in self.activation_names()[len(rows):]:
             rows.append(ActivationInfo(name, hidden, self.registers if name.endswith(".registers") else 1, 1))
@@ -139,7 +142,7 @@ class Dinov2Backbone:
         settings = settings or ExtractSettings(resolution=self.default_resolution)
         names = self.canonical_selection(selection)
         pixels = self.pixel_values(images, settings)
-        grid = pixels.shape[-1] // PATCH_SIZE
+        grid = pixels.shape[-1] // self.patch_size
         capture = ActivationCapture(self.model, names, token_grid=(grid, grid), readers=self.readers(names))
         collected: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         step = max(1, settings.batch_size)
@@ -179,13 +182,21 @@ class Dinov2Backbone:
         if name == "embeddings":
             return self.model.embeddings
         if name == "norm":
-            return self.model.layernorm
+            return self.final_norm()
         block = re.fullmatch(r"blocks\.(\d+)(?:\.attn\.([qkv]))?", name)
         if block is None:
             raise UnknownNameError(f"{name!r}: not an activation of {self.name} (see `dfbench activations "
                                    f"{self.name}`)")
-        layer = self.model.encoder.layer[int(block.group(1))]
+        layer = self.blocks()[int(block.group(1))]
         return qkv_linear(layer.attention, block.group(2)) if block.group(2) else layer
+
+    def blocks(self) -> Any:
+        """The ViT's blocks, in order (``encoder.layer``)."""
+        return self.model.encoder.layer
+
+    def final_norm(self) -> torch.nn.Module:
+        """The LayerNorm whose output is ``last_hidden_state``."""
+        return self.model.layernorm
 
     def to(self, device: str | torch.device, torch_dtype: str | None = None) -> Dinov2Backbone:
 
@@ -217,12 +228,13 @@ def _model_classes(registers: bool) -> tuple[Any, Any]:
 def create_dinov2(name: str, config: dict[str, Any], hub_id: str, weights: str | None = None, *,
                   init: str = "pretrained", torch_dtype: str = "float32", device: str | None = None,
                   local_files_only: bool | None = None, seed: int = 0,
-                  default_resolution: int = DEFAULT_RESOLUTION) -> Dinov2Backbone:
-    """A DINOv2 backbone: pretrained (hub id or ``weights`` folder), ``random`` (seeded, from the
-    bundled config) or ``meta`` (shapes only)."""
+                  default_resolution: int = DEFAULT_RESOLUTION, classes: tuple[Any, Any] | None = None,
+                  backbone_class: type[Dinov2Backbone] = Dinov2Backbone) -> Dinov2Backbone:
+    """A DINOv2 backbone (or, with its transformers ``classes`` and ``backbone_class``, another ViT of the same
+    shape): pretrained (hub id or ``weights`` folder), ``random`` (seeded, from the bundled config) or ``meta``
+    (shapes only)."""
 
-    registers = "num_register_tokens" in config
-    config_class, model_class = _model_classes(registers)
+    config_class, model_class = classes or _model_classes("num_register_tokens" in config)
     if weights is not None or init == "pretrained":
 
         source = weights or hub_id
@@ -244,7 +256,7 @@ def create_dinov2(name: str, config: dict[str, Any], hub_id: str, weights: str |
         source = (weights or hub_id) if init == "meta" else f"{init} init"
     else:
         raise DfbenchInputError(f"init={init!r}: choose 'pretrained', 'random' or 'meta'")
-    backbone = Dinov2Backbone(name, model, source, default_resolution)
+    backbone = backbone_class(name, model, source, default_resolution)
     if init == "meta" and weights is None:
         return backbone
     return backbone.to(device or default_device(), torch_dtype)
