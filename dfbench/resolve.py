@@ -19,6 +19,7 @@ construction (:meth:`dfbench.results.Result.identity` reads it back from records
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from dfbench.errors import DfbenchInputError
 from dfbench.home import dfbench_home
 from dfbench.options import parse_options
 from dfbench.presets import Preset
-from dfbench.registry import TASKS, create_backbone, get_preset, weightless_backbone
+from dfbench.registry import BACKBONES, TASKS, create_backbone, get_preset, weightless_backbone
 from dfbench.results import Result, now
 from dfbench.settings import ExtractSettings, resolve_settings
 from dfbench.tasks.base import Protocol, Task, TaskOutput
@@ -52,12 +53,16 @@ def requested_text_encoders(preset: Preset | None, given: dict[str, Any]) -> str
 
 def build_backbone(name: str, *, dtype: str = DEFAULT_DTYPE, weights: str | None = None, device: str | None = None,
                    options: dict[str, Any] | None = None, unet_weights: str | None = None,
-                   weightless: bool = False, init: str | None = None, text_encoders: str = "all") -> Backbone:
+                   weightless: bool = False, init: str | None = None, text_encoders: str = "all",
+                   load_only: list[str] | None = None) -> Backbone:
     """The backbone registered as ``name`` with the user's overrides: the one function every command builds a
     backbone from user input with. ``weightless``: built on the meta device (names, shapes, options and the
     weights' source only; :func:`dfbench.registry.weightless_backbone`); ``init="random"``: seeded random weights
-    from the bundled configs (``dfbench perf``: full-size models without downloads)."""
+    from the bundled configs (``dfbench perf``: full-size models without downloads); ``load_only``: canonical
+    activation names a pretrained DiT is loaded only as deep as (``--truncate``; other factories load in full)."""
     overrides: dict[str, Any] = {"options": dict(options)} if options else {}
+    if load_only and not weightless and "load_only" in inspect.signature(BACKBONES.get(name)).parameters:
+        overrides["load_only"] = list(load_only)
     if text_encoders != "all":       # the encoders left out are never loaded (a factory without them refuses it)
         overrides["text_encoders"] = text_encoders
     if init is not None:
@@ -99,11 +104,12 @@ def resolve_features(backbone: str | Backbone, *, selection: list[str] | tuple[s
                      preset: str | None = None, settings: dict[str, Any] | None = None, weights: str | None = None,
                      device: str | None = None, backbone_options: dict[str, Any] | None = None,
                      unet_weights: str | None = None, weightless: bool = False, init: str | None = None,
-                     require_selection: bool = True) -> ResolvedFeatures:
+                     require_selection: bool = True, truncate: bool = False) -> ResolvedFeatures:
     """Resolve the feature side of a command once. ``backbone``: a registry name (built here by
     :func:`build_backbone`, with the preset's backbone options under the given ones and the requested dtype), or
     a backbone already built for the same request (a suite shares one across its rows). The settings are the
-    backbone's defaults < the preset's < ``settings``; their dtype is the loaded backbone's."""
+    backbone's defaults < the preset's < ``settings``; their dtype is the loaded backbone's. ``truncate``: load the
+    denoiser only as deep as the selection reaches (:mod:`dfbench.backbones.truncation`)."""
     given = dict(settings or {})
     found = get_preset(preset) if preset else None
     dtype = requested_dtype(found, given)
@@ -114,9 +120,13 @@ def resolve_features(backbone: str | Backbone, *, selection: list[str] | tuple[s
     ExtractSettings.from_dict({**(found.settings if found else {}), **given})   # the values checked before, too
     if isinstance(backbone, str):
         options = {**(found.backbone_options if found else {}), **(backbone_options or {})}
+        load_only = None
+        if truncate and chosen:             # canonical names, from the weightless model (no weights read)
+            load_only = build_backbone(backbone, weights=weights, options=options, weightless=True,
+                                       text_encoders=text_encoders).canonical_selection(chosen)
         backbone = build_backbone(backbone, dtype=dtype, weights=weights, device=device, options=options,
                                   unet_weights=unet_weights, weightless=weightless, init=init,
-                                  text_encoders=text_encoders)
+                                  text_encoders=text_encoders, load_only=load_only)
     elif not weightless:
         loaded = str(getattr(backbone, "dtype", "")).removeprefix("torch.")
         if loaded and loaded != dtype:
@@ -283,7 +293,7 @@ def resolve_run(spec: RunSpec, backbone: Backbone | None = None, *, device: str 
     features = resolve_features(backbone if backbone is not None else spec.backbone, selection=spec.selection,
                                 preset=spec.preset, settings=spec.settings, weights=spec.weights,
                                 device=spec.device or device, backbone_options=spec.backbone_options,
-                                weightless=weightless)
+                                weightless=weightless, truncate=spec.truncate)
     return ResolvedRun(task, protocol, options, split, root, label, spec.limit, features.settings.seed, features,
                        dict(spec.published), spec.source or "")
 

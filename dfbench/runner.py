@@ -42,6 +42,8 @@ class RunSpec:
     cache_dir: str | None = None
     save_predictions: bool | str = False
     device: str | None = None
+    #: load a DiT's denoiser only as deep as the selection reaches (same features; dfbench/backbones/truncation.py)
+    truncate: bool = False
     #: a paper-table row: the published values of some metrics, and where they were published
     published: dict[str, float] = field(default_factory=dict)
     source: str | None = None

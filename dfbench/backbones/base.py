@@ -53,6 +53,7 @@ from dfbench.backbones.parts import (
     per_image_draws,
 )
 from dfbench.backbones.text import ClipText, TextConditioner
+from dfbench.backbones.truncation import load_truncated
 from dfbench.cache import weight_fingerprint
 from dfbench.capture import ActivationCapture, Features
 from dfbench.errors import DfbenchInputError
@@ -106,6 +107,8 @@ class DiffusionBackbone:
         self.default_settings: dict[str, Any] = {}
         #: the extraction recipe's version (:data:`RECIPE_VERSION`), recorded with cached features and runs
         self.recipe_version = RECIPE_VERSION
+        #: the deepest denoiser block loaded, when the load was truncated (``--truncate``); ``None``: all of it
+        self.truncated_after: str | None = None
         self._names: list[str] | None = None
 
     # ------------------------------------------------------------------ parts
@@ -146,18 +149,26 @@ class DiffusionBackbone:
     @classmethod
     def from_pretrained(cls, name: str, model_id: str | Path, default_resolution: int, torch_dtype: str = "float32",
                         device: str | None = None, local_files_only: bool | None = None,
-                        text_encoders: str = "all") -> Self:
+                        text_encoders: str = "all", load_only: Sequence[str] | None = None) -> Self:
         """Load every component with diffusers/transformers ``from_pretrained`` from a hub id or a
         local diffusers folder (the denoiser's folder, ``vae/ scheduler/`` and the text encoders' folders); the
-        encoders ``text_encoders`` leaves out are built from their config only (:meth:`skipped_encoders`)."""
+        encoders ``text_encoders`` leaves out are built from their config only (:meth:`skipped_encoders`).
+        ``load_only``: canonical activation names — the denoiser's blocks past the deepest of them are never loaded
+        (:mod:`dfbench.backbones.truncation`; families with numbered block stacks)."""
         dtype = TORCH_DTYPES[torch_dtype]
         model_id = str(model_id)
         local_files_only = hub_source(name, model_id, local_files_only)
         common = {"local_files_only": local_files_only} if local_files_only is not None else {}
         folder, class_name = cls.DENOISER
+        truncated_after = None
         try:
-            denoiser = getattr(diffusers, class_name).from_pretrained(model_id, subfolder=folder, torch_dtype=dtype,
-                                                                      **common)
+            denoiser = None
+            if load_only and cls.BLOCK_STACKS:
+                denoiser, truncated_after = load_truncated(getattr(diffusers, class_name), model_id, folder, load_only,
+                                                           cls.BLOCK_STACKS, dtype, local_files_only)
+            if denoiser is None:
+                denoiser = getattr(diffusers, class_name).from_pretrained(model_id, subfolder=folder,
+                                                                          torch_dtype=dtype, **common)
             vae = diffusers.AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **common)
             scheduler = getattr(diffusers, cls.SCHEDULER).from_pretrained(model_id, subfolder="scheduler", **common)
             encoders, tokenizers = [], []
@@ -178,6 +189,7 @@ class DiffusionBackbone:
             raise load_error(name, model_id, folders, error) from None
         backbone = cls(name, denoiser, vae, scheduler, cls.text_conditioner(encoders, tokenizers),
                        default_resolution, source=model_id)
+        backbone.truncated_after = truncated_after
         return backbone.to(device or default_device(), torch_dtype)
 
     @classmethod

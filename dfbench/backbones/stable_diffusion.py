@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -99,10 +99,10 @@ def card_factory(card: ModelCard, backbone_class: type[BackboneT]) -> Callable[.
 
     def factory(weights: str | None = None, *, options: dict[str, Any] | None = None, init: str = "pretrained",
                 torch_dtype: str = "float32", device: str | None = None, local_files_only: bool | None = None,
-                seed: int = 0, text_encoders: str = "all") -> BackboneT:
+                seed: int = 0, text_encoders: str = "all", load_only: Sequence[str] | None = None) -> BackboneT:
         if init == "pretrained":
             backbone = backbone_class.from_pretrained(card.name, weights or card.hub_id, card.default_resolution,
-                                                      torch_dtype, device, local_files_only, text_encoders)
+                                                      torch_dtype, device, local_files_only, text_encoders, load_only)
         else:
             backbone = backbone_class.from_configs(card.name, card.bundled_configs(), card.default_resolution, init,
                                                    seed, device, torch_dtype, text_encoders)

@@ -15,7 +15,7 @@ upgrade does not move the CI baseline.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -161,10 +161,11 @@ BackboneT = TypeVar("BackboneT", bound=DiffusionBackbone)
 
 
 def _create(cls: type[BackboneT], name: str, configs: dict, weights: str | None, init: str, seed: int,
-            device: str | None, torch_dtype: str, local_files_only: bool | None, text_encoders: str) -> BackboneT:
+            device: str | None, torch_dtype: str, local_files_only: bool | None, text_encoders: str,
+            load_only: Sequence[str] | None = None) -> BackboneT:
     if weights is not None and init != "meta":
         return cls.from_pretrained(name, weights, TINY_RESOLUTION, torch_dtype, device or "cpu", local_files_only,
-                                   text_encoders)
+                                   text_encoders, load_only)
     init = "random" if init == "pretrained" else init
     backbone = cls.from_configs(name, configs, TINY_RESOLUTION, init, seed, "cpu", "float32", text_encoders)
     if init == "meta":          # weightless: it stands for the weights it would have (a run's identity names them)
@@ -185,9 +186,10 @@ def tiny_factory(name: str, cls: type[BackboneT], configs: Callable[[], dict[str
 
     def factory(weights: str | None = None, *, options: dict[str, Any] | None = None, init: str = "random",
                 seed: int = 0, device: str | None = None, torch_dtype: str = "float32",
-                local_files_only: bool | None = None, text_encoders: str = "all") -> BackboneT:
+                local_files_only: bool | None = None, text_encoders: str = "all",
+                load_only: Sequence[str] | None = None) -> BackboneT:
         backbone = _create(cls, name, configs(), weights, init, seed, device, torch_dtype, local_files_only,
-                           text_encoders)
+                           text_encoders, load_only)
         if options:
             backbone.configure(options)
         return backbone

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from dfbench.cli.common import (
+    TRUNCATE_HELP,
     add_settings_arguments,
     check_output_path,
     features_from_args,
@@ -42,6 +43,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     extract.add_argument("--category", nargs="+", metavar="NAME",
                          help="category per image (or one for all) for a prompt containing {category}")
     extract.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
+    extract.add_argument("--truncate", action="store_true", help=TRUNCATE_HELP)
     extract.add_argument("--unet-weights", metavar="FILE",
                          help="CleanDIFT backbones: the UNet state-dict .safetensors (default: from the hub)")
     extract.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",

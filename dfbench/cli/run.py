@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dfbench.cli.common import (
+    TRUNCATE_HELP,
     add_settings_arguments,
     format_metrics,
     given_settings,
@@ -37,6 +38,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      help="evaluate N items of the split, a seeded random sample (SPair: pairs spread evenly over "
                      "the categories; the lists are grouped by category, so not the first N)")
     run.add_argument("--weights", metavar="DIR_OR_HUB_ID", help="load weights from here instead of the hub id")
+    run.add_argument("--truncate", action="store_true", help=TRUNCATE_HELP)
     run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="protocol option, repeatable: every protocol's options, with their types and defaults, "
                      "are listed at the end of this help (and by `dfbench list tasks`)")
@@ -89,6 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_root=args.data_root, split=args.split, limit=args.limit, weights=args.weights,
         options=parse_options(args.option), cache_dir=args.cache_dir, save_predictions=args.save_predictions,
         device=args.device, backbone_options=parse_options(args.backbone_option, "--backbone-option"),
+        truncate=args.truncate,
     )
     if args.data_root is None:
         raise DfbenchInputError("--data-root DIR is required (or --data-root mini for the embedded mini set)")
