@@ -40,6 +40,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--text-encoders", choices=["all", "clip", "none"],
                       help="backbone: text encoders built with weights (a DiT's T5 left out with clip / none)")
     perf.add_argument("--preset", default="tale-of-two", help="fusion: the fusion preset (default tale-of-two)")
+    perf.add_argument("--weights-dir", help="truncation: where the random full-size folder is written (default "
+                      "$DFBENCH_HOME/perf/<backbone>-random-<dtype>; reused once complete)")
     perf.add_argument("--out", help="also write the results as JSON here")
     perf.set_defaults(handler=cmd_perf)
 

@@ -45,6 +45,9 @@ SUITES = {suite.name: suite for suite in (
           "separate runs it replaces (UNet rows per image, seconds)"),
     Suite("backbone", "backbone", "seconds per image and peak RSS of any backbones with random weights, each in "
           "its own process (default dinov2-base and dinov2-giant at 840 px, blocks.11)"),
+    Suite("truncation", "truncation", "a DiT loaded truncated (--truncate) from a full-size random-weight folder "
+          "written shard by shard (default flux-dev to single_transformer_blocks.9, 512 px, bfloat16, no text "
+          "encoders): load time, peak RSS, seconds per image"),
     Suite("fusion", "fusion", "a fusion preset (--preset, default tale-of-two) against its parts: each source "
           "alone, the fused extraction, the overhead, and the pair descriptor's cost"),
 )}
