@@ -38,6 +38,7 @@ from typing_extensions import Self
 
 from dfbench.activations import ActivationInfo, addressable_names, validate_selection
 from dfbench.backbones.image_encoders import VaeEncoder
+from dfbench.backbones.img2img import last_step_latents
 from dfbench.backbones.noise import DiscreteNoise, FlowMatchingNoise
 from dfbench.backbones.parts import (
     SD_SCHEDULER_CONFIG,
@@ -107,6 +108,8 @@ class DiffusionBackbone:
         self.default_settings: dict[str, Any] = {}
         #: the extraction recipe's version (:data:`RECIPE_VERSION`), recorded with cached features and runs
         self.recipe_version = RECIPE_VERSION
+        #: denoising steps of GDF's img2img recipe (backbone option ``recipe=gdf-img2img``); 0: one denoiser call
+        self.img2img_steps = 0
         #: the deepest denoiser block loaded, when the load was truncated (``--truncate``); ``None``: all of it
         self.truncated_after: str | None = None
         self._names: list[str] | None = None
@@ -289,6 +292,10 @@ class DiffusionBackbone:
         """The forward over ``rows`` (latents at ``timesteps``, one prompt embedding per row), for the capture."""
         raise NotImplementedError
 
+    def prediction(self, output: Any, latents: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction from a call's ``output``, shaped as ``latents`` (for a scheduler's step)."""
+        return output[0]
+
     def meta_call(self, denoiser: Any, resolution: int) -> Callable[[], Any]:
         """A shape-only forward of ``denoiser`` (built on the meta device) for one image at ``resolution``."""
         raise NotImplementedError
@@ -377,18 +384,21 @@ class DiffusionBackbone:
                 posterior_eps, noise = per_image_draws(chunk, settings, self.vae.config.latent_channels,
                                                        self.vae_scale_factor)
                 latents = self.image_encoder.encode(chunk, posterior_eps, members, self.device)
-                if noise is not None:
+                img2img_noise = noise if self.img2img_steps else None      # GDF's img2img recipe noises per step
+                if noise is not None and img2img_noise is None:
                     latents = self.noise.add(latents, noise, settings.timestep)
                 features = self._denoiser_features(latents.to(self.dtype), prompts[start : start + len(chunk)],
-                                                   names, settings)
+                                                   names, settings, img2img_noise)
                 for name, value in features.items():
                     value = value.float().reshape(len(chunk), members, *value.shape[1:]).mean(dim=1)
                     collected[name].append(value)
         return {name: torch.cat(values) for name, values in collected.items()}
 
     def _denoiser_features(self, latents: torch.Tensor, prompts: list[str], names: list[str],
-                           settings: ExtractSettings) -> Features:
-        """Run the denoiser over the rows in chunks of ``batch_size``; concatenate the captures."""
+                           settings: ExtractSettings, img2img_noise: torch.Tensor | None = None) -> Features:
+        """Run the denoiser over the rows in chunks of ``batch_size``; concatenate the captures. With
+        ``img2img_noise`` the latents are clean and each chunk is first denoised to the recipe's last step
+        (:mod:`dfbench.backbones.img2img`)."""
         members = settings.ensemble_size
         resolution = latents.shape[-1] * self.vae_scale_factor   # the input's own size (a tensor input may differ)
         row_prompts = [prompt for prompt in prompts for _ in range(members)]
@@ -398,7 +408,11 @@ class DiffusionBackbone:
             rows = latents[start : start + settings.batch_size]
             embeddings = [self.prompt_embedding(prompt, settings.text_encoders)
                           for prompt in row_prompts[start : start + len(rows)]]
-            timesteps = self.noise.model_timesteps(settings.timestep, rows)
+            if img2img_noise is not None:
+                rows, timesteps = last_step_latents(self, rows, img2img_noise[start : start + len(rows)], embeddings,
+                                                    resolution, settings.timestep, self.img2img_steps)
+            else:
+                timesteps = self.noise.model_timesteps(settings.timestep, rows)
             captured = capture.run(self.denoiser_call(rows, timesteps, embeddings, resolution))
             for name in names:
                 pieces[name].append(captured[name])

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from dfbench.backbones.base import DiffusionBackbone
+from dfbench.backbones.img2img import RECIPES
 from dfbench.backbones.noise import DiscreteNoise, FlowMatchingNoise
 from dfbench.backbones.parts import PromptEmbedding
 from dfbench.backbones.stable_diffusion import ModelCard, card_factory
@@ -62,11 +63,18 @@ class FluxOptions:
     discard: str = "154,1446"
     norm: bool = True
     modulate: bool = True
+    #: ``single`` (one denoiser call at t) or ``gdf-img2img`` (GDF's: the last of ``steps`` img2img steps from
+    #: strength t/1000, :mod:`dfbench.backbones.img2img`; GDF runs it with guidance 1)
+    recipe: str = "single"
+    steps: int = 28
 
     def validate(self, where: str) -> None:
-        if self.sigma not in SIGMA_RULES or self.descriptor not in DESCRIPTORS:
-            raise DfbenchInputError(f"{where}: sigma={self.sigma!r} / descriptor={self.descriptor!r}: choose sigma "
-                                    f"from {', '.join(SIGMA_RULES)} and descriptor from {', '.join(DESCRIPTORS)}")
+        if self.sigma not in SIGMA_RULES or self.descriptor not in DESCRIPTORS or self.recipe not in RECIPES:
+            raise DfbenchInputError(f"{where}: sigma={self.sigma!r} / descriptor={self.descriptor!r} / recipe="
+                                    f"{self.recipe!r}: choose sigma from {', '.join(SIGMA_RULES)}, descriptor from "
+                                    f"{', '.join(DESCRIPTORS)} and recipe from {', '.join(RECIPES)}")
+        if self.steps < 1:
+            raise DfbenchInputError(f"{where}: steps={self.steps}: must be ≥ 1")
         try:
             self.discarded()
         except ValueError:
@@ -115,6 +123,13 @@ def pack(latents: torch.Tensor) -> torch.Tensor:
     return packed.reshape(batch, (height // 2) * (width // 2), channels * 4)
 
 
+def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """N×(H/2·W/2)×4C tokens → N×C×H×W latents, the inverse of :func:`pack` (``FluxPipeline._unpack_latents``)."""
+    batch, _, packed = tokens.shape
+    latents = tokens.view(batch, height // 2, width // 2, packed // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(batch, packed // 4, height, width)
+
+
 def image_ids(rows: int, columns: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(0, row, column) of each packed token, row-major (``FluxPipeline._prepare_latent_image_ids``)."""
     ids = torch.zeros(rows, columns, 3)
@@ -146,11 +161,14 @@ class FluxBackbone(DiffusionBackbone):
         self.flux_options = parse_options(FluxOptions, options, f"backbone {self.name}")
         assert isinstance(self.noise, FlowMatchingNoise)
         self.noise.shifted = self.flux_options.sigma == "scheduler"
+        self.img2img_steps = self.flux_options.steps if self.flux_options.recipe == "gdf-img2img" else 0
 
     def describe(self) -> str:
         """The options in one line, for the leaderboard."""
         options = self.flux_options
         parts = [f"σ {options.sigma}", f"guidance {options.guidance:g}"]
+        if options.recipe == "gdf-img2img":
+            parts.append(f"GDF img2img ({options.steps} steps)")
         if options.descriptor == "ditf":
             steps = [step for step, on in (("discard " + options.discard, bool(options.discarded())),
                                            ("LN", options.norm), ("AdaLN", options.modulate)) if on]
@@ -206,6 +224,9 @@ class FluxBackbone(DiffusionBackbone):
         arguments = self.call_arguments(self.denoiser, rows, timesteps)
         return lambda: self.denoiser(**arguments, encoder_hidden_states=text, pooled_projections=pooled.to(self.dtype),
                                      return_dict=False)
+
+    def prediction(self, output: Any, latents: torch.Tensor) -> torch.Tensor:
+        return unpack(output[0], latents.shape[-2], latents.shape[-1])
 
     def meta_call(self, denoiser: Any, resolution: int) -> Callable[[], Any]:
         config, size = denoiser.config, resolution // self.vae_scale_factor

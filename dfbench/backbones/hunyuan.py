@@ -15,7 +15,9 @@ token sequence becomes a map on the patch grid (resolution / 16 per side); negat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -23,17 +25,53 @@ from diffusers.models.embeddings import get_2d_rotary_pos_embed
 from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
 
 from dfbench.backbones.base import DiffusionBackbone
+from dfbench.backbones.img2img import RECIPES
 from dfbench.backbones.parts import PromptEmbedding
 from dfbench.backbones.stable_diffusion import ModelCard, card_factory
 from dfbench.backbones.text import HunyuanText, TextConditioner
+from dfbench.errors import DfbenchInputError
+from dfbench.options import parse_options
 
 BLOCK_SIGNALS = ("", ".attn1.q", ".attn1.k", ".attn1.v", ".attn1.out", ".attn2.q", ".attn2.out", ".ff.inner")
 #: the pipeline's ``original_size`` default, embedded in ``image_meta_size``
 ORIGINAL_SIZE = (1024, 1024)
 
 
+@dataclass(frozen=True)
+class HunyuanOptions:
+    """Backbone options of Hunyuan-DiT (``--backbone-option KEY=VALUE``): ``recipe`` ``single`` (one denoiser call
+    at t) or ``gdf-img2img`` (GDF's: the last of ``steps`` img2img steps from strength t/1000, 50 as its pipeline;
+    :mod:`dfbench.backbones.img2img`)."""
+
+    recipe: str = "single"
+    steps: int = 50
+
+    def validate(self, where: str) -> None:
+        if self.recipe not in RECIPES or self.steps < 1:
+            raise DfbenchInputError(f"{where}: recipe={self.recipe!r}, steps={self.steps}: choose recipe from "
+                                    f"{', '.join(RECIPES)} and steps ≥ 1")
+
+
 class HunyuanDitBackbone(DiffusionBackbone):
     """Hunyuan-DiT v1.x (see the module docstring)."""
+
+    #: the options in force (the defaults until :meth:`configure`)
+    hunyuan_options: HunyuanOptions = HunyuanOptions()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Every option with its value, recorded with every run and part of its identity."""
+        return dataclasses.asdict(self.hunyuan_options)
+
+    def configure(self, options: dict[str, Any]) -> None:
+        self.hunyuan_options = parse_options(HunyuanOptions, options, f"backbone {self.name}")
+        recipe = self.hunyuan_options
+        self.img2img_steps = recipe.steps if recipe.recipe == "gdf-img2img" else 0
+
+    def prediction(self, output: Any, latents: torch.Tensor) -> torch.Tensor:
+        """The first ``C`` output channels (the model also predicts its variance: ``learn_sigma``), as the pipeline
+        keeps them."""
+        return output[0][:, : latents.shape[1]]
 
     DENOISER = ("transformer", "HunyuanDiT2DModel")
     TEXT: ClassVar[type[TextConditioner]] = HunyuanText
