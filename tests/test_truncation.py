@@ -102,3 +102,14 @@ def test_extract_truncate_on_the_command_line(sharded_flux, tmp_path):
                  "--resolution", "64"]) == 0
     expected = backbone.extract([Image.open(image)], ["transformer_blocks.2"], ExtractSettings(resolution=64))
     torch.testing.assert_close(load_file(out)["transformer_blocks.2"], expected["transformer_blocks.2"])
+
+
+def test_a_cpu_bfloat16_backbone_keeps_its_vae_in_float32(photos):
+    """On a CPU the VAE stays float32 under a bfloat16 denoiser (bfloat16 convolutions take a slow path there: the
+    one encode of a truncated FLUX at 512 px would take longer than its transformer); the latents reach the
+    denoiser in its dtype."""
+    backbone = create_backbone("tiny-flux", torch_dtype="bfloat16", device="cpu")
+    assert next(backbone.vae.parameters()).dtype == torch.float32
+    assert backbone.dtype == torch.bfloat16
+    features = backbone.extract(photos[:1], ["transformer_blocks.1"], ExtractSettings(resolution=64, dtype="bfloat16"))
+    assert features["transformer_blocks.1"].shape == (1, 16, 4, 4)

@@ -247,6 +247,8 @@ class DiffusionBackbone:
                 module.to(dtype)
         if torch_dtype and torch_dtype == "float16" and getattr(self.vae.config, "force_upcast", False):
             self.vae.to(torch.float32)  # the SDXL VAE overflows in float16
+        if torch_dtype == "bfloat16" and torch.device(device).type == "cpu":
+            self.vae.to(torch.float32)  # a CPU's bfloat16 convolutions take a slow path (178× float32's here)
         self.text.clear()
         return self
 

@@ -94,6 +94,7 @@ def measure(name: str, folder: str, selection: list[str], settings: dict[str, An
     built = time.perf_counter() - started
     backbone: Any = features.backbone          # a DiffusionBackbone: its denoiser and truncation are read
     loaded_rss = vm_hwm_gib()
+    print(f"loaded in {built:.1f} s, peak RSS {loaded_rss:.2f} GiB", file=sys.stderr, flush=True)
     start = time.perf_counter()
     backbone.extract([perf_image()], features.selection, features.settings)
     seconds = time.perf_counter() - start
