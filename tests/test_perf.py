@@ -135,7 +135,7 @@ def test_perf_suites_come_from_one_registry(capsys):
 
     assert main(["perf", "list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert listed == list(SUITES) and len(listed) == 10
+    assert listed == list(SUITES) and len(listed) == 11
     for suite in SUITES.values():
         assert callable(importlib.import_module(f"dfbench.perf.{suite.module}").from_args)
 

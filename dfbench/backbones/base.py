@@ -31,7 +31,6 @@ from typing import Any, ClassVar
 
 import diffusers
 import torch
-import transformers
 from PIL import Image
 from tqdm.auto import tqdm
 from typing_extensions import Self
@@ -54,7 +53,7 @@ from dfbench.backbones.parts import (
     per_image_draws,
 )
 from dfbench.backbones.text import ClipText, TextConditioner
-from dfbench.backbones.truncation import load_truncated
+from dfbench.backbones.truncation import load_denoiser
 from dfbench.cache import weight_fingerprint
 from dfbench.capture import ActivationCapture, Features
 from dfbench.errors import DfbenchInputError
@@ -103,8 +102,7 @@ class DiffusionBackbone:
         self.text = text
         self.default_resolution = default_resolution
         self.source = source
-        #: settings this model is meant to be used with (e.g. CleanDIFT: no noise); the base of
-        #: ``extract(settings=None)`` and of the CLI's flags
+        #: settings this model is meant to be used with (CleanDIFT: no noise): ``extract(settings=None)``'s, the CLI's
         self.default_settings: dict[str, Any] = {}
         #: the extraction recipe's version (:data:`RECIPE_VERSION`), recorded with cached features and runs
         self.recipe_version = RECIPE_VERSION
@@ -114,7 +112,6 @@ class DiffusionBackbone:
         self.truncated_after: str | None = None
         self._names: list[str] | None = None
 
-    # ------------------------------------------------------------------ parts
     @property
     def vae(self) -> Any:
         return self.image_encoder.vae
@@ -141,7 +138,6 @@ class DiffusionBackbone:
         """The family's text conditioner over loaded encoders, with the family's T5 length where it has one."""
         return cls.TEXT(encoders, tokenizers, cls.MAX_SEQUENCE_LENGTH or None)
 
-    # ------------------------------------------------------------------ construction
     @classmethod
     def skipped_encoders(cls, text_encoders: str) -> set[int]:
         """The text encoders (by position) that ``--text-encoders`` leaves unloaded: every one for ``none``, those
@@ -163,30 +159,14 @@ class DiffusionBackbone:
         local_files_only = hub_source(name, model_id, local_files_only)
         common = {"local_files_only": local_files_only} if local_files_only is not None else {}
         folder, class_name = cls.DENOISER
-        truncated_after = None
         try:
-            denoiser = None
-            if load_only and cls.BLOCK_STACKS:
-                denoiser, truncated_after = load_truncated(getattr(diffusers, class_name), model_id, folder, load_only,
-                                                           cls.BLOCK_STACKS, dtype, local_files_only)
-            if denoiser is None:
-                denoiser = getattr(diffusers, class_name).from_pretrained(model_id, subfolder=folder,
-                                                                          torch_dtype=dtype, **common)
+            denoiser, truncated_after = load_denoiser(getattr(diffusers, class_name), model_id, folder, dtype,
+                                                      load_only if cls.BLOCK_STACKS else None, cls.BLOCK_STACKS,
+                                                      local_files_only)
             vae = diffusers.AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **common)
             scheduler = getattr(diffusers, cls.SCHEDULER).from_pretrained(model_id, subfolder="scheduler", **common)
-            encoders, tokenizers = [], []
-            skipped = cls.skipped_encoders(text_encoders)
-            for index, (model_folder, tokenizer_folder, encoder_class) in enumerate(cls.TEXT.COMPONENTS):
-                model_class = getattr(transformers, encoder_class)
-                if index in skipped:
-                    config = model_class.config_class.from_pretrained(model_id, subfolder=model_folder, **common)
-                    with torch.device("meta"):
-                        encoders.append(model_class(config))
-                else:
-                    encoders.append(model_class.from_pretrained(model_id, subfolder=model_folder, dtype=dtype,
-                                                                **common))
-                tokenizers.append(getattr(transformers, cls.TEXT.TOKENIZER).from_pretrained(
-                    model_id, subfolder=tokenizer_folder, local_files_only=bool(local_files_only)))
+            encoders, tokenizers = cls.TEXT.load(model_id, cls.skipped_encoders(text_encoders), dtype,
+                                                 local_files_only)
         except (OSError, ValueError) as error:
             folders = (folder, "vae", "scheduler", *(part for entry in cls.TEXT.COMPONENTS for part in entry[:2]))
             raise load_error(name, model_id, folders, error) from None
@@ -288,7 +268,6 @@ class DiffusionBackbone:
         """Apply backbone options (``--backbone-option``); a family without options refuses any in one line."""
         raise DfbenchInputError(f"backbone {self.name} takes no backbone options (given: {', '.join(options)})")
 
-    # ------------------------------------------------------------------ the denoiser call (per family)
     def denoiser_call(self, rows: torch.Tensor, timesteps: torch.Tensor, embeddings: list[PromptEmbedding],
                       resolution: int) -> Callable[[], Any]:
         """The forward over ``rows`` (latents at ``timesteps``, one prompt embedding per row), for the capture."""
@@ -315,7 +294,6 @@ class DiffusionBackbone:
         side = resolution // self.vae_scale_factor // self.patch_size
         return side, side
 
-    # ------------------------------------------------------------------ activations
     def canonical_selection(self, selection: Sequence[str]) -> list[str]:
         """``selection`` with aliases resolved to canonical names and negative block indices counted from the end of
         their stack (:attr:`BLOCK_STACKS`); an unknown name is one clear error."""

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+import transformers
 
 from dfbench.backbones.parts import PromptEmbedding, is_meta
 from dfbench.errors import DfbenchInputError
@@ -29,6 +30,25 @@ class TextConditioner:
         self.tokenizers = list(tokenizers)
         self.max_length = max_length or self.MAX_LENGTH
         self._cache: dict[str, PromptEmbedding] = {}
+
+    @classmethod
+    def load(cls, model_id: str, skipped: set[int], dtype: torch.dtype, local_files_only: bool | None
+             ) -> tuple[list[Any], list[Any]]:
+        """The encoders (those in ``skipped`` built on the meta device from their config only) and tokenizers of a
+        diffusers folder or hub id, with transformers' ``from_pretrained``."""
+        common = {"local_files_only": local_files_only} if local_files_only is not None else {}
+        encoders, tokenizers = [], []
+        for index, (model_folder, tokenizer_folder, encoder_class) in enumerate(cls.COMPONENTS):
+            model_class = getattr(transformers, encoder_class)
+            if index in skipped:
+                config = model_class.config_class.from_pretrained(model_id, subfolder=model_folder, **common)
+                with torch.device("meta"):
+                    encoders.append(model_class(config))
+            else:
+                encoders.append(model_class.from_pretrained(model_id, subfolder=model_folder, dtype=dtype, **common))
+            tokenizers.append(getattr(transformers, cls.TOKENIZER).from_pretrained(
+                model_id, subfolder=tokenizer_folder, local_files_only=bool(local_files_only)))
+        return encoders, tokenizers
 
     @classmethod
     def clip_indices(cls) -> set[int]:

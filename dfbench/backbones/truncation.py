@@ -120,3 +120,17 @@ def load_truncated(model_class: Any, model_id: str, subfolder: str, selection: S
         raise DfbenchInputError(f"{folder}: the weight files lack {len(missing)} tensors of the blocks to load "
                                 f"(first: {missing[0]}); is it a complete {subfolder}/ folder?")
     return model.eval(), deepest
+
+
+def load_denoiser(model_class: Any, model_id: str, subfolder: str, dtype: torch.dtype,
+                  load_only: Sequence[str] | None, stack_names: Sequence[str], local_files_only: bool | None
+                  ) -> tuple[Any, str | None]:
+    """The denoiser of ``model_id``: truncated to ``load_only`` where that leaves blocks out (:func:`load_truncated`),
+    else with diffusers' ``from_pretrained``; and its deepest loaded block (``None``: all of it)."""
+    if load_only:
+        model, deepest = load_truncated(model_class, model_id, subfolder, load_only, stack_names, dtype,
+                                        local_files_only)
+        if model is not None:
+            return model, deepest
+    common = {"local_files_only": local_files_only} if local_files_only is not None else {}
+    return model_class.from_pretrained(model_id, subfolder=subfolder, torch_dtype=dtype, **common), None
