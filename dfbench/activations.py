@@ -11,6 +11,8 @@ A canonical name is a stock diffusers module path, optionally followed by a sign
 ``up_blocks.1.attentions.1.transformer_blocks.0``      BasicTransformerBlock output
 ``….attn1.q`` / ``.k`` / ``.v`` / ``.out``             self-attention projections / output
 ``….attn2.q`` / ``.out``                               cross-attention query / output
+``….attn1.map`` / ``….attn2.map``                      head-mean attention probabilities (keys as channels)
+``gdf.up_cross``                                       GDF's aggregate of the up blocks' cross-attention maps
 ``….ff.inner``                                         GEGLU output (4×C channels)
 ``up_blocks.1.upsamplers.0``, ``…downsamplers.0``      (up/down)sampler outputs
 ``mid_block``, ``conv_in``, ``conv_out``               as named
@@ -55,12 +57,12 @@ GDF_BLOCK_SIGNALS = {
     "cross-k": "attn2.k",
     "cross-v": "attn2.v",
     "ffn-inner": "ff.inner",
+    "self-map": "attn1.map",
+    "cross-map": "attn2.map",
     "out": "",
 }
-GDF_REFUSED = {
-    "self-map": "attention maps (HW×HW) are not dense C×h×w features; use self-q/self-k/self-v instead",
-    "cross-map": "attention maps (HW×77) are not dense C×h×w features; use cross-q instead",
-}
+#: GDF's aggregated attention (``--attention up_cross``)
+GDF_AGGREGATES = {"up_cross": "gdf.up_cross"}
 
 _GDF_LEVEL = r"(?P<side>down|up)-level(?P<level>\d+)"
 _GDF_PATTERNS = (
@@ -75,7 +77,7 @@ _GDF_PATTERNS = (
 _GDF_WHOLE = {"unet-after-conv-in": "conv_in", "unet-out": "conv_out"}
 _DIFT_PATTERN = re.compile(r"up_ft_index\s*=\s*(\d+)$")
 
-SUFFIX_RE = re.compile(r"\.(increment|attn[12]\.(q|k|v|out)|ff\.inner)$")
+SUFFIX_RE = re.compile(r"\.(increment|attn[12]\.(q|k|v|out|map)|ff\.inner)$")
 
 
 def _gdf_to_canonical(name: str) -> str | None:
@@ -100,12 +102,8 @@ def _gdf_to_canonical(name: str) -> str | None:
         if kind == "vit":
             return transformer
         signal = groups["sig"]
-        if signal in GDF_REFUSED:
-            raise DfbenchInputError(f"{name!r}: {GDF_REFUSED[signal]}")
         if signal not in GDF_BLOCK_SIGNALS:
-            raise UnknownNameError(
-                unknown_name_message("GDF block signal", signal, sorted(GDF_BLOCK_SIGNALS) + sorted(GDF_REFUSED))
-            )
+            raise UnknownNameError(unknown_name_message("GDF block signal", signal, sorted(GDF_BLOCK_SIGNALS)))
         suffix = GDF_BLOCK_SIGNALS[signal]
         block = f"{transformer}.transformer_blocks.{groups['block']}"
         return f"{block}.{suffix}" if suffix else block
@@ -115,12 +113,14 @@ def _gdf_to_canonical(name: str) -> str | None:
 def resolve_name(name: str) -> str:
     """Map an alias (GDF, DIFT, CleanDIFT) to its canonical name; canonical names pass unchanged.
 
-    Refuses names that can never be a dense feature (cross-attention keys/values, attention maps)
+    Refuses names that can never be a dense feature (cross-attention keys and values)
     with a :class:`DfbenchInputError` explaining why.
     """
     name = name.strip()
     if name in CLEANDIFT_ALIASES:
         canonical = CLEANDIFT_ALIASES[name]
+    elif name in GDF_AGGREGATES:
+        canonical = GDF_AGGREGATES[name]
     elif match := _DIFT_PATTERN.match(name):
         canonical = f"up_blocks.{match.group(1)}"
     else:
@@ -136,7 +136,7 @@ def resolve_name(name: str) -> str:
 _CANONICAL_PARTS = re.compile(
     r"(?:(?P<side>down|up)_blocks\.(?P<level>\d+)|(?P<mid>mid_block))"
     r"(?:\.(?P<kind>resnets|attentions)\.(?P<repeat>\d+)|\.(?P<sampler>upsamplers|downsamplers)\.0)?"
-    r"(?:\.transformer_blocks\.(?P<block>\d+))?(?:\.(?P<suffix>increment|attn[12]\.(?:q|k|v|out)|ff\.inner))?$")
+    r"(?:\.transformer_blocks\.(?P<block>\d+))?(?:\.(?P<suffix>increment|attn[12]\.(?:q|k|v|out|map)|ff\.inner))?$")
 _GDF_SIGNAL_OF = {suffix: signal for signal, suffix in GDF_BLOCK_SIGNALS.items() if suffix}
 _CLEANDIFT_OF = {canonical: alias for alias, canonical in CLEANDIFT_ALIASES.items()}
 
@@ -145,6 +145,7 @@ def aliases_of(canonical: str) -> list[str]:
     """The other names of a canonical activation: CleanDIFT's, DIFT's and GDF's (the inverse of
     :func:`resolve_name`; GDF has no name for a whole block, nor for attn outputs)."""
     found = [_CLEANDIFT_OF[canonical]] if canonical in _CLEANDIFT_OF else []
+    found += [alias for alias, name in GDF_AGGREGATES.items() if name == canonical]
     if re.fullmatch(r"up_blocks\.\d+", canonical):
         found.append(f"up_ft_index={canonical.split('.')[1]}")
     gdf = {value: key for key, value in _GDF_WHOLE.items()}.get(canonical)
@@ -197,9 +198,10 @@ def addressable_names(unet: nn.Module) -> list[str]:
         elif isinstance(module, (Transformer2DModel, Downsample2D, Upsample2D)):
             names.append(path)
         elif isinstance(module, BasicTransformerBlock):
-            names += [path, f"{path}.attn1.q", f"{path}.attn1.k", f"{path}.attn1.v", f"{path}.attn1.out"]
+            names += [path, f"{path}.attn1.q", f"{path}.attn1.k", f"{path}.attn1.v", f"{path}.attn1.out",
+                      f"{path}.attn1.map"]
             if getattr(module, "attn2", None) is not None:
-                names += [f"{path}.attn2.q", f"{path}.attn2.out"]
+                names += [f"{path}.attn2.q", f"{path}.attn2.out", f"{path}.attn2.map"]
             names.append(f"{path}.ff.inner")
     return names
 

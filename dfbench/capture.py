@@ -13,7 +13,9 @@ Where each signal is read (docs/activations.md):
   skip-add (dropout is the identity in eval mode);
 * ``.attn1.q`` / ``.k`` / ``.v``: the outputs of ``attn1.to_q`` / ``to_k`` / ``to_v`` (before the
   head split); ``.attnN.out``: the output of the ``Attention`` module (after ``to_out``);
-* ``.ff.inner``: the output of the GEGLU (``ff.net.0``).
+* ``.ff.inner``: the output of the GEGLU (``ff.net.0``);
+* ``.attnN.map``: the head-mean attention probabilities, computed from the ``Attention`` module's own inputs
+  (:mod:`dfbench.attention_maps`), one channel per key.
 
 Token sequences (B×HW×C) become maps B×C×H×W: on a grid the backbone gives (a DiT's patch grid), else
 with H and W read from the input of the enclosing ``Transformer2DModel`` (a UNet's). When every requested
@@ -29,6 +31,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from dfbench.attention_maps import MAP_SUFFIX, map_reader
 
 Features = dict[str, torch.Tensor]
 """Activation name → float tensor B×C×h×w."""
@@ -46,7 +50,7 @@ def signal_module(name: str) -> str:
         return name[: -len(".increment")] + ".conv2"
     if match := re.search(r"\.(attn[12]?)\.(q|k|v)$", name):
         return name[: match.start()] + f".{match.group(1)}.to_{match.group(2)}"
-    if match := re.search(r"\.(attn[12])\.out$", name):
+    if match := re.search(r"\.(attn[12])\.(out|map)$", name):
         return name[: match.start()] + f".{match.group(1)}"
     if name.endswith(".ff.inner"):
         return name[: -len(".inner")] + ".net.0"
@@ -123,7 +127,7 @@ class ActivationCapture:
                     self._modules[transformer].register_forward_pre_hook(self._spatial_hook(transformer))
                 )
             for path, names in self._targets.items():
-                handles.append(self._modules[path].register_forward_hook(self._capture_hook(names)))
+                handles.append(self._modules[path].register_forward_hook(self._capture_hook(names), with_kwargs=True))
             try:
                 forward()
             except _StopForward:
@@ -145,11 +149,16 @@ class ActivationCapture:
         return hook
 
     def _capture_hook(self, names: list[str]) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
             index = self.streams.get(self._paths[names[0]], 0)
             tensor = _first_tensor(output[index] if index else output)
             for name in names:
-                value = self.readers[name][1](output) if name in self.readers else tensor
+                if name in self.readers:
+                    value = self.readers[name][1](output)
+                elif MAP_SUFFIX.search(name):
+                    value = map_reader(module, args, kwargs)
+                else:
+                    value = tensor
                 if value.dim() == 3 and self.token_grid is not None:
                     height, width = self.token_grid
                     value = tokens_to_map(value[:, -height * width:], height, width)

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from dfbench import create_backbone
-from dfbench.capture import ActivationCapture
 
 
 @pytest.mark.parametrize("name", ["tiny-sd15", "tiny-sd21", "tiny-sdxl"])
@@ -17,7 +16,7 @@ def test_catalog_agrees_with_a_real_forward(name):
     embedding = backbone.prompt_embedding("")
     added = backbone.added_cond_kwargs(embedding, 1, 64)
     with torch.no_grad():
-        features = ActivationCapture(backbone.unet, names, stop_early=False).run(
+        features = backbone.capture(backbone.unet, names, 64, stop_early=False).run(
             lambda: backbone.unet(latents, 10, embedding.hidden_states, added_cond_kwargs=added)
         )
     for row in catalog:
@@ -31,7 +30,7 @@ def _shapes(name, resolution):
 
 def test_sd15_512_real_shapes():
     shapes = _shapes("sd15", 512)
-    assert len(shapes) == 205
+    assert len(shapes) == 205 + 16 * 2 + 1          # + attn1.map, attn2.map per transformer block, gdf.up_cross
     # latent 64×64; levels 320/640/1280/1280 at 64, 32, 16, 8
     assert shapes["conv_in"] == (320, 64, 64)
     assert shapes["down_blocks.0.downsamplers.0"] == (320, 32, 32)
@@ -53,7 +52,7 @@ def test_sd21_768_real_shapes():
 
 def test_sdxl_1024_real_shapes():
     shapes = _shapes("sdxl", 1024)
-    assert len(shapes) == 618
+    assert len(shapes) == 618 + 70 * 2 + 1
     # latent 128; levels 320/640/1280 at 128, 64, 32; up_blocks.0 holds 10-deep transformers
     assert shapes["up_blocks.0.attentions.0.transformer_blocks.9"] == (1280, 32, 32)
     assert shapes["up_blocks.1.attentions.0.transformer_blocks.0.attn2.q"] == (640, 64, 64)

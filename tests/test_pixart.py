@@ -98,7 +98,7 @@ def test_the_real_models_catalog_and_size_without_weights(name, resolution, grid
     transformer values (SOURCES.json: the fp32 safetensors file is 2,443,492,488 B = 610.9 M floats)."""
     backbone = build_backbone(name, weightless=True)
     rows = {row.name: row for row in backbone.catalog(resolution)}
-    assert len(rows) == 28 * 8
+    assert len(rows) == 28 * 10                  # block, attn1 q/k/v/out/map, attn2 q/out/map, ff.inner
     block = rows["transformer_blocks.27"]
     assert (block.channels, block.height, block.width) == (1152, grid, grid)
     assert rows["transformer_blocks.0.ff.inner"].channels == 4 * 1152

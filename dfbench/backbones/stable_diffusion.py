@@ -9,6 +9,8 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from dfbench.activations import addressable_names
+from dfbench.attention_maps import UP_CROSS, UpCrossCapture, up_cross_components
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.parts import PromptEmbedding, load_config
 from dfbench.backbones.text import ClipText, TextConditioner
@@ -26,6 +28,23 @@ class StableDiffusionBackbone(DiffusionBackbone):
     def unet(self) -> Any:
         """The denoiser: this family's UNet."""
         return self.denoiser
+
+    def activation_names(self) -> list[str]:
+        """The UNet's module paths with their signals (attention maps included) and GDF's ``gdf.up_cross``."""
+        return [*super().activation_names(), UP_CROSS]
+
+    def capture(self, denoiser: Any, names: list[str], resolution: int, stop_early: bool = True) -> Any:
+        """The activation capture; ``gdf.up_cross`` is aggregated from its component maps
+        (:class:`~dfbench.attention_maps.UpCrossCapture`)."""
+        if UP_CROSS not in names:
+            return super().capture(denoiser, names, resolution, stop_early)
+        latent_side, blocks = resolution // self.vae_scale_factor, len(denoiser.up_blocks)
+        sides = {index: latent_side // 2 ** (blocks - 1 - index) for index in range(blocks)}
+        components = up_cross_components(addressable_names(denoiser), sides, resolution)
+        inner = [name for name in names if name != UP_CROSS]
+        inner += [name for name in components if name not in inner]
+        return UpCrossCapture(super().capture(denoiser, inner, resolution, stop_early), names, components,
+                              resolution)
 
     def added_cond_kwargs(self, embedding: PromptEmbedding, rows: int, resolution: int) -> dict | None:
         """Extra UNet conditioning (SDXL's ``text_embeds`` / ``time_ids``); ``None`` for SD1.x/2.x."""
