@@ -396,3 +396,27 @@ def test_a_suite_refuses_typos_instead_of_running_the_mini_set(tmp_path, capsys)
         assert fragment in error and "\n" not in error, error
         assert error.startswith(f"dfbench: error: suite {suite}")
     assert not (results / "runs").exists()
+
+
+def test_meng2024_suite_carries_the_papers_table():
+    """Every Legacy/Ours row of Meng et al.'s tables as published (SPair img / bbox, ADE20K, Cityscapes, Horse-21
+    mean ± std); the SPair rows that claim them run GDF's report (val-360, float16), each with an honest twin."""
+    from pathlib import Path
+
+    from dfbench.suite import load_suite
+
+    specs = load_suite(Path(__file__).resolve().parents[1] / "configs" / "paper" / "meng2024.yaml")
+    published = {(spec.preset, spec.task.split("/")[0]): spec.published for spec in specs if spec.published}
+    assert published[("gdf-legacy-sd15", "spair")] == {"pck@0.1_img": 75.14, "pck@0.1_bbox": 66.73}
+    assert published[("gdf-ours-sdxl", "spair")] == {"pck@0.1_img": 81.72, "pck@0.1_bbox": 75.18}
+    assert published[("gdf-legacy-sdxl-ade20k", "ade20k")] == {"mIoU": 27.78}
+    assert published[("gdf-ours-sd15-cityscapes", "cityscapes")] == {"mIoU": 64.10}
+    assert published[("gdf-ours-sdxl-horse21", "horse21")] == {"mIoU": 62.7, "mIoU_std": 0.7}
+    assert published[("dift", "spair")] == {"pck@0.1_bbox": 52.90}
+    claimed = [spec for spec in specs if spec.task == "spair/gdf-conv" and spec.published]
+    twins = [spec for spec in specs if spec.task == "spair/gdf-conv" and not spec.published]
+    assert len(claimed) == len(twins) == 4
+    assert all(spec.options["report"] == "gdf" and spec.settings == {"dtype": "float16"}
+               and spec.options["val_pairs_file"].endswith("spair_71k_val-360.json") for spec in claimed)
+    assert {spec.preset for spec in claimed} == {spec.preset for spec in twins}
+    assert all("report" not in spec.options for spec in twins)
