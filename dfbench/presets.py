@@ -61,14 +61,18 @@ GDF_PROMPT = ("a highly realistic photo that may contain an aeroplane, a bicycle
 # GDF configs ask for t=50 (correspondence/correspondence/config_sd15.json); feature/diffusion_feature.py
 # lines 290-295 turn it into scheduler.set_timesteps(1000) + img2img get_timesteps(1000, 50/1000) and run
 # the UNet at timesteps[0]: SD1.5's PNDMScheduler (steps_offset=1, skip_prk_steps) lists 1000, 999, 999,
-# 998, …, so index 950 is t=51; SDXL's EulerDiscreteScheduler ("leading", steps_offset=1) gives t=50.
-GDF_TIMESTEPS = {"sd15": 51, "sdxl": 50}
+# 998, …, so index 950 is t=51; SDXL's EulerDiscreteScheduler ("leading", steps_offset=1) gives t=50. GDF loads
+# SD2.1-base with an EulerDiscreteScheduler built from its PNDM config (feature/components/models.py 30-42), which has
+# no timestep_spacing, so Euler's default "linspace" lists 999, 998, …, 0 and index 950 is t=49; Euler's add_noise
+# x₀ + σ·ε followed by scale_model_input's 1/√(σ² + 1) is DDPM's √ᾱ·x₀ + √(1 − ᾱ)·ε at that t.
+GDF_TIMESTEPS = {"sd15": 51, "sdxl": 50, "sd21-base": 49}
 def gdf_source(prompt_file: str) -> str:
     """Where a GDF preset's values come from (``prompt_file``: the file and line of its prompt)."""
     return ("Meng et al., NeurIPS 2024 (Darkbblue/generic-diffusion-feature): prompt from " + prompt_file
             + "; posterior sample from the img2img pipeline's prepare_latents (feature/diffusion_feature.py:373, "
             "sample_mode='sample'); t from the configs' t=50 through set_timesteps(1000) + get_timesteps "
-            "(feature/diffusion_feature.py:290-295): SD1.5 PNDM → 51, SDXL Euler → 50; GDF runs float16 "
+            "(feature/diffusion_feature.py:290-295): SD1.5 PNDM → 51, SDXL Euler → 50, SD2.1-base Euler → 49; GDF "
+            "runs float16 "
             "(use --dtype float16 on a GPU to match)")
 
 
@@ -85,6 +89,10 @@ GDF_PRESETS = {
     "gdf-legacy-sdxl": ("sdxl", 1024, (
         "up-level0-upsampler-out", "up-level1-upsampler-out", "up-level2-repeat2-res-out")),
 }
+# SD2.1-base (GDF's version '2-1') has SD1.5's UNet layout; GDF publishes no selection of its own for it, so its
+# presets take SD1.5's Ours and Legacy selections, at GDF's timestep for its scheduler
+GDF_PRESETS["gdf-ours-sd21"] = ("sd21-base", 512, GDF_PRESETS["gdf-ours-sd15"][2])
+GDF_PRESETS["gdf-legacy-sd21"] = ("sd21-base", 512, GDF_PRESETS["gdf-legacy-sd15"][2])
 for _name, (_backbone, _resolution, _selection) in GDF_PRESETS.items():
     _kind = "selected activations (Ours)" if "ours" in _name else "legacy block-output selection"
     _timestep = GDF_TIMESTEPS[_backbone]

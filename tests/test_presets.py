@@ -37,18 +37,41 @@ def _gdf_unet_timestep(scheduler, pipeline_class) -> int:
 def test_gdf_timesteps_come_from_the_schedulers():
     assert _gdf_unet_timestep(PNDMScheduler(**SD15_SCHEDULER), StableDiffusionImg2ImgPipeline) == 51
     assert _gdf_unet_timestep(EulerDiscreteScheduler(**SDXL_SCHEDULER), XLImg2Img) == 50
+    # GDF feature/components/models.py 30-42: EulerDiscreteScheduler.from_pretrained on SD2.1-base's PNDM config
+    # (the same numbers as SD1.5's: no timestep_spacing, so Euler's default linspace)
+    euler = EulerDiscreteScheduler.from_config(SD15_SCHEDULER)
+    assert euler.config.timestep_spacing == "linspace"
+    assert _gdf_unet_timestep(euler, StableDiffusionImg2ImgPipeline) == 49
+    assert get_preset("gdf-ours-sd21").extract_settings().timestep == 49
 
 
-@pytest.mark.parametrize("name", ["gdf-ours-sd15", "gdf-legacy-sd15", "gdf-ours-sdxl", "gdf-legacy-sdxl"])
+def test_euler_noise_with_its_input_scaling_is_ddpms_noise_at_t():
+    """GDF's SD2.1 latents: Euler's add_noise x₀ + σ·ε, then scale_model_input's 1/√(σ² + 1) — the DDPM form
+    √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε that dfbench's discrete noise applies at t=49."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    euler = EulerDiscreteScheduler.from_config(SD15_SCHEDULER)
+    euler.set_timesteps(1000, device="cpu")
+    t = euler.timesteps[950:951]
+    generator = torch.Generator().manual_seed(0)
+    clean, noise = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    gdf = euler.scale_model_input(euler.add_noise(clean, noise, t.repeat(2)), t)
+    ddpm = DDPMScheduler.from_config(SD15_SCHEDULER)
+    torch.testing.assert_close(gdf, ddpm.add_noise(clean, noise, torch.tensor([49, 49])), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gdf-ours-sd15", "gdf-legacy-sd15", "gdf-ours-sdxl", "gdf-legacy-sdxl",
+                                  "gdf-ours-sd21", "gdf-legacy-sd21"])
 def test_gdf_presets(name):
     preset = get_preset(name)
     settings = preset.extract_settings()
-    expected_t = 51 if preset.backbone == "sd15" else 50
+    expected_t = {"sd15": 51, "sdxl": 50, "sd21-base": 49}[preset.backbone]
     assert settings.prompt == GDF_PROMPT and "\n" not in settings.prompt
     assert settings.timestep == expected_t
     # img2img prepare_latents draws a posterior sample (retrieve_latents' default sample_mode="sample")
     assert settings.latent_mode == "sample" and settings.add_noise and settings.ensemble_size == 1
-    assert settings.resolution == (512 if preset.backbone == "sd15" else 1024)
+    assert settings.resolution == (1024 if preset.backbone == "sdxl" else 512)
     for source in ("aggregation_network.py:28", "diffusion_feature.py:373", "diffusion_feature.py:290-295"):
         assert source in preset.source
 
