@@ -15,6 +15,7 @@ BACKBONES.register("cleandift-sd21", "dfbench.backbones.cleandift:cleandift_sd21
 BACKBONES.register("tiny-sd15", "dfbench.backbones.tiny:tiny_sd15")
 BACKBONES.register("tiny-sd21", "dfbench.backbones.tiny:tiny_sd21")
 BACKBONES.register("tiny-sdxl", "dfbench.backbones.tiny:tiny_sdxl")
+BACKBONES.register("tiny-pgv2", "dfbench.backbones.tiny:tiny_pgv2")
 BACKBONES.register("pixart-alpha", "dfbench.backbones.pixart:pixart_alpha")
 BACKBONES.register("pixart-sigma", "dfbench.backbones.pixart:pixart_sigma")
 BACKBONES.register("pixart-sigma-512", "dfbench.backbones.pixart:pixart_sigma_512")

@@ -138,6 +138,37 @@ for _name, (_backbone, _resolution, _selection) in GDF_PRESETS.items():
         f"{_name} for horse21: prompt 'a photo of a horse', {_resolution} px, t={_timestep}",
     ))
 
+# Meng et al.'s best rows, "Ours-XL-t": three models amalgamated (GDF's multi-config AggregationNetwork for SPair,
+# correspondence/correspondence/aggregation_network.py; one extract_feature.py run per model for Horse-21): SDXL with
+# feature/configs/config_xl_practical.json (3,840 channels) at 1024 px, SD1.5 with config_15_amalgamation.json
+# (2,880 channels) plus the up_cross attention aggregate (154) at 512 px, and Playground v2 with
+# config_pg_amalgamation.json (1,280) at 1024 px: 8,154 channels. Each model runs GDF's t=50 through its own
+# scheduler: SDXL 50, SD1.5 51, Playground v2 50 (its EulerAncestralDiscreteScheduler, "leading", steps_offset 1:
+# index 950 of set_timesteps(1000) is 50).
+GDF_TIMESTEPS["pgv2"] = 50
+XL_T_BACKBONE = "sdxl+sd15+pgv2"
+XL_T_SELECTION = (
+    *(f"1:{name}" for name in GDF_PRESETS["gdf-ours-sdxl"][2]),
+    "2:up-level1-repeat1-vit-block0-cross-q", "2:up-level2-repeat1-vit-block0-cross-q", "2:up-level2-upsampler-out",
+    "2:up-level3-repeat0-vit-block0-self-k", "2:up_cross",
+    "3:up-level0-repeat0-vit-block3-out",
+)
+XL_T_OPTIONS = {"resolution.1": 1024, "resolution.2": 512, "resolution.3": 1024, "timestep.2": GDF_TIMESTEPS["sd15"]}
+XL_T_SOURCE = ("Meng et al., NeurIPS 2024 (Darkbblue/generic-diffusion-feature): "
+               "feature/configs/config_xl_practical.json, "
+               "config_15_amalgamation.json + --attention up_cross, config_pg_amalgamation.json; ")
+for _name, _prompt, _prompt_file in (
+        ("gdf-ours-xl-t", GDF_PROMPT, "correspondence/correspondence/aggregation_network.py:28"),
+        ("gdf-ours-xl-t-horse21", GDF_HORSE_PROMPT, "scarce_segmentation/README.md")):
+    _register(Preset(
+        _name, XL_T_SELECTION,
+        {"timestep": GDF_TIMESTEPS["sdxl"], "prompt": _prompt, "latent_mode": "sample"},
+        XL_T_BACKBONE, XL_T_SOURCE + gdf_source(_prompt_file),
+        "Meng et al.'s Ours-XL-t: SDXL (1024 px, t=50) + SD1.5 with up_cross (512 px, t=51) + Playground v2 "
+        "(1024 px, t=50), 8,154 channels",
+        backbone_options=dict(XL_T_OPTIONS),
+    ))
+
 # CleanDIFT's SPair evaluation (branch geoaware-sc-eval, model_utils/extractor_sd.py, line 235) prompts
 # "A photo of a {category}" (capital A) and passes t=261 with the clean latent.
 CLEANDIFT_PROMPT = "A photo of a {category}"

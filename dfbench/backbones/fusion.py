@@ -24,7 +24,9 @@ image pair when a source has a pair-fitted PCA) is built in this order:
    per location (CleanDIFT's ``normalize_feats``).
 
 Options (``backbone_options`` in a suite or preset, ``--backbone-option KEY=VALUE``):
-``resolution.<source>`` (input size; default the source's own), ``weight.<source>`` (default 1),
+``resolution.<source>`` (input size; default the source's own), ``timestep.<source>`` (that source's diffusion
+timestep, where sources reach the same nominal t through different schedulers — GDF's amalgamation runs SDXL at
+t=50 and SD1.5 at t=51; default the shared setting), ``weight.<source>`` (default 1),
 ``pca.<source>`` (0 = none, the default), ``renormalize`` (default false), ``upsample``
 (``direct``, the default, or ``progressive``); ``<source>`` is a source's name or its position (1, 2, …).
 The extraction settings are shared: each source uses the fields it knows (a ViT ignores the timestep
@@ -122,6 +124,12 @@ class FusionBackbone:
                 raise DfbenchInputError(f"backbone {self.name}: option {key} given twice (by name and by position)")
             named[key] = value
         given = named
+        self.timesteps = {key.partition(".")[2]: given.pop(key) for key in list(given) if key.startswith("timestep.")}
+        for source, value in self.timesteps.items():
+            self.timesteps[source] = option_value(f"timestep.{source}", value, int)
+            if source not in self.sources or not 0 <= self.timesteps[source] <= 999:
+                raise DfbenchInputError(f"backbone {self.name}: option timestep.{source}={value!r}: a timestep 0…999 "
+                                        f"of a source ({', '.join(self.sources)})")
         defaults: dict[str, Any] = dict(GLOBAL_OPTIONS)
         for name, backbone in self.sources.items():
             defaults.update({f"resolution.{name}": backbone.default_resolution, f"weight.{name}": 1.0,
@@ -132,6 +140,7 @@ class FusionBackbone:
                                     + ", ".join(defaults))
         options = {key: option_value(key, given[key], type(default)) if key in given else default
                    for key, default in defaults.items()}
+        options.update({f"timestep.{source}": value for source, value in self.timesteps.items()})
         if options["upsample"] not in UPSAMPLE_MODES:
             raise DfbenchInputError(f"backbone option upsample={options['upsample']!r}: choose {UPSAMPLE_MODES}")
         for name in self.sources:
@@ -145,6 +154,7 @@ class FusionBackbone:
         for name in self.sources:
             pca = self.options[f"pca.{name}"]
             parts.append(f"{name}@{self.options[f'resolution.{name}']}" + (f" pca{pca}" if pca else "")
+                         + (f" t={self.timesteps[name]}" if name in self.timesteps else "")
                          + f" ×{self.options[f'weight.{name}']:g}")
         flags = [flag for flag in ("renormalised" if self.options["renormalize"] else "",
                                    "progressive" if self.options["upsample"] == "progressive" else "") if flag]
@@ -199,10 +209,12 @@ class FusionBackbone:
         return {source: activations for source, activations in grouped.items() if activations}
 
     def weight_fingerprint(self) -> str:
-        """The sources' fingerprints and input sizes (what the stored activations depend on beyond the settings)."""
-        parts = {name: [backbone.weight_fingerprint(), self.options[f"resolution.{name}"]]
+        """The sources' fingerprints, input sizes and own timesteps (what the stored activations depend on beyond the
+        settings)."""
+        parts = {name: [backbone.weight_fingerprint(), self.options[f"resolution.{name}"],
+                        *([self.timesteps[name]] if name in self.timesteps else [])]
                  for name, backbone in self.sources.items()}
-        if any(fingerprint == "meta" for fingerprint, _ in parts.values()):
+        if any(part[0] == "meta" for part in parts.values()):
             return "meta"
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -215,8 +227,9 @@ class FusionBackbone:
                 for row in backbone.catalog(self.options[f"resolution.{name}"])]
 
     def source_settings(self, name: str, settings: Any) -> Any:
-        """The shared settings at source ``name``'s input size."""
-        return settings.replace(resolution=self.options[f"resolution.{name}"])
+        """The shared settings at source ``name``'s input size (and timestep, where it has its own)."""
+        own = {"timestep": self.timesteps[name]} if name in self.timesteps else {}
+        return settings.replace(resolution=self.options[f"resolution.{name}"], **own)
 
     def extract(self, images: Sequence[Any] | torch.Tensor, selection: Sequence[str], settings: Any = None,
                 categories: Sequence[str] | None = None, progress: bool = False) -> dict[str, torch.Tensor]:

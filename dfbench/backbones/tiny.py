@@ -204,6 +204,8 @@ TINY_MODELS: tuple[tuple[str, type[DiffusionBackbone], Callable[[], dict[str, di
     ("tiny-sd21", StableDiffusionBackbone, tiny_sd21_configs, "Tiny SD2.1 (random weights, real module names)"),
     ("tiny-sdxl", StableDiffusionXLBackbone, tiny_sdxl_configs,
      "Tiny SDXL (random weights, real module names, both text encoders)"),
+    ("tiny-pgv2", StableDiffusionXLBackbone, tiny_sdxl_configs,
+     "Tiny Playground v2 (SDXL's architecture; its own random weights, drawn under its own name)"),
     ("tiny-pixart", PixArtBackbone, tiny_pixart_configs,
      "Tiny PixArt-α (random weights, real module names: 28 DiT blocks, T5 text)"),
     ("tiny-sd3", Sd3Backbone, tiny_sd3_configs,
@@ -213,5 +215,5 @@ TINY_MODELS: tuple[tuple[str, type[DiffusionBackbone], Callable[[], dict[str, di
     ("tiny-hunyuan", HunyuanDitBackbone, tiny_hunyuan_configs,
      "Tiny Hunyuan-DiT (random weights, real module names: 40 blocks with long skips, BERT + mT5)"),
 )
-tiny_sd15, tiny_sd21, tiny_sdxl, tiny_pixart, tiny_sd3, tiny_flux, tiny_hunyuan = (tiny_factory(*model)
-                                                                                   for model in TINY_MODELS)
+(tiny_sd15, tiny_sd21, tiny_sdxl, tiny_pgv2, tiny_pixart, tiny_sd3, tiny_flux,
+ tiny_hunyuan) = (tiny_factory(*model) for model in TINY_MODELS)

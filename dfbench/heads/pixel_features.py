@@ -9,7 +9,9 @@ rule, so a batch of pixels from many images costs only that batch.
 
 ``mode="nearest-bilinear"`` is GDF's variant (``extract_feature.py:113-125``, ``--aggregate_output``: each
 activation resized *nearest* to the largest map, then ``scarce_segmentation/task-pixel.py:50`` upsamples
-bilinearly).
+bilinearly). GDF aggregates each model's features by themselves (one ``extract_feature.py`` run per model) and
+task-pixel.py upsamples each model's file (lines 46-53), so in an amalgamation — activations named
+``<source>:<name>`` — the largest map is taken per source.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ import numpy as np
 import torch
 
 UPSAMPLE_MODES = ("bilinear", "nearest-bilinear")
+
+
+def source_of(name: str) -> str:
+    """The source of an amalgamation's activation ``<source>:<name>`` (``""`` for a single backbone's)."""
+    return name.partition(":")[0] if ":" in name else ""
 
 
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -65,10 +72,16 @@ class PixelFeatureBank:
             self.offsets[name] = torch.cumsum(sizes, 0) - sizes
             self.heights[name] = torch.tensor([value.shape[1] for value in maps])
             self.widths[name] = torch.tensor([value.shape[2] for value in maps])
-        # GDF's intermediate grid: the largest map of each image (its width decides, as GDF's v.shape[-1])
-        widest = torch.stack([self.widths[name] for name in self.names]).argmax(0)
-        self.grid_heights = torch.stack([self.heights[name] for name in self.names])[widest, torch.arange(len(images))]
-        self.grid_widths = torch.stack([self.widths[name] for name in self.names])[widest, torch.arange(len(images))]
+        # GDF's intermediate grid: the largest map of each image (its width decides, as GDF's v.shape[-1]), per
+        # source of an amalgamation
+        self.grid_heights: dict[str, torch.Tensor] = {}
+        self.grid_widths: dict[str, torch.Tensor] = {}
+        for source in dict.fromkeys(source_of(name) for name in self.names):
+            members = [name for name in self.names if source_of(name) == source]
+            widest = torch.stack([self.widths[name] for name in members]).argmax(0)
+            images_index = torch.arange(len(images))
+            self.grid_heights[source] = torch.stack([self.heights[name] for name in members])[widest, images_index]
+            self.grid_widths[source] = torch.stack([self.widths[name] for name in members])[widest, images_index]
         self.channels = [self.values[name].shape[1] for name in self.names]
         # the taps of every output row and column, per image: tables images × output size
         self.row_taps = {name: [table.reshape(-1) for table in self._taps(name, 0)] for name in self.names}
@@ -81,7 +94,7 @@ class PixelFeatureBank:
 
     @property
     def num_images(self) -> int:
-        return len(self.grid_heights)
+        return len(self.heights[self.names[0]])
 
     def nbytes(self) -> int:
         """Memory the activations take."""
@@ -94,7 +107,7 @@ class PixelFeatureBank:
         positions = torch.arange(out).expand(self.num_images, -1)
         if self.mode == "bilinear":
             return bilinear_taps(sizes, out, positions)
-        grid = (self.grid_heights if axis == 0 else self.grid_widths)[:, None].expand(-1, out)
+        grid = (self.grid_heights if axis == 0 else self.grid_widths)[source_of(name)][:, None].expand(-1, out)
         low, high, weight = bilinear_taps(grid, out, positions)
         scale = sizes.to(torch.float32) / grid.to(torch.float32)  # nearest from the largest grid to this map
 

@@ -11,6 +11,8 @@ image's original size (GDF's ``find_nn_source_correspondences`` / ``rescale_poin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,14 +23,22 @@ TEMPERATURE = 0.07
 
 
 class ConvReadout(nn.Module):
-    """One 3×3 convolution, ``channels`` → ``channels``, padding 1, no bias."""
+    """One 3×3 convolution, ``channels`` → ``out_channels`` (default ``channels``), padding 1, no bias."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, out_channels: int | None = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
+        self.conv = nn.Conv2d(channels, out_channels or channels, kernel_size=3, padding=1, bias=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.conv(features)
+
+
+def readout_channels(channels: int, names: Sequence[str]) -> int:
+    """The readout's output channels: ``channels``, halved when the activations come from several sources (an
+    amalgamation's ``<source>:<name>``), as GDF's ``AggregationNetwork`` (``aggregation_network.py`` 20-22:
+    ``out_dim = dim if len(configs) == 1 else dim // 2``)."""
+    sources = {name.partition(":")[0] for name in names if ":" in name}
+    return channels // 2 if len(sources) > 1 else channels
 
 
 def grid_features(activations: dict[str, torch.Tensor], grid: int = FEATURE_GRID) -> torch.Tensor:

@@ -51,6 +51,7 @@ from dfbench.tasks.spair.conv_readout import (
     grid_features,
     grid_index_to_points,
     points_to_grid_index,
+    readout_channels,
     symmetric_clip_loss,
 )
 from dfbench.tasks.spair.dataset import SpairPair
@@ -274,7 +275,7 @@ def train(train_pairs: Sequence[SpairPair], val: Sequence[SpairPair], draws: Seq
         raise DfbenchInputError("spair/gdf-conv needs training pairs (trn) and validation pairs")
     channels = _grid(draws[0], train_pairs[0].src_key, device).shape[1]
     torch.manual_seed(seed)
-    head = ConvReadout(channels).to(device)
+    head = ConvReadout(channels, readout_channels(channels, list(draws[0][train_pairs[0].src_key]))).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     order_rng, draw_rng = random.Random(seed), random.Random(f"{seed}:draws")
     checkpoints = set(validation_steps(options))

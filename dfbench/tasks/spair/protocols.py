@@ -163,7 +163,8 @@ class GdfConv(Protocol):
                        "keypoints": float(sum(len(pair.trg_kps) for pair in val))}
             details["leaderboard_metrics"] = [PRIMARY, "pck@0.1_img"]
         else:
-            head = gdf.ConvReadout(best["state"]["conv.weight"].shape[0]).to(backbone.device)
+            out_channels, in_channels = best["state"]["conv.weight"].shape[:2]
+            head = gdf.ConvReadout(in_channels, out_channels).to(backbone.device)
             head.load_state_dict(best["state"])
             predicted = gdf.predict(head, pairs, draws[0], backbone.device, context.progress)
             predictions = [PairPrediction(pair, points) for pair, points in zip(pairs, predicted, strict=True)]
