@@ -169,6 +169,23 @@ for _name, _prompt, _prompt_file in (
         backbone_options=dict(XL_T_OPTIONS),
     ))
 
+# Its segmentation rows amalgamate SDXL and Playground v2 (segmentation/configs/ade_full.py and city_full.py, lines
+# 51-82: both at 1024 px and t=50, GDF's multi-model segmentor): levels of 3,840, 1,920 and 1,280 channels.
+XL_T_SEGMENTATION = (
+    *(f"1:{name}" for name in (*GDF_PRESETS["gdf-ours-sdxl"][2], "up-level1-upsampler-out")),
+    "2:up-level0-repeat0-vit-block5-out", "2:up-level1-repeat0-vit-block0-cross-q", "2:up-level1-upsampler-out",
+)
+for _dataset, _prompt in GDF_SEGMENTATION_PROMPTS.items():
+    _config = "ade_full.py" if _dataset == "ade20k" else "city_full.py"
+    _register(Preset(
+        f"gdf-ours-xl-t-{_dataset}", XL_T_SEGMENTATION,
+        {"timestep": GDF_TIMESTEPS["sdxl"], "prompt": _prompt, "latent_mode": "sample"},
+        "sdxl+pgv2", f"Meng et al., NeurIPS 2024: segmentation/configs/{_config} (diffusion_feature, feature_layers); "
+        + gdf_source(GDF_SEGMENTATION_PROMPT_FILES[_dataset]),
+        f"Meng et al.'s Ours-XL-t for {_dataset}: SDXL + Playground v2 at 1024 px, t=50, GDF's multi-model adapter",
+        backbone_options={"resolution.1": 1024, "resolution.2": 1024},
+    ))
+
 # CleanDIFT's SPair evaluation (branch geoaware-sc-eval, model_utils/extractor_sd.py, line 235) prompts
 # "A photo of a {category}" (capital A) and passes t=261 with the clean latent.
 CLEANDIFT_PROMPT = "A photo of a {category}"

@@ -4,7 +4,6 @@ the channels when several sources are joined. A three-source tiny amalgamation r
 the mini sets."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -80,10 +79,10 @@ def test_readout_halves_channels_only_for_several_sources():
 @pytest.mark.slow
 def test_three_source_amalgamation_through_spair_and_horse21(tmp_path):
     """The XL-t preset on three tiny models at 64 px: SPair gdf-conv trains a 3×3 conv of C → C/2 (its checkpoint),
-    and Horse-21's re-split protocol runs on the amalgamated maps."""
+    Horse-21's re-split protocol and ADE20K's gdf-uper (GDF's multi-model adapter) run on the amalgamated maps."""
     common = {"backbone": AMALGAM, "data_root": "mini", "backbone_options": dict(TINY_SIZES)}
     spair, record = run_one(RunSpec(task="spair/gdf-conv", preset="gdf-ours-xl-t",
-                                    options={"max_steps": 20, "eval_every": 10, "steps_per_epoch": 9}, **common),
+                                    options={"max_steps": 4, "eval_every": 2, "steps_per_epoch": 4}, **common),
                             results_dir=tmp_path / "results", progress=False, figures=False)
     assert spair.metrics["pck@0.1_bbox"] >= 0
     checkpoint = json.loads((record.parent / "checkpoint.json").read_text())
@@ -94,4 +93,62 @@ def test_three_source_amalgamation_through_spair_and_horse21(tmp_path):
                                options={"seeds": 1, "epochs": 2, "resolution": 64}, **common),
                        results_dir=tmp_path / "results", progress=False, figures=False)
     assert 0 <= horse.metrics["mIoU"] <= 100
-    assert Path(record).is_file()
+    quick = {"iters": 2, "val_interval": 2, "checkpoint_interval": 2, "crop_size": 64, "workers": 0,
+             "head_channels": 16, "log_interval": 1}
+    uper, _ = run_one(RunSpec(task="ade20k/gdf-uper", preset="gdf-ours-xl-t-horse21", options=quick, **common),
+                      results_dir=tmp_path / "results", progress=False, figures=False)
+    levels = uper.details["levels"]
+    assert {name.split(":")[0] for level in levels for name in level} == {"tiny-sdxl", "tiny-sd15", "tiny-pgv2"}
+    assert uper.details["iterations"] == 2 and 0 <= uper.metrics["mIoU"] <= 100
+
+
+def test_the_segmentation_presets_have_gdfs_levels():
+    """ade_full.py / city_full.py: c_per_level = [2560+1280, 1280+640, 640+640] at 32², 64², 128² (1024 px)."""
+    from dfbench.tasks.segmentation.mmseg_models import feature_levels
+
+    for dataset in ("ade20k", "cityscapes"):
+        resolved = resolve_features("sdxl+pgv2", preset=f"gdf-ours-xl-t-{dataset}", weightless=True)
+        rows = {row.name: row for row in resolved.backbone.catalog()}
+        shapes = {name: (rows[name].channels, rows[name].height, rows[name].width) for name in resolved.selection}
+        levels = feature_levels(shapes)
+        assert [sum(shapes[name][0] for name in level) for level in levels] == [3840, 1920, 1280]
+        assert [shapes[level[0]][1] for level in levels] == [32, 64, 128]
+
+
+def test_amalgamated_adapter_wires_gdfs_blocks():
+    """With random weights in place of GDF's zeros: each activation through its block 4 times (one shared block, as
+    MultiRes's [ResBlock(dim)] * n), each model's part of a level through its block twice, the level's concatenation
+    through one block — computed by hand here from the same blocks."""
+    from dfbench.tasks.segmentation.mmseg_models import GdfAmalgamatedAdapter
+
+    channels, sources = [[3, 2, 4], [2]], [["a", "a", "b"], ["b"]]
+    adapter = GdfAmalgamatedAdapter(channels, sources).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in adapter.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    inputs = [torch.randn(2, 9, 4, 4, generator=generator), torch.randn(2, 2, 8, 8, generator=generator)]
+
+    def repeat(block, x, times):
+        for _ in range(times):
+            x = block(x)
+        return x
+
+    with torch.no_grad():
+        got = adapter(inputs)
+        x0, x1, x2 = torch.split(inputs[0], [3, 2, 4], dim=1)
+        blocks = [repeated.block for repeated in adapter.per_activation[0]]
+        first_model = torch.cat([repeat(blocks[0], x0, 4), repeat(blocks[1], x1, 4)], dim=1)
+        a = repeat(adapter.per_source[0][0].block, first_model, 2)
+        b = repeat(adapter.per_source[0][1].block, repeat(blocks[2], x2, 4), 2)
+        level0 = adapter.per_level[0](torch.cat([a, b], dim=1))
+        single = repeat(adapter.per_source[1][0].block, repeat(adapter.per_activation[1][0].block, inputs[1], 4), 2)
+        level1 = adapter.per_level[1](single)
+    torch.testing.assert_close(got[0], level0)
+    torch.testing.assert_close(got[1], level1)
+    # shared blocks: one per activation, one per (level, model), one per level
+    per_block = {count: sum(p.numel() for p in GdfAmalgamatedAdapter([[count]], [["a"]]).per_level.parameters())
+                 for count in (2, 3, 4, 5, 9)}
+    activations, models, levels = per_block[3] + per_block[2] + per_block[4] + per_block[2], \
+        per_block[5] + per_block[4] + per_block[2], per_block[9] + per_block[2]
+    assert sum(p.numel() for p in adapter.parameters()) == activations + models + levels

@@ -13,6 +13,9 @@
   then one on each level's concatenation. Every conv and BatchNorm weight and bias starts at zero, as
   GDF initialises them, so each block starts as the identity.
 
+- ``GdfAmalgamatedAdapter``: the same for an amalgamation of several models (``<source>:<name>`` activations),
+  as GDF's multi-model segmentor.
+
 - ``SignCheckpointsHook`` (``HOOKS``): signs each checkpoint mmengine saves (:mod:`dfbench.signing`), so a
   resume loads only checkpoints this machine's dfbench wrote.
 
@@ -111,6 +114,55 @@ class GdfResidualAdapter(BaseModule):
             parts = torch.split(level, counts, dim=1)
             outputs.append(block(torch.cat([each(part) for each, part in zip(blocks.children(), parts, strict=True)],
                                            dim=1)))
+        return outputs
+
+
+class RepeatedBlock(nn.Module):
+    """One :class:`ZeroInitResidualBlock` applied ``times`` times in a row: GDF's ``MultiRes`` (its
+    ``nn.ModuleList([ResBlock(dim)] * n)`` holds one block n times, so the weights are shared)."""
+
+    def __init__(self, channels: int, times: int) -> None:
+        super().__init__()
+        self.block = ZeroInitResidualBlock(channels)
+        self.times = times
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.times):
+            x = self.block(x)
+        return x
+
+
+@MODELS.register_module()
+class GdfAmalgamatedAdapter(BaseModule):
+    """GDF's adapter for several models (``diffusion_segmentor.py`` 155-182, 248-297): on each activation a shared
+    residual block ×4, on each model's part of a level a shared block ×2, then one block on the level's
+    concatenation over the models ("amalgemated"). ``channels[level]`` and ``sources[level]`` give each activation's
+    channel count and model, in order."""
+
+    def __init__(self, channels: Sequence[Sequence[int]], sources: Sequence[Sequence[str]],
+                 init_cfg: dict | None = None) -> None:
+        super().__init__(init_cfg)
+        self.channels = [list(level) for level in channels]
+        self.sources = [list(level) for level in sources]
+        self.per_activation = nn.ModuleList(
+            nn.ModuleList(RepeatedBlock(count, 4) for count in level) for level in self.channels)
+        self.per_source = nn.ModuleList(
+            nn.ModuleList(RepeatedBlock(sum(count for count, source in zip(counts, names, strict=True)
+                                            if source == model), 2) for model in dict.fromkeys(names))
+            for counts, names in zip(self.channels, self.sources, strict=True))
+        self.per_level = nn.ModuleList(ZeroInitResidualBlock(sum(level)) for level in self.channels)
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        outputs = []
+        for level, counts, names, blocks, models, block in zip(inputs, self.channels, self.sources,
+                                                               self.per_activation, self.per_source,
+                                                               self.per_level, strict=True):
+            parts = [each(part) for each, part in zip(blocks.children(), torch.split(level, counts, dim=1),
+                                                     strict=True)]
+            joined = [summed(torch.cat([part for part, source in zip(parts, names, strict=True) if source == model],
+                                       dim=1))
+                      for summed, model in zip(models.children(), dict.fromkeys(names), strict=True)]
+            outputs.append(block(torch.cat(joined, dim=1)))
         return outputs
 
 

@@ -160,7 +160,7 @@ def build_segmentor(backbone: Backbone, selection: list[str], settings: ExtractS
                                pad_val=0, seg_pad_val=options.seg_pad_val, size=crop),
         backbone=dict(type="FrozenFeatureBackbone", backbone=backbone, selection=selection, settings=settings,
                       levels=levels),
-        neck=dict(type="GdfResidualAdapter", channels=channels) if options.adapter else None,
+        neck=adapter_config(levels, channels) if options.adapter else None,
         decode_head=dict(
             type="UPerHead", in_channels=level_channels, in_index=list(range(len(levels))), pool_scales=(1, 2, 3),
             channels=options.head_channels, dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm,
@@ -177,6 +177,14 @@ def build_segmentor(backbone: Backbone, selection: list[str], settings: ExtractS
     )
     with DefaultScope.overwrite_default_scope("mmseg"):
         return MODELS.build(config)
+
+
+def adapter_config(levels: list[list[str]], channels: list[list[int]]) -> dict[str, Any]:
+    """GDF's adapter: its multi-model one when the activations come from several sources of an amalgamation."""
+    sources = [[name.partition(":")[0] if ":" in name else "" for name in level] for level in levels]
+    if len({source for level in sources for source in level}) > 1:
+        return dict(type="GdfAmalgamatedAdapter", channels=channels, sources=sources)
+    return dict(type="GdfResidualAdapter", channels=channels)
 
 
 def activation_shapes(backbone: Backbone, selection: list[str],
