@@ -273,9 +273,10 @@ def train(train_pairs: Sequence[SpairPair], val: Sequence[SpairPair], draws: Seq
     ``announce``; ``log`` receives each validation."""
     if not train_pairs or not val:
         raise DfbenchInputError("spair/gdf-conv needs training pairs (trn) and validation pairs")
-    channels = _grid(draws[0], train_pairs[0].src_key, device).shape[1]
+    probe = draws[0][train_pairs[0].src_key]          # one image's activations: the channels and their sources
+    channels = grid_features({name: value.to(device) for name, value in probe.items()}).shape[1]
     torch.manual_seed(seed)
-    head = ConvReadout(channels, readout_channels(channels, list(draws[0][train_pairs[0].src_key]))).to(device)
+    head = ConvReadout(channels, readout_channels(channels, list(probe))).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     order_rng, draw_rng = random.Random(seed), random.Random(f"{seed}:draws")
     checkpoints = set(validation_steps(options))
