@@ -413,9 +413,13 @@ def test_meng2024_suite_carries_the_papers_table():
     assert published[("gdf-ours-sd15-cityscapes", "cityscapes")] == {"mIoU": 64.10}
     assert published[("gdf-ours-sdxl-horse21", "horse21")] == {"mIoU": 62.7, "mIoU_std": 0.7}
     assert published[("dift", "spair")] == {"pck@0.1_bbox": 52.90}
+    assert published[("gdf-ours-xl-t", "spair")] == {"pck@0.1_img": 83.90, "pck@0.1_bbox": 76.86}
+    assert published[("gdf-ours-xl-t-ade20k", "ade20k")] == {"mIoU": 45.71}
+    assert published[("gdf-ours-xl-t-cityscapes", "cityscapes")] == {"mIoU": 75.89}
+    assert published[("gdf-ours-xl-t-horse21", "horse21")] == {"mIoU": 66.3, "mIoU_std": 0.9}
     claimed = [spec for spec in specs if spec.task == "spair/gdf-conv" and spec.published]
     twins = [spec for spec in specs if spec.task == "spair/gdf-conv" and not spec.published]
-    assert len(claimed) == len(twins) == 4
+    assert len(claimed) == len(twins) == 5
     assert all(spec.options["report"] == "gdf" and spec.settings == {"dtype": "float16"}
                and spec.options["val_pairs_file"].endswith("spair_71k_val-360.json") for spec in claimed)
     assert {spec.preset for spec in claimed} == {spec.preset for spec in twins}
