@@ -106,6 +106,37 @@ def test_mode_vote_breaks_ties_towards_the_smallest_class():
     assert mode_vote(torch.tensor([[5], [5], [2]])).tolist() == [5]
 
 
+class _AcceleratorTensor(torch.Tensor):
+    """A tensor standing for one on an accelerator (no CUDA needed): ``.cpu()`` gives a plain tensor back."""
+
+    def cpu(self, *args, **kwargs):
+        return torch.Tensor(self.as_subclass(torch.Tensor)).clone()
+
+
+def test_the_vote_runs_on_cpu_tensors(monkeypatch):
+    """The release moves each member's labels to the CPU before torch.mode (ddpm-segmentation
+    src/pixel_classifier.py 89 and 103), so ties break as on a CPU whatever the device: the vote never sees the
+    accelerator's tensor."""
+    seen = []
+    original = torch.mode
+
+    def recording_mode(values, *args, **kwargs):
+        seen.append(type(values))
+        return original(values, *args, **kwargs)
+
+    class Members(torch.nn.Module):
+        members = 3
+        weights = [torch.zeros(1)]
+
+        def forward(self, features):
+            logits = torch.tensor([[[0.0, 2.0]], [[3.0, 1.0]], [[0.0, 5.0]]])     # votes 1, 0, 1
+            return logits.as_subclass(_AcceleratorTensor)
+
+    monkeypatch.setattr(torch, "mode", recording_mode)
+    assert predict_pixels(Members(), torch.zeros(1, 4)).tolist() == [1]
+    assert seen == [torch.Tensor]
+
+
 def test_small_annotations_become_ignore_in_training():
     label = np.zeros((10, 10), dtype=np.uint8)
     label.flat[:19] = 1          # 19 pixels: dropped
