@@ -115,7 +115,7 @@ class _AcceleratorTensor(torch.Tensor):
 
 def test_the_vote_runs_on_cpu_tensors(monkeypatch):
     """The release moves each member's labels to the CPU before torch.mode (ddpm-segmentation
-    src/pixel_classifier.py 89 and 103), so ties break as on a CPU whatever the device: the vote never sees the
+    src/pixel_classifier.py 94 and 106), so ties break as on a CPU whatever the device: the vote never sees the
     accelerator's tensor."""
     seen = []
     original = torch.mode

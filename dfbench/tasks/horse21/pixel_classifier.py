@@ -287,7 +287,7 @@ def mode_vote(votes: torch.Tensor) -> torch.Tensor:
 def predict_pixels(ensemble: PixelClassifierEnsemble, features: torch.Tensor) -> torch.Tensor:
     """Class ids (P) of pixels with features P×d: each member's argmax, then the mode over members
     (``predict_labels``, ``src/pixel_classifier.py:69-109``), voted on the CPU as the release does (it moves each
-    member's labels to the CPU, line 89, before ``torch.mode``, line 103: ties break as on a CPU on any device)."""
+    member's labels to the CPU, line 94, before ``torch.mode``, line 106: ties break as on a CPU on any device)."""
     with torch.no_grad():
         logits = ensemble(features.to(ensemble.weights[0].device).expand(ensemble.members, -1, -1))
     return mode_vote(logits.argmax(2).cpu())
