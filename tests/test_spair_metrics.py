@@ -50,6 +50,24 @@ def test_per_keypoint_vs_per_image_vs_per_category_by_hand():
     assert metrics["pairs"] == 2 and metrics["keypoints"] == 5
 
 
+def test_tales_weighted_and_average_pck_on_categories_of_different_sizes():
+    """Tale of Two Features (sd-dino pck_spair_pascal.py 531-537): "Average" = the mean of the categories' PCKs,
+    "Weighted" = np.average(pcks, weights=pairs per category). cat: 3 pairs, 2 of 3 keypoints correct → 66.67 %;
+    dog: 1 pair, 1 of 2 → 50 %. Average (66.67 + 50) / 2 = 58.33; Weighted (3·66.67 + 1·50) / 4 = 62.5; pooled 3/5."""
+    cat = [_pair("cat", [(0, 0)], (0, 0, 100, 100), (400, 300), name) for name in "abc"]
+    dog = _pair("dog", [(0, 0), (0, 0)], (0, 0, 100, 100), (400, 300), "d")
+    near, far = torch.tensor([[1, 0]]), torch.tensor([[50, 0]])
+    predictions = [PairPrediction(cat[0], near), PairPrediction(cat[1], near), PairPrediction(cat[2], far),
+                   PairPrediction(dog, torch.tensor([[1, 0], [50, 0]]))]
+    metrics, _ = score_predictions(predictions, alphas=(0.1,))
+    assert metrics["pck@0.1_bbox_category_mean"] == pytest.approx((200 / 3 + 50) / 2)
+    assert metrics["pck@0.1_bbox_pair_weighted"] == pytest.approx((3 * 200 / 3 + 50) / 4)
+    assert metrics["pck@0.1_bbox"] == pytest.approx(60.0)
+    # Tale's constants for the full test set are SPair's test pairs per category: 12,234 in all
+    tale_weights = [690, 650, 702, 702, 870, 644, 564, 600, 646, 640, 600, 600, 702, 650, 862, 664, 756, 692]
+    assert sum(tale_weights) == 12234
+
+
 @pytest.mark.parametrize("in_size,out_size", [(6, 37), (48, 375), (5, 5), (7, 3), (1, 9)])
 def test_bilinear_weights_reproduce_interpolate(in_size, out_size):
     signal = torch.randn(1, 1, 1, in_size)

@@ -29,7 +29,7 @@ def metric_specs() -> dict[str, MetricSpec]:
     specs = {}
     for alpha in ALPHAS:
         for kind in ("bbox", "img"):
-            for suffix in ("", "_per_image", "_category_mean"):
+            for suffix in ("", "_per_image", "_category_mean", "_pair_weighted"):
                 key = f"pck@{alpha:g}_{kind}{suffix}"
                 specs[key] = MetricSpec(higher_is_better=True, primary=key == PRIMARY, unit="%")
     specs["aepe"] = MetricSpec(higher_is_better=False, primary=False, unit="px")
@@ -49,7 +49,11 @@ class PairPrediction:
 
 def score_predictions(predictions: Sequence[PairPrediction], alphas: Sequence[float] = ALPHAS
                       ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """PCK metrics (percent): pooled per keypoint, per image pair, per category, category mean."""
+    """PCK metrics (percent): pooled per keypoint, per image pair, per category, and over the categories two ways,
+    as Tale of Two Features reports them (Junyi42/sd-dino ``pck_spair_pascal.py`` 531-537): ``_category_mean``, the
+    mean of the categories' PCKs ("Average"), and ``_pair_weighted``, their mean weighted by each category's pair count
+    ("Weighted": its constants are SPair's test pairs per category, or equal weights when it samples N per
+    category — the pairs evaluated, either way)."""
     pooled: dict[str, list[torch.Tensor]] = defaultdict(list)
     per_pair: dict[str, list[float]] = defaultdict(list)
     per_category: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
@@ -74,8 +78,11 @@ def score_predictions(predictions: Sequence[PairPrediction], alphas: Sequence[fl
         category: {key: 100 * torch.cat(flags).double().mean().item() for key, flags in table.items()}
         for category, table in sorted(per_category.items())
     }
+    pairs_per_category = {category: len(table[next(iter(table))]) for category, table in per_category.items()}
     for key in pooled:
         metrics[f"{key}_category_mean"] = sum(c[key] for c in categories.values()) / len(categories)
+        metrics[f"{key}_pair_weighted"] = (sum(pairs_per_category[name] * c[key] for name, c in categories.items())
+                                           / sum(pairs_per_category.values()))
     metrics["aepe"] = torch.cat(errors).mean().item() if errors else float("nan")
     if PRIMARY in pooled:   # resampling pairs: the pooled PCK of each resample
         hits = np.array([int(flags.sum()) for flags in pooled[PRIMARY]])
