@@ -301,3 +301,28 @@ def test_a_checkpoint_this_machine_did_not_sign_is_never_unpickled(tmp_path, mon
     monkeypatch.setenv("DFBENCH_HOME", str(tmp_path / "other-machine"))    # another machine: another key
     with pytest.raises(DfbenchInputError, match="no valid signature"):
         resume_point(work)
+
+
+@pytest.mark.slow
+def test_every_validation_is_recorded_and_report_best_predicts_with_the_best_one(tmp_path):
+    """GDF validates every 2,000 iterations (segmentation/configs/ade_sd15.py:73): every validation's mIoU is in the
+    record; report=last scores the trained model (its mIoU is the last validation's), report=best the weights of the
+    best validation (its mIoU is that validation's), labelled as a variant."""
+    from dfbench.tasks.segmentation.uper import GdfUperOptions
+
+    assert GdfUperOptions().val_interval == 2000 and GdfUperOptions().report == "last"
+    results = {}
+    for report in ("last", "best"):
+        spec = RunSpec(backbone="tiny-sd15", task="ade20k/gdf-uper", data_root="mini", selection=["up_blocks.1"],
+                       settings={"resolution": 64},
+                       options={**QUICK, "iters": 6, "val_interval": 2, "checkpoint_interval": 6, "lr": 1e-2,
+                                "report": report})
+        results[report], _ = run_one(spec, tmp_path / report, progress=False, figures=False)
+    validations = results["last"].details["validations"]
+    assert [iteration for iteration, _ in validations] == [2, 4, 6]
+    assert results["last"].metrics["mIoU"] == pytest.approx(validations[-1][1], abs=0.006)
+    own = results["best"].details["validations"]
+    best = max(own, key=lambda entry: entry[1])                  # the first of equal ones
+    assert results["best"].details["best_validation"] == {"iteration": best[0], "mIoU": best[1]}
+    assert results["best"].metrics["mIoU"] == pytest.approx(best[1], abs=0.006)
+    assert results["best"].details["variant"] == "report=best" and "variant" not in results["last"].details

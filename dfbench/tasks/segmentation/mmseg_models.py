@@ -16,6 +16,7 @@
 - ``GdfAmalgamatedAdapter``: the same for an amalgamation of several models (``<source>:<name>`` activations),
   as GDF's multi-model segmentor.
 
+- ``ValidationRecordHook`` (``HOOKS``): every validation's mIoU and the weights at the best one (``report=best``).
 - ``SignCheckpointsHook`` (``HOOKS``): signs each checkpoint mmengine saves (:mod:`dfbench.signing`), so a
   resume loads only checkpoints this machine's dfbench wrote.
 
@@ -24,6 +25,7 @@ mmseg's own ``EncoderDecoder``, decode heads, losses and slide inference do ever
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from mmengine.model import BaseModule  # noqa: E402
 from mmseg.registry import HOOKS, MODELS  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
+from dfbench.atomic import atomic_write, atomic_write_text  # noqa: E402
 from dfbench.signing import sign  # noqa: E402
 
 register_all_modules(init_default_scope=False)   # mmseg's models, datasets, transforms, metrics, hooks
@@ -164,6 +167,41 @@ class GdfAmalgamatedAdapter(BaseModule):
                       for summed, model in zip(models.children(), dict.fromkeys(names), strict=True)]
             outputs.append(block(torch.cat(joined, dim=1)))
         return outputs
+
+
+@HOOKS.register_module()
+class ValidationRecordHook(Hook):
+    """Keeps every validation's mIoU (``validations.json``: [[iteration, mIoU], …]) and the network's weights at the
+    best one (``best.safetensors`` and ``best.json``; safetensors, never a pickle), in the run's folder, each written
+    to a temp file and renamed: a resumed run continues both."""
+
+    priority = "LOW"
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def validations(self) -> list[list[float]]:
+        path = self.folder / "validations.json"
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
+        from mmengine.dist import is_main_process
+        from mmengine.model import is_model_wrapper
+        from safetensors.torch import save_file
+
+        if not is_main_process() or not metrics or "mIoU" not in metrics:
+            return
+        validations = self.validations()
+        best = max((value for _, value in validations), default=float("-inf"))
+        validations.append([runner.iter, float(metrics["mIoU"])])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if metrics["mIoU"] > best:          # the first of equal validations stays the best
+            network = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            state = {name: value.detach().cpu().contiguous() for name, value in network.state_dict().items()}
+            atomic_write(self.folder / "best.safetensors", lambda temp: save_file(state, str(temp)))
+            atomic_write_text(self.folder / "best.json",
+                              json.dumps({"iteration": runner.iter, "mIoU": float(metrics["mIoU"])}))
+        atomic_write_text(self.folder / "validations.json", json.dumps(validations))
 
 
 @HOOKS.register_module()
