@@ -45,6 +45,20 @@ def test_gdf_timesteps_come_from_the_schedulers():
     assert get_preset("gdf-ours-sd21").extract_settings().timestep == 49
 
 
+def test_playground_v2_lands_on_50_through_its_own_scheduler():
+    """Playground v2's scheduler/scheduler_config.json: EulerAncestralDiscreteScheduler, scaled_linear 0.00085–0.012,
+    "leading", steps_offset 1; GDF runs it in StableDiffusionXLImg2ImgPipeline (feature/components/models.py), so the
+    Ours-XL-t preset's shared t=50 is its own."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    playground = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                 num_train_timesteps=1000, prediction_type="epsilon",
+                                                 timestep_spacing="leading", steps_offset=1)
+    assert _gdf_unet_timestep(playground, XLImg2Img) == 50
+    preset = get_preset("gdf-ours-xl-t")
+    assert preset.settings["timestep"] == 50 and preset.backbone_options["timestep.2"] == 51   # SD1.5's PNDM
+
+
 def test_euler_noise_with_its_input_scaling_is_ddpms_noise_at_t():
     """GDF's SD2.1 latents: Euler's add_noise x₀ + σ·ε, then scale_model_input's 1/√(σ² + 1) — the DDPM form
     √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε that dfbench's discrete noise applies at t=49."""
