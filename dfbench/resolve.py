@@ -167,10 +167,14 @@ def split_task(name: str) -> tuple[str, str | None]:
 def option_details(protocol: Protocol, options: Any) -> dict[str, dict[str, Any]]:
     """A record's ``options`` (all, resolved) and ``options_changed`` (those off their defaults); the
     options a protocol lists in ``RUNTIME_OPTIONS`` (logging, checkpoint intervals: they cannot change the
-    numbers) go to ``runtime_options`` instead, out of the run's identity."""
+    numbers) go to ``runtime_options`` instead, out of the run's identity. An option listed in ``ADDED_OPTIONS``
+    (added to a protocol after runs were recorded, its default the earlier behaviour) joins ``options`` only off
+    its default, so those runs keep their identity."""
     resolved, defaults = dataclasses.asdict(options), dataclasses.asdict(protocol.options())
     runtime = set(getattr(protocol.options, "RUNTIME_OPTIONS", ()))
-    decisive = {key: value for key, value in resolved.items() if key not in runtime}
+    added = set(getattr(protocol.options, "ADDED_OPTIONS", ()))
+    decisive = {key: value for key, value in resolved.items()
+                if key not in runtime and not (key in added and value == defaults[key])}
     details = {"options": decisive, "options_changed": {k: v for k, v in decisive.items() if v != defaults[k]}}
     if runtime:
         details["runtime_options"] = {key: resolved[key] for key in sorted(runtime)}

@@ -326,3 +326,16 @@ def test_every_validation_is_recorded_and_report_best_predicts_with_the_best_one
     assert results["best"].details["best_validation"] == {"iteration": best[0], "mIoU": best[1]}
     assert results["best"].metrics["mIoU"] == pytest.approx(best[1], abs=0.006)
     assert results["best"].details["variant"] == "report=best" and "variant" not in results["last"].details
+
+
+def test_report_joins_the_identity_only_off_its_default():
+    """report was added after gdf-uper runs were recorded: at its default (last, the earlier behaviour) it stays out
+    of the record's options, so those runs keep their identity; report=best is in the options and the variant."""
+    from dfbench.registry import TASKS
+    from dfbench.resolve import option_details
+    from dfbench.tasks.segmentation.uper import GdfUperOptions
+
+    protocol = TASKS.get("ade20k")().protocol("gdf-uper")
+    assert "report" not in option_details(protocol, GdfUperOptions())["options"]
+    best = option_details(protocol, GdfUperOptions(report="best"))
+    assert best["options"]["report"] == "best" and best["options_changed"] == {"report": "best"}

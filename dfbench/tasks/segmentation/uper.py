@@ -54,6 +54,8 @@ class GdfUperOptions:
 
     #: options that cannot change the numbers (recorded apart, outside the run's identity)
     RUNTIME_OPTIONS: ClassVar[tuple[str, ...]] = ("val_interval", "checkpoint_interval", "log_interval")
+    #: options added after runs were recorded: in the identity only off their default (the earlier behaviour)
+    ADDED_OPTIONS: ClassVar[tuple[str, ...]] = ("report",)
 
     iters: int = 80000
     val_interval: int = 2000              # GDF validates every 2,000 iterations (segmentation/configs/ade_sd15.py:73)
