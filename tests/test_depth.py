@@ -144,16 +144,16 @@ def test_layout_problems_are_one_line_exit_2(problem, fragment, tmp_path, capsys
     assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
 
 
-def write_official_mat(folder, images, depths, train, test):
+def write_official_mat(folder, images, depths, train, test, raw=None):
     """The official files' structure: MATLAB v7.3 (HDF5) stores column-major arrays, which h5py sees
-    transposed — images N×3×W×H uint8, depths N×W×H; splits.mat (v5) with 1-based index columns."""
+    transposed — images N×3×W×H uint8, depths and rawDepths N×W×H; splits.mat (v5) with 1-based index columns."""
     import h5py
     import scipy.io
 
     with h5py.File(folder / "nyu_depth_v2_labeled.mat", "w") as handle:
         handle["images"] = np.transpose(images, (0, 3, 2, 1))            # N×H×W×3 → N×3×W×H
         handle["depths"] = np.transpose(depths, (0, 2, 1))               # N×H×W → N×W×H
-        handle["rawDepths"] = np.transpose(depths, (0, 2, 1))
+        handle["rawDepths"] = np.transpose(depths if raw is None else raw, (0, 2, 1))
     scipy.io.savemat(folder / "splits.mat", {"trainNdxs": np.array(train)[:, None],
                                              "testNdxs": np.array(test)[:, None]})
     return folder / "nyu_depth_v2_labeled.mat"
@@ -172,6 +172,34 @@ def test_official_mat_is_written_into_the_layout_once(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(second.image)), images[3])
     expected = np.where(depths[3] > 10, 0, depths[3])
     np.testing.assert_array_equal(load_depth(second.depth, (3, 5)), expected)
+
+
+def test_raw_depths_are_the_default_ground_truth_and_filled_ones_an_option(tmp_path):
+    """probe3d reads rawDepths (data_processing/create_nyu_pkl.py 37, 50): the sensor's depths with holes (0). The
+    layout keeps them in depth/ (the default, depth=raw) and the in-painted depths in depth_filled/ (depth=filled)."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)
+    filled = rng.uniform(0.5, 9.0, (2, 3, 4)).astype(np.float32)
+    raw = filled.copy()
+    raw[:, 0, :] = 0.0                                                  # a row of holes
+    mat = write_official_mat(tmp_path, images, filled, train=[1], test=[2], raw=raw)
+    root = nyuv2_root(mat, home=tmp_path / "home")
+    (default,) = load_samples(root, "test")
+    (inpainted,) = load_samples(root, "test", "filled")
+    np.testing.assert_array_equal(load_depth(default.depth, (3, 4)), raw[1])
+    np.testing.assert_array_equal(load_depth(inpainted.depth, (3, 4)), filled[1])
+    assert (load_depth(default.depth) > 0).sum() == 8 and (load_depth(inpainted.depth) > 0).sum() == 12
+    # a folder layout without in-painted depths: depth=filled is one line; depth stays out of the identity at raw
+    from dfbench.registry import TASKS
+    from dfbench.resolve import option_details
+    from dfbench.tasks.nyuv2.options import LinearBinsOptions
+
+    (root / "test" / "depth_filled").rename(tmp_path / "moved")
+    with pytest.raises(DfbenchInputError, match="depth=filled: no folder"):
+        load_samples(root, "test", "filled")
+    protocol = TASKS.get("nyuv2")().protocol("cleandift-linear")
+    assert "depth" not in option_details(protocol, LinearBinsOptions())["options"]
+    assert option_details(protocol, LinearBinsOptions(depth="filled"))["options_changed"] == {"depth": "filled"}
 
 
 def test_official_mat_problems_are_one_line(tmp_path):

@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 
 import torch
 from diffusers.models.embeddings import get_2d_rotary_pos_embed
-from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
 
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.img2img import RECIPES
@@ -88,6 +87,9 @@ class HunyuanDitBackbone(DiffusionBackbone):
     def conditions(self, denoiser: Any, rows: int, resolution: int, device: torch.device, dtype: torch.dtype
                    ) -> dict[str, Any]:
         """The image-size / style conditioning and the rotary embedding of the patch grid, for ``rows`` inputs."""
+        # the pipeline's module imports its safety checker's image processor: only when a Hunyuan-DiT runs
+        from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
+
         patch = int(denoiser.config.patch_size)
         grid = resolution // self.vae_scale_factor // patch
         base = 512 // self.vae_scale_factor // patch

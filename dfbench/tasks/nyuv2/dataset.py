@@ -5,16 +5,21 @@ Two sources, one layout downstream:
 * the folder layout (``--data-root`` names ``ROOT``)::
 
       ROOT/train/rgb/<stem>.png      (or .jpg / .jpeg)
-      ROOT/train/depth/<stem>.png    uint16 millimetres (0 = no measurement)
+      ROOT/train/depth/<stem>.png    the raw depths: uint16 millimetres (0 = no measurement)
       ROOT/train/depth/<stem>.npy    or float metres (0 or NaN = no measurement)
+      ROOT/train/depth_filled/…      optional: the in-painted depths, the same formats (option depth=filled)
       ROOT/test/…
 
 * the official ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3 = HDF5, read with h5py: ``images``
-  N×3×W×H uint8 and ``depths`` N×W×H float metres, MATLAB's column-major order seen transposed)
-  with ``splits.mat`` beside it (``trainNdxs`` / ``testNdxs``, 1-based). ``--data-root`` names the
-  ``.mat`` file or its folder; it is written once into the folder layout under
-  ``$DFBENCH_HOME/nyuv2/`` (stems ``0001``…``1449``, the NYU index; depth as float32 ``.npy``, so
-  nothing is rounded).
+  N×3×W×H uint8, ``rawDepths`` and the in-painted ``depths`` N×W×H float metres, MATLAB's column-major order
+  seen transposed) with ``splits.mat`` beside it (``trainNdxs`` / ``testNdxs``, 1-based). ``--data-root`` names
+  the ``.mat`` file or its folder; it is written once into the folder layout under ``$DFBENCH_HOME/nyuv2/``
+  (stems ``0001``…``1449``, the NYU index; ``rawDepths`` into ``depth/`` and ``depths`` into ``depth_filled/``,
+  float32 ``.npy``, so nothing is rounded).
+
+The depths scored by default are the raw ones, holes and all, as probe3d's
+(``data_processing/create_nyu_pkl.py`` 37, 50 read ``rawDepths``); option ``depth=filled`` scores the in-painted
+ones instead.
 
 A ground-truth pixel is valid when its depth is > 0 (probe3d's rule); depths above 10 m are set to
 0 (invalid), as probe3d's loaders do (``evals/datasets/nyu.py:106``). Every problem — a wrong file,
@@ -36,6 +41,10 @@ from dfbench.home import dfbench_home
 from dfbench.images import image_size
 
 SPLITS = ("train", "test")
+#: the folder each kind of ground truth lives in (option ``depth``)
+DEPTH_FOLDERS = {"raw": "depth", "filled": "depth_filled"}
+#: the version of the layout written from the .mat (2: raw depths in depth/, in-painted ones in depth_filled/)
+LAYOUT_VERSION = 2
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEPTH_EXTENSIONS = (".png", ".npy")
 #: probe3d's cap (evals/datasets/nyu.py: ``self.max_depth = 10.0``, ``depth[depth > 10] = 0``)
@@ -66,12 +75,16 @@ def _files(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def load_samples(root: str | Path, split: str) -> list[DepthSample]:
-    """The (image, depth) pairs of ``split`` in ``root`` (the folder layout), sorted by stem."""
+def load_samples(root: str | Path, split: str, kind: str = "raw") -> list[DepthSample]:
+    """The (image, depth) pairs of ``split`` in ``root`` (the folder layout), sorted by stem; ``kind``: the raw
+    depths (``depth/``) or the in-painted ones (``depth_filled/``)."""
     if split not in SPLITS:
         raise DfbenchInputError(f"nyuv2 split {split!r}: choose one of {', '.join(SPLITS)}")
     root = Path(root)
-    rgb, depth = root / split / "rgb", root / split / "depth"
+    rgb, depth = root / split / "rgb", root / split / DEPTH_FOLDERS[kind]
+    if kind == "filled" and not depth.is_dir():
+        raise DfbenchInputError(f"nyuv2 option depth=filled: no folder {depth} (the in-painted depths; dfbench writes "
+                                f"it from the official {LABELED_MAT}), or use depth=raw")
     for folder in (rgb, depth):
         if not folder.is_dir():
             raise DfbenchInputError(f"nyuv2 --data-root {root}: no folder {folder} (expected {{train,test}}/rgb and "
@@ -165,22 +178,26 @@ def write_layout_from_mat(mat_path: Path, target: Path) -> None:
         raise DfbenchInputError(f"nyuv2 {mat_path}: not an HDF5 file (the official {LABELED_MAT} is MATLAB v7.3 = "
                                 "HDF5)") from None
     with handle:
-        for key in ("images", "depths"):
+        for key in ("images", "rawDepths", "depths"):
             if key not in handle:
                 raise DfbenchInputError(f"nyuv2 {mat_path}: no dataset {key!r} (expected the official {LABELED_MAT})")
-        images, depths = handle["images"], handle["depths"]
-        if images.ndim != 4 or images.shape[1] != 3 or depths.shape != (images.shape[0], *images.shape[2:]):
-            raise DfbenchInputError(f"nyuv2 {mat_path}: images {images.shape} and depths {depths.shape}; expected "
-                                    "N×3×W×H and N×W×H")
+        images = handle["images"]
+        sources = {"raw": handle["rawDepths"], "filled": handle["depths"]}
+        for depths in sources.values():
+            if images.ndim != 4 or images.shape[1] != 3 or depths.shape != (images.shape[0], *images.shape[2:]):
+                raise DfbenchInputError(f"nyuv2 {mat_path}: images {images.shape} and depths {depths.shape}; expected "
+                                        "N×3×W×H and N×W×H")
         split = read_official_split(mat_path.parent / SPLITS_MAT, images.shape[0])
         for name, indices in split.items():
             (target / name / "rgb").mkdir(parents=True)
-            (target / name / "depth").mkdir(parents=True)
+            for folder in DEPTH_FOLDERS.values():
+                (target / name / folder).mkdir(parents=True)
             for index in indices:
                 image = np.ascontiguousarray(np.transpose(images[index - 1], (2, 1, 0)))   # 3×W×H → H×W×3
-                depth = np.ascontiguousarray(np.asarray(depths[index - 1], dtype=np.float32).T)  # W×H → H×W
                 Image.fromarray(image.astype(np.uint8)).save(target / name / "rgb" / f"{index:04d}.png")
-                np.save(target / name / "depth" / f"{index:04d}.npy", depth)
+                for kind, depths in sources.items():
+                    depth = np.ascontiguousarray(np.asarray(depths[index - 1], dtype=np.float32).T)  # W×H → H×W
+                    np.save(target / name / DEPTH_FOLDERS[kind] / f"{index:04d}.npy", depth)
 
 
 def nyuv2_root(data_root: str | Path, home: str | Path | None = None) -> Path:
@@ -190,7 +207,8 @@ def nyuv2_root(data_root: str | Path, home: str | Path | None = None) -> Path:
     if mat_path is None:
         return Path(data_root)
     stat = mat_path.stat()
-    key = hashlib.sha256(f"{mat_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    source = f"{mat_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:layout{LAYOUT_VERSION}"
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
     home = dfbench_home(home)
     target = home / "nyuv2" / key
     if not (target / "test").is_dir():

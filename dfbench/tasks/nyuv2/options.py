@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from dfbench.errors import DfbenchInputError
 from dfbench.options import require_at_least_one
+from dfbench.tasks.nyuv2.dataset import DEPTH_FOLDERS
 from dfbench.tasks.nyuv2.probes import NORMALISATIONS
 
 
@@ -22,9 +24,16 @@ class DepthProbeOptions:
     bins: int = 256
     normalisation: str = "linear"
     train_limit: int | None = None
+    #: the ground truth: ``raw`` (the sensor's depths with holes, as probe3d) or ``filled`` (NYU's in-painted ones)
+    depth: str = "raw"
+
+    #: options added after runs were recorded: in the identity only off their default (the earlier behaviour)
+    ADDED_OPTIONS: ClassVar[tuple[str, ...]] = ("depth",)
 
     def validate(self, where: str) -> None:
         require_at_least_one(self, ("epochs", "batch_size", "bins", "train_limit"), where)
+        if self.depth not in DEPTH_FOLDERS:
+            raise DfbenchInputError(f"{where} option depth={self.depth!r}: choose raw or filled")
         if self.lr <= 0 or self.weight_decay < 0:
             raise DfbenchInputError(f"{where} options lr={self.lr}, weight_decay={self.weight_decay}: lr must be > 0 "
                                     "and weight_decay ≥ 0")

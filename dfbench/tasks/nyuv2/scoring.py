@@ -35,8 +35,9 @@ class DepthProtocol(Protocol):
         raise NotImplementedError
 
     def run(self, task: Any, context: RunContext, run: ResolvedRun) -> TaskOutput:
-        train = seeded_subset(load_samples(run.data_root, "train"), run.options.train_limit, run.seed)
-        evaluated = seeded_subset(load_samples(run.data_root, run.split), run.limit, run.seed)
+        train = seeded_subset(load_samples(run.data_root, "train", run.options.depth), run.options.train_limit,
+                              run.seed)
+        evaluated = seeded_subset(load_samples(run.data_root, run.split, run.options.depth), run.limit, run.seed)
         targets = {sample.stem: ground_truth(sample) for sample in evaluated}
         if self.crops:
             for sample in evaluated:
@@ -69,7 +70,7 @@ class DepthProtocol(Protocol):
         folder = Path(folder)
         if not folder.is_dir():
             raise DfbenchInputError(f"predictions {folder}: no such folder")
-        samples = seeded_subset(load_samples(run.data_root, run.split), run.limit, run.seed)
+        samples = seeded_subset(load_samples(run.data_root, run.split, run.options.depth), run.limit, run.seed)
         missing = [sample.stem for sample in samples if not (folder / f"{sample.stem}.npy").is_file()]
         if missing:
             raise DfbenchInputError(f"predictions {folder}: no <stem>.npy for {len(missing)} of {len(samples)} nyuv2 "
