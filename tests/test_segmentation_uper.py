@@ -155,9 +155,9 @@ def test_gdf_recipes_and_pipelines():
 
 
 def test_schedule_defaults_are_gdf_and_bad_options_are_one_line():
-    # _base_/schedules/schedule_80k.py:3-16
+    # _base_/schedules/schedule_80k.py:3-16; the model configs set train_cfg's val_interval to 2000 (ade_sd15.py:73)
     options = GdfUperOptions()
-    assert (options.iters, options.val_interval, options.checkpoint_interval) == (80000, 8000, 8000)
+    assert (options.iters, options.val_interval, options.checkpoint_interval) == (80000, 2000, 8000)
     assert (options.lr, options.weight_decay, options.eta_min, options.batch_size) == (1.6e-4, 1e-3, 1e-4, 2)
     for bad, message in (({"crop_size": 0}, "crop_size=0: must be ≥ 1"), ({"lr": 0}, "lr=0.0, eta_min"),
                          ({"seg_pad_val": 300}, "seg_pad_val=300: a label value"),
