@@ -80,9 +80,15 @@ def test_readout_halves_channels_only_for_several_sources():
 def test_three_source_amalgamation_through_spair_and_horse21(tmp_path):
     """The XL-t preset on three tiny models at 64 px: SPair gdf-conv trains a 3×3 conv of C → C/2 (its checkpoint),
     Horse-21's re-split protocol and ADE20K's gdf-uper (GDF's multi-model adapter) run on the amalgamated maps."""
+    from dfbench.registry import TASKS
+    from dfbench.tasks.spair.dataset import load_spair
+
     common = {"backbone": AMALGAM, "data_root": "mini", "backbone_options": dict(TINY_SIZES)}
-    spair, record = run_one(RunSpec(task="spair/gdf-conv", preset="gdf-ours-xl-t",
-                                    options={"max_steps": 4, "eval_every": 2, "steps_per_epoch": 4}, **common),
+    val_pairs = tmp_path / "val_pairs.txt"          # two validation pairs: gdf-conv validates on these only
+    val_pairs.write_text("\n".join(pair.pair_id for pair in load_spair(TASKS.get("spair")().mini_root(), "val")[:2]))
+    spair, record = run_one(RunSpec(task="spair/gdf-conv", preset="gdf-ours-xl-t", limit=2,
+                                    options={"max_steps": 4, "eval_every": 2, "steps_per_epoch": 4,
+                                             "train_limit": 4, "val_pairs_file": str(val_pairs)}, **common),
                             results_dir=tmp_path / "results", progress=False, figures=False)
     assert spair.metrics["pck@0.1_bbox"] >= 0
     checkpoint = json.loads((record.parent / "checkpoint.json").read_text())
