@@ -57,22 +57,20 @@ def last_step_latents(backbone: Any, clean: torch.Tensor, noise: torch.Tensor, e
                       resolution: int, timestep: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The latents at the last kept timestep after denoising from the first, and that timestep for the denoiser."""
     scheduler = copy.deepcopy(backbone.scheduler)           # stepping changes a scheduler's state
+    flow = hasattr(scheduler, "scale_noise")                # flow matching, else DDPM's discrete noise
     image_tokens = clean.shape[-2] * clean.shape[-1] // 4
     timesteps = kept_timesteps(scheduler, steps, timestep, image_tokens)
     first = timesteps[:1].repeat(len(clean))
     noise = noise.to(clean.device, clean.dtype)
-    if hasattr(scheduler, "scale_noise"):
-        latents = scheduler.scale_noise(clean, first, noise)
-    else:
-        latents = scheduler.add_noise(clean, noise, first)
+    latents = scheduler.scale_noise(clean, first, noise) if flow else scheduler.add_noise(clean, noise, first)
     for t in timesteps[:-1]:
         output = backbone.denoiser_call(latents, t.repeat(len(latents)), embeddings, resolution)()
-        prediction = backbone.prediction(output, latents)
-        rows = []
-        for index in range(len(latents)):
-            extra = {} if hasattr(scheduler, "scale_noise") else {"generator": row_generator(noise[index])}
-            step = copy.deepcopy(scheduler) if index < len(latents) - 1 else scheduler
-            rows.append(step.step(prediction[index : index + 1].float(), t, latents[index : index + 1].float(),
-                                  **extra).prev_sample)
-        latents = torch.cat(rows).to(clean.dtype)
+        prediction = backbone.prediction(output, latents).float()
+        if flow:       # an Euler step: elementwise, one call for the batch (each call advances the step index)
+            latents = scheduler.step(prediction, t, latents.float()).prev_sample
+        else:          # DDPM's step is stateless but draws variance noise: each row from its own generator
+            latents = torch.cat([scheduler.step(prediction[index : index + 1], t, latents[index : index + 1].float(),
+                                                generator=row_generator(noise[index])).prev_sample
+                                 for index in range(len(latents))])
+        latents = latents.to(clean.dtype)
     return latents, timesteps[-1:].repeat(len(latents))
