@@ -9,7 +9,6 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from dfbench.activations import addressable_names
 from dfbench.attention_maps import UP_CROSS, UpCrossCapture, up_cross_components
 from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.parts import PromptEmbedding, load_config
@@ -40,7 +39,7 @@ class StableDiffusionBackbone(DiffusionBackbone):
             return super().capture(denoiser, names, resolution, stop_early)
         latent_side, blocks = resolution // self.vae_scale_factor, len(denoiser.up_blocks)
         sides = {index: latent_side // 2 ** (blocks - 1 - index) for index in range(blocks)}
-        components = up_cross_components(addressable_names(denoiser), sides, resolution)
+        components = up_cross_components(self.activation_names(), sides, resolution)   # the names, cached
         inner = [name for name in names if name != UP_CROSS]
         inner += [name for name in components if name not in inner]
         return UpCrossCapture(super().capture(denoiser, inner, resolution, stop_early), names, components,
