@@ -169,6 +169,14 @@ class GdfAmalgamatedAdapter(BaseModule):
         return outputs
 
 
+def read_validation_record(folder: Path) -> tuple[list[list[float]], dict[str, float] | None]:
+    """What :class:`ValidationRecordHook` kept in ``folder``: the validations [[iteration, mIoU], …] and the best one
+    (``{"iteration", "mIoU"}``, or ``None`` before any validation)."""
+    validations, best = folder / "validations.json", folder / "best.json"
+    return (json.loads(validations.read_text()) if validations.is_file() else [],
+            json.loads(best.read_text()) if best.is_file() else None)
+
+
 @HOOKS.register_module()
 class ValidationRecordHook(Hook):
     """Keeps every validation's mIoU (``validations.json``: [[iteration, mIoU], …]) and the network's weights at the
@@ -180,10 +188,6 @@ class ValidationRecordHook(Hook):
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
 
-    def validations(self) -> list[list[float]]:
-        path = self.folder / "validations.json"
-        return json.loads(path.read_text()) if path.is_file() else []
-
     def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
         from mmengine.dist import is_main_process
         from mmengine.model import is_model_wrapper
@@ -191,7 +195,7 @@ class ValidationRecordHook(Hook):
 
         if not is_main_process() or not metrics or "mIoU" not in metrics:
             return
-        validations = self.validations()
+        validations, _ = read_validation_record(self.folder)
         best = max((value for _, value in validations), default=float("-inf"))
         validations.append([runner.iter, float(metrics["mIoU"])])
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,6 @@ exactly as ``IoUMetric`` computes them.
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from dataclasses import dataclass
@@ -319,6 +318,8 @@ def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone
     from mmengine.runner import Runner
     from tqdm.auto import tqdm
 
+    from dfbench.tasks.segmentation.mmseg_models import read_validation_record
+
     started = time.perf_counter()
     recipe = GDF_RECIPES[layout.name].scaled_to(options.crop_size)
     ranks = context.ranks
@@ -335,9 +336,7 @@ def _train_and_predict(layout: SegmentationLayout, context: RunContext, backbone
     trained = time.perf_counter()
     network = runner.model.module if is_model_wrapper(runner.model) else runner.model
     record = context.folder / "validations"
-    validations = json.loads((record / "validations.json").read_text()) if (record / "validations.json").is_file() \
-        else []
-    best = json.loads((record / "best.json").read_text()) if (record / "best.json").is_file() else None
+    validations, best = read_validation_record(record)
     if options.report == "best":
         if best is None:
             raise DfbenchInputError("gdf-uper report=best: no validation ran (val_interval larger than iters?)")
