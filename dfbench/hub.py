@@ -107,6 +107,24 @@ def cached_file_when_offline(repo_id: str, filename: str, local_files_only: bool
         f"download it with `hf download {repo_id} {filename}` on a machine with internet, or {alternative}")
 
 
+def hub_file(repo_id: str, filename: str, local_files_only: bool | None = None,
+             alternative: str = "pass a local file") -> Path:
+    """One file of a hub repository, from the cache or downloaded (when the hub can be reached): one line when
+    it cannot be had (``alternative``: what else the user may pass)."""
+    from huggingface_hub import hf_hub_download
+
+    cached = cached_file_when_offline(repo_id, filename, local_files_only, alternative)
+    if cached is not None:
+        return cached
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=bool(local_files_only)))
+    except Exception as error:  # huggingface_hub raises several unrelated types offline / on 404
+        raise DfbenchInputError(
+            f"cannot get {repo_id}/{filename} ({type(error).__name__}); download it with "
+            f"`hf download {repo_id} {filename}` on a machine with internet, or {alternative}"
+        ) from None
+
+
 def hub_dataset_reachable(source: str, what: str) -> None:
     """Before ``datasets.load_dataset`` of a hub dataset id: one line when the hub cannot be reached (unless
     ``HF_HUB_OFFLINE`` is set, when ``datasets`` reads its cache)."""

@@ -1,6 +1,7 @@
 """Reference formulas written out independently of dfbench, for tests to compare against."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,3 +70,17 @@ class TextureBackbone:
         mean = F.avg_pool2d(pixels, 4)
         spread = (F.avg_pool2d(pixels**2, 4) - mean**2).clamp(min=0).sqrt()
         return {"texture": torch.cat([mean, spread], dim=1)}
+
+
+HUB_SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache_entry(root: Path, repo_id: str) -> Path:
+    """A hand-made Hugging Face cache entry for ``repo_id`` (``models--owner--name/refs/main`` naming one
+    snapshot); returns its snapshot folder."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(HUB_SNAPSHOT)
+    snapshot = repo / "snapshots" / HUB_SNAPSHOT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot

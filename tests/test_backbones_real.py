@@ -3,18 +3,15 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from references import per_image_generator
+from references import hub_cache_entry, per_image_generator
 from safetensors.torch import save_file
 
 from dfbench import ExtractSettings, create_backbone, get_preset
 from dfbench.backbones.cleandift import load_unet_weights
 from dfbench.errors import DfbenchInputError
-
-SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _count(module):
@@ -34,23 +31,14 @@ def test_real_configs_have_published_sizes(name, unet, text):
     assert backbone.unet.device.type == "meta"
 
 
-def _hub_cache(root: Path, repo_id: str) -> Path:
-    """A hand-made Hugging Face cache entry for ``repo_id``; returns its snapshot folder."""
-    repo = root / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(SNAPSHOT)
-    snapshot = repo / "snapshots" / SNAPSHOT
-    snapshot.mkdir(parents=True)
-    return snapshot
-
-
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory, tiny_sd15):
     """tiny-sd15 stored under SD1.5's real hub id, and a CleanDIFT UNet file under CompVis/cleandift."""
     root = tmp_path_factory.mktemp("hf_cache")
-    tiny_sd15.save_pretrained(_hub_cache(root, "stable-diffusion-v1-5/stable-diffusion-v1-5"))
+    tiny_sd15.save_pretrained(hub_cache_entry(root, "stable-diffusion-v1-5/stable-diffusion-v1-5"))
     other = create_backbone("tiny-sd15", seed=1)
-    save_file(other.unet.state_dict(), str(_hub_cache(root, "CompVis/cleandift") / "cleandift_sd15_unet.safetensors"))
+    cleandift = hub_cache_entry(root, "CompVis/cleandift")
+    save_file(other.unet.state_dict(), str(cleandift / "cleandift_sd15_unet.safetensors"))
     return root, other
 
 

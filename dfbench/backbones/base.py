@@ -23,6 +23,8 @@ that extracted it; the same seed gives bit-identical features on CPU.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -261,8 +263,18 @@ class DiffusionBackbone:
                                     f"of {factor} (e.g. {self.default_resolution})")
 
     def weight_fingerprint(self) -> str:
-        """A fingerprint of the weights actually loaded (denoiser, VAE, text encoders; see the cache)."""
-        return weight_fingerprint([self.denoiser, self.vae, *self.loaded_encoders])
+        """A fingerprint of the weights actually loaded (denoiser, VAE, text encoders; see the cache), and of the
+        backbone options that change the activations (:meth:`activation_options`), when there are any."""
+        fingerprint = weight_fingerprint([self.denoiser, self.vae, *self.loaded_encoders])
+        changing = self.activation_options()
+        if not changing or fingerprint == "meta":
+            return fingerprint
+        return f"{fingerprint}+{hashlib.sha256(json.dumps(changing, sort_keys=True).encode()).hexdigest()[:8]}"
+
+    def activation_options(self) -> dict[str, Any]:
+        """The backbone options that change the activations themselves (a FLUX σ rule, a recipe), not only how
+        they are combined into a descriptor: part of the feature cache's key. None by default."""
+        return {}
 
     def configure(self, options: dict[str, Any]) -> None:
         """Apply backbone options (``--backbone-option``); a family without options refuses any in one line."""

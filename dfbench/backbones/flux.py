@@ -157,6 +157,13 @@ class FluxBackbone(DiffusionBackbone):
         """Every option with its value, recorded with every run and part of its identity."""
         return dataclasses.asdict(self.flux_options)
 
+    def activation_options(self) -> dict[str, Any]:
+        """σ rule, guidance and recipe change the activations (the descriptor options only combine them): those off
+        their defaults (so caches written before this key existed stay valid)."""
+        options, default = self.flux_options, FluxOptions()
+        keys = ("sigma", "guidance", "recipe", *(("steps",) if options.recipe != "single" else ()))
+        return {key: getattr(options, key) for key in keys if getattr(options, key) != getattr(default, key)}
+
     def configure(self, options: dict[str, Any]) -> None:
         self.flux_options = parse_options(FluxOptions, options, f"backbone {self.name}")
         assert isinstance(self.noise, FlowMatchingNoise)

@@ -62,6 +62,11 @@ class HunyuanDitBackbone(DiffusionBackbone):
         """Every option with its value, recorded with every run and part of its identity."""
         return dataclasses.asdict(self.hunyuan_options)
 
+    def activation_options(self) -> dict[str, Any]:
+        """The recipe changes the activations (off its default, ``single``)."""
+        recipe = self.hunyuan_options
+        return {"recipe": recipe.recipe, "steps": recipe.steps} if recipe.recipe != "single" else {}
+
     def configure(self, options: dict[str, Any]) -> None:
         self.hunyuan_options = parse_options(HunyuanOptions, options, f"backbone {self.name}")
         recipe = self.hunyuan_options

@@ -3,10 +3,12 @@ trained with CleanDIFT's SigLoss (see :mod:`dfbench.tasks.nyuv2.task` for the pr
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,10 +16,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dfbench.backbones.cleandift import CLEANDIFT_DEPTH_PROBE, CLEANDIFT_REPO
+from dfbench.backbones.parts import TORCH_DTYPES
+from dfbench.errors import DfbenchInputError
 from dfbench.features import combine_to_grid, image_features
+from dfbench.hub import hub_file
 from dfbench.tasks.base import RunContext
 from dfbench.tasks.nyuv2.dataset import DepthSample, ground_truth
-from dfbench.tasks.nyuv2.options import DepthProbeOptions
+from dfbench.tasks.nyuv2.options import DepthProbeOptions, LinearBinsOptions
 from dfbench.tasks.nyuv2.probes import LinearBinsProbe, cleandift_sig_loss
 from dfbench.tasks.nyuv2.scoring import DepthProtocol
 
@@ -39,7 +45,10 @@ class CleanDiftLinear(DepthProtocol):
 
 def run_linear(context: RunContext, run: ResolvedRun, train: list[DepthSample], evaluated: list[DepthSample],
                targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
-    """Train the linear-bins probe on cached/extracted features of ``train``; predict ``evaluated`` in chunks."""
+    """Train the linear-bins probe on cached/extracted features of ``train``; predict ``evaluated`` in chunks.
+    With option ``probe`` the given probe is scored instead, untrained (:func:`run_trained_probe`)."""
+    if run.options.probe is not None:
+        return run_trained_probe(context, run, evaluated, targets)
     started = time.perf_counter()
     backbone, selection, settings, options = run.backbone, run.selection, run.settings, run.options
 
@@ -106,3 +115,79 @@ def train_linear_bins(maps: list[torch.Tensor], targets: list[torch.Tensor], opt
         losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
     bar.close()
     return probe.eval(), losses
+
+
+def read_probe_state(path: Path, where: str) -> dict[str, torch.Tensor]:
+    """A linear probe's ``conv_depth`` state dict from a safetensors file, in CleanDIFT's key names (``weight``,
+    ``bias``: their notebook loads the file with ``model.conv_depth.load_state_dict``; ``conv_depth.weight`` /
+    ``conv_depth.bias``, a whole ``DepthPred`` head, are taken too). One line on anything else."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own SafetensorError for damaged files
+        raise DfbenchInputError(f"{where}: not a readable safetensors file ({error})") from None
+    if state and all(key.startswith("conv_depth.") for key in state):
+        state = {key.removeprefix("conv_depth."): value for key, value in state.items()}
+    if set(state) != {"weight", "bias"}:
+        raise DfbenchInputError(f"{where}: keys {sorted(state)[:4]} do not match CleanDIFT's conv_depth (expected "
+                                "exactly weight [bins, C, 1, 1] and bias [bins])")
+    weight, bias = state["weight"], state["bias"]
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1) or tuple(bias.shape) != (weight.shape[0],):
+        raise DfbenchInputError(f"{where}: weight {tuple(weight.shape)} and bias {tuple(bias.shape)} are not a 1×1 "
+                                "convolution's (expected [bins, C, 1, 1] and [bins])")
+    return state
+
+
+def trained_probe(options: LinearBinsOptions, channels: int, device: Any) -> tuple[LinearBinsProbe, dict[str, Any]]:
+    """The probe named by option ``probe`` (``hub``: CleanDIFT's published one) for features of ``channels``, in
+    ``probe_dtype`` on ``device``, and what the record keeps of it (its label and the file's SHA-256)."""
+    assert options.probe is not None
+    label = options.probe
+    if options.probe == "hub":
+        path = hub_file(CLEANDIFT_REPO, CLEANDIFT_DEPTH_PROBE, None, "pass probe=FILE")
+        label = f"{CLEANDIFT_REPO}/{CLEANDIFT_DEPTH_PROBE}"
+    else:
+        path = Path(options.probe)
+    where = f"probe {label}"
+    state = read_probe_state(path, where)
+    bins, probe_channels = state["weight"].shape[:2]
+    if probe_channels != channels:
+        raise DfbenchInputError(f"{where}: it takes {probe_channels} channels, the selected features have "
+                                f"{channels} (CleanDIFT's probe reads up_blocks.1 = us6 of SD2.1: 1280)")
+    if bins != options.bins:
+        raise DfbenchInputError(f"{where}: it predicts {bins} bins; pass --option bins={bins}")
+    probe = LinearBinsProbe(channels, options.min_depth, options.max_depth, bins, options.normalisation)
+    probe.conv_depth.load_state_dict(state, strict=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return probe.to(device, TORCH_DTYPES[options.probe_dtype]).eval(), {"probe": label, "probe_sha256": digest}
+
+
+def run_trained_probe(context: RunContext, run: ResolvedRun, evaluated: list[DepthSample],
+                      targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+    """Score a trained probe (option ``probe``) as CleanDIFT's ``notebooks/depth.ipynb`` runs theirs: the features
+    and the probe in ``probe_dtype`` (bins and normalisation included: ``DepthPred.depth_pred`` builds the bins in
+    the features' dtype), the depth map resized bilinearly to the image in that dtype, then float32."""
+    started = time.perf_counter()
+    backbone, options = run.backbone, run.options
+    dtype = TORCH_DTYPES[options.probe_dtype]
+    predictions: dict[str, np.ndarray] = {}
+    probe: LinearBinsProbe | None = None
+    details: dict[str, Any] = {}
+    for start in range(0, len(evaluated), EVAL_CHUNK):
+        chunk = evaluated[start : start + EVAL_CHUNK]
+        found = image_features(backbone, {sample.stem: (sample.image, "") for sample in chunk}, run.selection,
+                               run.settings, context.cache, context.progress and start == 0, keep=combine_to_grid)
+        if probe is None:
+            probe, details = trained_probe(options, int(found.features[chunk[0].stem].shape[0]), backbone.device)
+            details.update(selection=found.selection, channels=int(probe.conv_depth.in_channels),
+                           feature_size=list(found.features[chunk[0].stem].shape[1:]), probe_dtype=options.probe_dtype,
+                           train_images=0, epochs=0)
+        for sample in chunk:
+            with torch.no_grad():
+                depth = probe(found.features[sample.stem][None].to(backbone.device, dtype))
+                depth = F.interpolate(depth, size=targets[sample.stem].shape, mode="bilinear", align_corners=False)
+            predictions[sample.stem] = depth[0, 0].float().cpu().numpy()
+    if probe is None:
+        raise DfbenchInputError(f"{run.protocol_label}: no images to score")
+    return predictions, details, {"extract_s": 0.0, "train_s": 0.0, "eval_s": time.perf_counter() - started}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from dfbench.errors import DfbenchInputError
 from dfbench.options import require_at_least_one
 from dfbench.tasks.nyuv2.dataset import DEPTH_FOLDERS
-from dfbench.tasks.nyuv2.probes import NORMALISATIONS
+from dfbench.tasks.nyuv2.probes import NORMALISATIONS, PROBE_DTYPES
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,24 @@ class DepthProbeOptions:
 
 @dataclass(frozen=True)
 class LinearBinsOptions(DepthProbeOptions):
-    """Options of ``cleandift-linear``: CleanDIFT's bins (256 in [0.1, 10] m); optimiser settings dfbench's."""
+    """Options of ``cleandift-linear``: CleanDIFT's bins (256 in [0.1, 10] m); optimiser settings dfbench's.
+    ``probe``: a trained probe scored as it is, no training — ``hub`` (CleanDIFT's published
+    ``cleandift_sd21_depth_probe.safetensors``) or a file with the same keys; ``probe_dtype``: the dtype it runs
+    in (CleanDIFT's notebook casts its model with ``.bfloat16()``)."""
+
+    probe: str | None = None
+    probe_dtype: str = "bfloat16"
+
+    ADDED_OPTIONS: ClassVar[tuple[str, ...]] = ("depth", "probe", "probe_dtype")
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.probe not in (None, "hub") and not Path(str(self.probe)).is_file():
+            raise DfbenchInputError(f"{where} option probe={self.probe}: no such file (a conv_depth state dict with "
+                                    "keys weight and bias, or probe=hub for CleanDIFT's published probe)")
+        if self.probe_dtype not in PROBE_DTYPES:
+            raise DfbenchInputError(f"{where} option probe_dtype={self.probe_dtype!r}: choose "
+                                    f"{', '.join(PROBE_DTYPES)}")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 NORMALISATIONS = ("linear", "softmax")
+#: the dtypes a trained probe may be scored in
+PROBE_DTYPES = ("bfloat16", "float16", "float32")
 
 
 class BinDepth(nn.Module):

@@ -46,7 +46,7 @@ class DepthProtocol(Protocol):
         output = self.evaluate(predictions, targets, run.options)
         output.split = run.split
         output.selection = details.pop("selection")
-        output.details = {**details, "train_images": len(train),
+        output.details = {"train_images": len(train), **details,
                           "examples": [[sample.stem, str(sample.image), str(sample.depth)]
                                        for sample in evaluated[:EXAMPLE_IMAGES]]}
         output.timings = timings
