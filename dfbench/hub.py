@@ -117,7 +117,7 @@ def hub_file(repo_id: str, filename: str, local_files_only: bool | None = None,
     if cached is not None:
         return cached
     try:
-        return Path(hf_hub_download(repo_id, filename, local_files_only=bool(local_files_only)))
+        return Path(hf_hub_download(repo_id, filename, local_files_only=bool(local_files_only) or offline()))
     except Exception as error:  # huggingface_hub raises several unrelated types offline / on 404
         raise DfbenchInputError(
             f"cannot get {repo_id}/{filename} ({type(error).__name__}); download it with "

@@ -320,9 +320,12 @@ def test_paper_suites_parse_and_name_their_sources():
     (dift,) = load_suite(folder / "dift_spair.yaml")
     assert dift.published == {"pck@0.1_bbox": 59.57, "pck@0.1_bbox_per_image": 66.53}
     cleandift = load_suite(folder / "cleandift.yaml")
-    assert [spec.published.get("rmse") for spec in cleandift[2:4]] == [0.469, 0.444]
-    # the DINOv2 and fused rows, as the issue quotes CleanDIFT's table
-    assert [(spec.backbone, spec.task, spec.preset, spec.published) for spec in cleandift[4:]] == [
+    assert [spec.published.get("rmse") for spec in cleandift[2:5]] == [0.469, 0.444, 0.444]
+    published_probe = cleandift[4]           # CleanDIFT's own probe and learned timestep, in bfloat16, no training
+    assert (published_probe.options, published_probe.backbone_options, published_probe.settings) == (
+        {"probe": "hub"}, {"full": "hub"}, {"dtype": "bfloat16"})
+    # the DINOv2 and fused rows, as CleanDIFT's table gives them
+    assert [(spec.backbone, spec.task, spec.preset, spec.published) for spec in cleandift[5:]] == [
         ("dinov2-base", "spair/patch-nn", None, {"pck@0.1_bbox": 55.6}),
         ("sd15+dinov2-base", "spair/patch-nn", "tale-of-two", {"pck@0.1_bbox": 63.73, "pck@0.1_bbox_per_image": 72.31}),
         ("cleandift-sd15+dinov2-base", "spair/patch-nn", "cleandift-fusion",
