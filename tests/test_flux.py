@@ -2,6 +2,7 @@
 on the image tokens, the AdaLN modulation signals, [dev]'s dynamically shifted σ against its closed form, the real
 models' catalogs and sizes without weights, and a save/load round trip."""
 
+import json
 import math
 
 import pytest
@@ -191,3 +192,22 @@ def test_ditf_descriptor_runs_through_spair(tmp_path):
     (record,) = load_results(tmp_path)
     assert record.preset == "ditf-flux" and record.details["backbone_options"]["descriptor"] == "ditf"
     assert 0 <= record.metrics["pck@0.1_bbox"] <= 100
+
+
+def test_options_that_change_activations_join_the_cache_key():
+    """σ rule, guidance and recipe change what the transformer computes, so the feature cache must not hand one
+    configuration's activations to another; the descriptor options only combine cached activations. Defaults
+    leave the key as it was before the options had a part in it."""
+    from dfbench.cache import weight_fingerprint
+
+    plain = create_backbone("tiny-flux")
+    weights_only = weight_fingerprint([plain.denoiser, plain.vae, *plain.loaded_encoders])
+    assert plain.weight_fingerprint() == weights_only
+    keys = {}
+    for options in ({"sigma": "linear"}, {"guidance": 2.0}, {"recipe": "gdf-img2img"},
+                    {"recipe": "gdf-img2img", "steps": 10}, {"descriptor": "ditf", "norm": False}):
+        backbone = create_backbone("tiny-flux", options=options)
+        keys[json.dumps(options)] = backbone.weight_fingerprint()
+    assert keys['{"descriptor": "ditf", "norm": false}'] == weights_only
+    changing = [key for options, key in keys.items() if "descriptor" not in options]
+    assert len(set(changing)) == 4 and all(key.startswith(weights_only + "+") for key in changing)
