@@ -24,7 +24,7 @@ RESAMPLE_FILTERS = ("bicubic", "lanczos", "bilinear")
 TEXT_ENCODER_MODES = ("all", "clip", "none")
 #: fields added after records and caches were first written: a record and a cache key hold them only when
 #: they are off these defaults, so the identity of every earlier run and every cached feature stays the same
-LATER_FIELDS = {"pad_color": "grey", "resample": "bicubic", "text_encoders": "all"}
+LATER_FIELDS = {"pad_color": "grey", "resample": "bicubic", "text_encoders": "all", "tile": 0, "tile_stride": 0}
 MAX_RESOLUTION = 8192
 
 
@@ -55,7 +55,8 @@ def resolution_flag(text: str) -> int:
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "resolution": (int, type(None)), "resize_mode": (str,), "timestep": (int,), "add_noise": (bool,),
     "ensemble_size": (int,), "seed": (int,), "prompt": (str,), "latent_mode": (str,), "dtype": (str,),
-    "batch_size": (int,), "pad_color": (str,), "resample": (str,), "text_encoders": (str,),
+    "batch_size": (int,), "pad_color": (str,), "resample": (str,), "text_encoders": (str,), "tile": (int,),
+    "tile_stride": (int,),
 }
 
 
@@ -82,6 +83,9 @@ class ExtractSettings:
             Features) or ``bilinear``.
         text_encoders: which text encoders condition the denoiser: ``all``, ``clip`` (a family's T5 replaced by
             zeros of its shape: SD3 and FLUX without the 9.5 GB T5) or ``none`` (zero embeddings of the right shapes).
+        tile: ODISE's sliding window (``tile`` px squares of the model input, each through the whole pipeline,
+            the maps stitched and overlaps averaged; :mod:`dfbench.backbones.tiling`); 0: the whole input at once.
+        tile_stride: the tiles' step in px (0: the tile size, ODISE's; the last tile of a row ends at the edge).
     """
 
     resolution: int | None = None
@@ -97,6 +101,8 @@ class ExtractSettings:
     pad_color: str = "grey"
     resample: str = "bicubic"
     text_encoders: str = "all"
+    tile: int = 0
+    tile_stride: int = 0
 
     def __post_init__(self) -> None:
         for name, kinds in FIELD_TYPES.items():
@@ -126,6 +132,9 @@ class ExtractSettings:
             raise DfbenchInputError(f"settings.resample={self.resample!r}: choose one of {RESAMPLE_FILTERS}")
         if self.batch_size < 1:
             raise DfbenchInputError(f"settings.batch_size={self.batch_size}: must be ≥ 1")
+        if self.tile < 0 or self.tile_stride < 0 or (self.tile_stride and not self.tile):
+            raise DfbenchInputError(f"settings.tile={self.tile}, tile_stride={self.tile_stride}: both ≥ 0, and a "
+                                    "tile_stride only with a tile (0 = no tiling; tile_stride 0 = the tile size)")
         check_prompt(self.prompt)
 
     @property
@@ -213,7 +222,7 @@ def settings_label(settings: dict[str, Any]) -> str:
     for key in ("resize_mode", "latent_mode", "dtype"):
         if settings.get(key, defaults[key]) != defaults[key]:
             parts.append(str(settings[key]))
-    for key in ("pad_color", "resample", "text_encoders"):
+    for key in ("pad_color", "resample", "text_encoders", "tile", "tile_stride"):
         if settings.get(key, defaults[key]) != defaults[key]:
             parts.append(f"{key}={settings[key]}")
     if not settings.get("add_noise", True):

@@ -55,6 +55,7 @@ from dfbench.backbones.parts import (
     per_image_draws,
 )
 from dfbench.backbones.text import ClipText, TextConditioner
+from dfbench.backbones.tiling import extract_tiled
 from dfbench.backbones.truncation import load_denoiser
 from dfbench.cache import weight_fingerprint
 from dfbench.capture import ActivationCapture, Features
@@ -81,7 +82,7 @@ class DiffusionBackbone:
     #: timestep, add_noise, ensemble_size, prompt, latent_mode); other backbones declare fewer
     setting_names: ClassVar[tuple[str, ...]] = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size",
                                                 "seed", "prompt", "latent_mode", "dtype", "batch_size",
-                                                "pad_color", "resample", "text_encoders")
+                                                "pad_color", "resample", "text_encoders", "tile", "tile_stride")
     #: the denoiser's folder in a diffusers model folder and its diffusers class
     DENOISER: ClassVar[tuple[str, str]] = ("unet", "UNet2DConditionModel")
     #: how a prompt becomes conditioning (its COMPONENTS: the encoders' folders and transformers classes)
@@ -356,6 +357,8 @@ class DiffusionBackbone:
                 raise DfbenchInputError(f"image tensor of shape {tuple(pixels.shape)}: expected N×3×H×W")
         else:
             pixels = to_model_input(images, resolution, settings.resize_mode, settings.pad_color, settings.resample)
+        if settings.tile:               # ODISE's sliding window: each square through this method, then stitched
+            return extract_tiled(self, pixels, names, settings, categories, progress)
         prompts = fill_prompts(settings.prompt, categories, len(pixels))
         self.noise.check(settings.timestep)
         if self.dtype != TORCH_DTYPES[settings.dtype]:

@@ -37,6 +37,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                        "SD3 / FLUX without the 9.5 GB T5) or none (zero embeddings of the right shapes)")
     group.add_argument("--resample", choices=["bicubic", "lanczos", "bilinear"],
                        help="the filter that resizes images (default bicubic; Tale of Two Features: lanczos)")
+    group.add_argument("--tile", type=int, help="ODISE's sliding window: run the model on TILE-px squares of the input "
+                       "and stitch the maps, overlaps averaged (Tale of Two Features / GeoAware-SC: 512 of 960)")
+    group.add_argument("--tile-stride", type=int, help="the tiles' step in px (default: the tile size, ODISE's)")
 
 
 TRUNCATE_HELP = ("load a DiT's denoiser only as deep as the selected activations reach: the later blocks are never "
@@ -45,7 +48,8 @@ TRUNCATE_HELP = ("load a DiT's denoiser only as deep as the selected activations
 
 
 SETTINGS_FLAGS = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size", "seed", "prompt",
-                  "latent_mode", "dtype", "batch_size", "pad_color", "resample", "text_encoders")
+                  "latent_mode", "dtype", "batch_size", "pad_color", "resample", "text_encoders", "tile",
+                  "tile_stride")
 
 
 def given_settings(args: argparse.Namespace) -> dict:

@@ -108,10 +108,17 @@ def pair_maps(features: dict[str, Any], pair: SpairPair, device: torch.device | 
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """The source and target descriptor maps of ``pair`` on ``device``: as kept, or made by ``combine_pair``
     from the two images' activations."""
+    return key_maps(features, pair.src_key, pair.trg_key, device, combine_pair)
+
+
+def key_maps(features: dict[str, Any], source: str, target: str, device: torch.device | str,
+             combine_pair: Callable[[dict, dict], tuple[torch.Tensor, torch.Tensor]] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The descriptor maps of images ``source`` and ``target`` (feature keys) as a pair, on ``device``."""
     if combine_pair is None:
-        return features[pair.src_key].to(device), features[pair.trg_key].to(device)
+        return features[source].to(device), features[target].to(device)
     return combine_pair(*({name: value.to(device) for name, value in features[key].items()}
-                          for key in (pair.src_key, pair.trg_key)))
+                          for key in (source, target)))
 
 
 def input_placement(size: tuple[int, int], resolution: int, resize_mode: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,6 @@
-"""SPair-71k semantic correspondence: protocols ``spair/dift-nn`` (v1), ``spair/patch-nn`` (v1) and
-``spair/gdf-conv`` (v1, see :mod:`dfbench.tasks.spair.gdf_conv`).
+"""SPair-71k semantic correspondence: protocols ``spair/dift-nn`` (v1), ``spair/patch-nn`` (v1),
+``spair/geoaware`` (v1, see :mod:`dfbench.tasks.spair.geoaware`) and ``spair/gdf-conv`` (v1, see
+:mod:`dfbench.tasks.spair.gdf_conv`).
 
 Each image's features are extracted once (not once per pair), with the prompt filled by the
 image's category. For every pair, each source keypoint is matched to the target pixel of highest
@@ -42,6 +43,7 @@ from dfbench.plots import plot_per_category
 from dfbench.tasks.base import Task, TaskOutput
 from dfbench.tasks.spair.dataset import DOWNLOAD_HINT, spair_images
 from dfbench.tasks.spair.gdf_conv import GdfConvOptions, SpairSubsetOptions
+from dfbench.tasks.spair.geoaware import GeoAware, GeoAwareOptions
 from dfbench.tasks.spair.mini import mini_spair_root
 from dfbench.tasks.spair.plots import plot_matches
 from dfbench.tasks.spair.protocols import DiftNn, GdfConv, PatchNn, PatchNnOptions
@@ -58,6 +60,8 @@ class SpairTask(Task):
         "dift-nn": DiftNn("dift-nn", 1, SpairSubsetOptions, "DIFT's zero-shot nearest neighbour, PCK"),
         "patch-nn": PatchNn("patch-nn", 1, PatchNnOptions,
                             "Tale of Two Features' zero-shot nearest patch on the whole (letterboxed) grid"),
+        "geoaware": GeoAware("geoaware", 1, GeoAwareOptions,
+                             "GeoAware-SC's zero-shot evaluation: patch matching, windowed soft-argmax, adaptive flip"),
         "gdf-conv": GdfConv("gdf-conv", 1, GdfConvOptions, "Meng et al.'s trained 3×3-conv readout"),
     }
     default_protocol = "dift-nn"
