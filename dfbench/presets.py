@@ -238,18 +238,19 @@ _register(Preset(
 # letterboxed on black with LANCZOS, utils/utils_correspondence.py:13): the three SD layers s5, s4, s3 of ODISE's
 # extractor, each reduced by a PCA fitted on the pair (co_pca, line 358), s5 brought to s4's grid and both to
 # s3's (lines 419-436), [s3, s4, s5]; SD and DINO L2-normalised apart and concatenated (DIST l2 over unit parts:
-# the nearest neighbour of the cosine).
+# the nearest neighbour of the cosine). SD runs through ODISE's sliding window: 512-px squares of the 960 input
+# (third_party/ODISE/odise/modeling/backbone/feature_extractor.py 189-259, slide_training), settings tile 512.
 TALE_SELECTION = ("up_blocks.2.attentions.1", "up_blocks.1.attentions.1", "up_blocks.0.resnets.1")
 LETTERBOX = {"resize_mode": "pad", "pad_color": "black", "resample": "lanczos"}
 _register(Preset(
     "tale-of-two", (*(f"1:{name}" for name in TALE_SELECTION), "2:blocks.11"),
-    {**LETTERBOX, "timestep": 100, "add_noise": True, "latent_mode": "mode", "prompt": ""},
+    {**LETTERBOX, "timestep": 100, "add_noise": True, "latent_mode": "mode", "prompt": "", "tile": 512},
     "sd15+dinov2-base",
     "Zhang et al., NeurIPS 2023 (A Tale of Two Features), Junyi42/sd-dino pck_spair_pascal.py: SD1.5 at 960 px, "
-    "t=100, s5/s4/s3 with a pair-fitted PCA to 256 each (utils/utils_correspondence.py:358 co_pca), DINOv2-base "
-    "layer-11 tokens at 840 px, each L2-normalised, weights 1:1; Tale's matching is spair/patch-nn. Deviations: no "
-    "ODISE implicit captioner (empty prompt), no 512-px crop tiling, per-image seeded noise, an exact PCA (Tale: "
-    "torch.pca_lowrank); under spair/dift-nn also the PCA on the content's tokens only and bilinear matching",
+    "t=100, ODISE's 512-px sliding window, s5/s4/s3 with a pair-fitted PCA to 256 each (utils/utils_correspondence.py"
+    ":358 co_pca), DINOv2-base layer-11 tokens at 840 px, each L2-normalised, weights 1:1; Tale's matching is "
+    "spair/patch-nn. Deviations: no ODISE implicit captioner (empty prompt), per-image seeded noise, an exact PCA "
+    "(Tale: torch.pca_lowrank); under spair/dift-nn also the PCA on the content's tokens only and bilinear matching",
     "Tale of Two Features: SD1.5 s3/s4/s5 (pair PCA 256 each) ⊕ DINOv2-base blocks.11, each L2-normalised",
     backbone_options={"resolution.1": 960, "resolution.2": 840, "pca.1": 256, "weight.1": 1.0, "weight.2": 1.0,
                       "upsample": "progressive"},
@@ -259,12 +260,26 @@ _register(Preset(
 # 60x60 with DINO, and normalize_feats (lines 25-37, DUMMY_NET) L2-normalises SD and DINO apart, then the whole.
 _register(Preset(
     "cleandift-fusion", (*(f"1:{name}" for name in TALE_SELECTION), "2:blocks.11"),
-    {**LETTERBOX, "timestep": 261, "add_noise": False, "latent_mode": "mode", "prompt": CLEANDIFT_PROMPT},
+    {**LETTERBOX, "timestep": 261, "add_noise": False, "latent_mode": "mode", "prompt": CLEANDIFT_PROMPT,
+     "tile": 512},
     "cleandift-sd15+dinov2-base",
     "Stracke et al., CVPR 2025 (CleanDIFT), branch geoaware-sc-eval: preprocess_map.py (960 / 840 px), "
-    "pck_train.py:25-52 (normalize_feats, [s3, up(s4), up(s5)] + DINO), model_utils/extractor_sd.py:235 (prompt). "
-    "Telling Left from Right's adaptive flip and soft-argmax are not part of this preset",
+    "pck_train.py:25-52 (normalize_feats, [s3, up(s4), up(s5)] + DINO), model_utils/extractor_sd.py:235 (prompt), "
+    "ODISE's 512-px sliding window. Telling Left from Right's adaptive flip and soft-argmax are spair/geoaware's",
     "CleanDIFT SD1.5 s3/s4/s5 ⊕ DINOv2-base blocks.11, one clean pass at t=261, each L2-normalised, renormalised",
+    backbone_options={"resolution.1": 960, "resolution.2": 840, "renormalize": True},
+))
+# GeoAware-SC's own features for its zero-shot rows (branch geoaware-sc-eval, preprocess_map.py:66: the base SD1.5
+# at num_timesteps=50 with the caption "A photo of a {category}", 960 / 840 px, ODISE's sliding window), the same
+# DUMMY_NET normalisation as cleandift-fusion; matched by spair/geoaware.
+_register(Preset(
+    "geoaware-fusion", (*(f"1:{name}" for name in TALE_SELECTION), "2:blocks.11"),
+    {**LETTERBOX, "timestep": 50, "add_noise": True, "latent_mode": "mode", "prompt": CLEANDIFT_PROMPT, "tile": 512},
+    "sd15+dinov2-base",
+    "Zhang et al., CVPR 2024 (Telling Left from Right, GeoAware-SC) as CleanDIFT's branch geoaware-sc-eval runs it: "
+    "preprocess_map.py:56-84 (960 / 840 px, t=50, flipped images too), model_utils/extractor_sd.py:235 (prompt), "
+    "pck_train.py:25-52 (normalize_feats). Deviations: per-image seeded noise",
+    "GeoAware-SC zero-shot: SD1.5 s3/s4/s5 at t=50 ⊕ DINOv2-base blocks.11, each L2-normalised, renormalised",
     backbone_options={"resolution.1": 960, "resolution.2": 840, "renormalize": True},
 ))
 

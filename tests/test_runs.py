@@ -329,7 +329,9 @@ def test_paper_suites_parse_and_name_their_sources():
         ("dinov2-base", "spair/patch-nn", None, {"pck@0.1_bbox": 55.6}),
         ("sd15+dinov2-base", "spair/patch-nn", "tale-of-two", {"pck@0.1_bbox": 63.73, "pck@0.1_bbox_per_image": 72.31}),
         ("cleandift-sd15+dinov2-base", "spair/patch-nn", "cleandift-fusion",
-         {"pck@0.1_bbox": 64.81, "pck@0.1_bbox_per_image": 73.35})]
+         {"pck@0.1_bbox": 64.81, "pck@0.1_bbox_per_image": 73.35}),
+        ("sd15+dinov2-base", "spair/geoaware", "geoaware-fusion", {"pck@0.1_bbox": 68.64}),
+        ("cleandift-sd15+dinov2-base", "spair/geoaware", "cleandift-fusion", {"pck@0.1_bbox": 69.99})]
     for suite in ("ci.yaml", "demo.yaml"):                  # the other shipped suites check out too
         assert not [problem for spec in load_suite(folder.parent / suite) for problem in spec_problems(spec)]
 
