@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from dfbench.atomic import atomic_build_dir
 from dfbench.errors import DfbenchInputError
 from dfbench.home import dfbench_home
-from dfbench.images import image_size
+from dfbench.images import image_size, load_image
 
 SPLITS = ("train", "test")
 #: the folder each kind of ground truth lives in (option ``depth``)
@@ -51,6 +52,12 @@ DEPTH_EXTENSIONS = (".png", ".npy")
 MAX_DEPTH = 10.0
 LABELED_MAT = "nyu_depth_v2_labeled.mat"
 SPLITS_MAT = "splits.mat"
+#: the positions probe3d removes from the sorted GeoNet listing, in the order it removes them
+GEONET_BAD_POSITIONS = (21181, 6919)
+#: the channel means GeoNet's ``img`` is stored less twice of (probe3d adds them back)
+GEONET_MEANS = (122.175, 116.169, 103.508)
+GEONET_HINT = ("download data1.zip and data2.zip following https://github.com/xjqi/GeoNet and move both folders' "
+               "files into one, as probe3d's data_processing/README.md does")
 DOWNLOAD_HINT = ("get nyu_depth_v2_labeled.mat (2.8 GB) from http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/"
                  f"{LABELED_MAT} and splits.mat from http://horatio.cs.nyu.edu/mit/silberman/indoor_seg_sup/splits.mat")
 
@@ -62,6 +69,62 @@ class DepthSample:
     stem: str
     image: Path
     depth: Path
+
+    def load(self) -> tuple[Image.Image, np.ndarray]:
+        """The image and its depth (metres, 0 = invalid)."""
+        return load_image(self.image), ground_truth(self)
+
+
+@dataclass(frozen=True)
+class GeoNetSample:
+    """One frame of the GeoNet NYU release (probe3d's training set): a ``.mat`` file holding ``img``, ``depth`` and
+    ``norm``."""
+
+    stem: str
+    path: Path
+
+    def load(self) -> tuple[Image.Image, np.ndarray]:
+        """The frame as probe3d's ``NYU_geonet.__getitem__`` reads it (``evals/datasets/nyu.py`` 181-195): the
+        top-left 480×640 of ``img`` and ``depth``; ``img`` holds the pixels less twice the ImageNet-style channel
+        means (122.175, 116.169, 103.508), which are added back before the ``uint8`` cast; depths above 10 m (and
+        NaN) are no measurement."""
+        import scipy.io
+
+        try:
+            instance = scipy.io.loadmat(str(self.path), variable_names=["img", "depth"])
+        except (OSError, ValueError, NotImplementedError) as error:
+            raise DfbenchInputError(f"nyuv2 GeoNet frame {self.path}: not a readable MATLAB file "
+                                    f"({error.__class__.__name__})") from None
+        if "img" not in instance or "depth" not in instance:
+            raise DfbenchInputError(f"nyuv2 GeoNet frame {self.path}: no 'img' and 'depth' variables (expected a "
+                                    "file of the GeoNet NYU release)")
+        image = np.array(instance["img"][:480, :640], dtype=np.float64)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise DfbenchInputError(f"nyuv2 GeoNet frame {self.path}: img has shape {image.shape}; expected H×W×3")
+        image = (image + 2 * np.asarray(GEONET_MEANS)).astype(np.uint8)
+        depth = np.array(instance["depth"][:480, :640], dtype=np.float64)
+        if depth.shape != image.shape[:2]:
+            raise DfbenchInputError(f"nyuv2 GeoNet frame {self.path}: depth {depth.shape} and img {image.shape[:2]} "
+                                    "differ in size")
+        depth = np.where(np.isfinite(depth) & (depth <= MAX_DEPTH), np.maximum(depth, 0.0), 0.0)
+        return Image.fromarray(image), depth.astype(np.float32)
+
+
+def geonet_samples(folder: str | Path) -> list[GeoNetSample]:
+    """probe3d's training set (``NYU_geonet`` split ``trainval``, what ``train_depth.py`` 175 trains on): the
+    release's ``.mat`` files sorted by name, less the two it drops as bad (positions 21181 and 6919 of the full
+    release's listing, ``evals/datasets/nyu.py`` 158-160; a smaller folder — a subset, a fixture — keeps all)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DfbenchInputError(f"nyuv2 option train_data={folder}: no such folder (the GeoNet NYU release: "
+                                f"{GEONET_HINT})")
+    names = sorted(path.name for path in root.iterdir() if path.suffix == ".mat" and path.is_file())
+    if not names:
+        raise DfbenchInputError(f"nyuv2 option train_data={folder}: no .mat files ({GEONET_HINT})")
+    if len(names) > max(GEONET_BAD_POSITIONS):
+        for position in GEONET_BAD_POSITIONS:          # the larger first, so the smaller keeps its place
+            del names[position]
+    return [GeoNetSample(Path(name).stem, root / name) for name in names]
 
 
 def _files(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
@@ -109,8 +172,6 @@ def load_depth(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     path = Path(path)
     try:
         if path.suffix.lower() == ".png":
-            from PIL import Image
-
             with Image.open(path) as opened:
                 if opened.mode not in ("I;16", "I;16B", "I", "I;16L"):
                     raise DfbenchInputError(f"nyuv2 depth {path}: PNG mode {opened.mode}; expected one 16-bit channel "
@@ -170,7 +231,6 @@ def read_official_split(splits_path: Path, count: int) -> dict[str, list[int]]:
 def write_layout_from_mat(mat_path: Path, target: Path) -> None:
     """Write the folder layout of ``mat_path`` (+ ``splits.mat`` beside it) into ``target``."""
     import h5py
-    from PIL import Image
 
     try:
         handle = h5py.File(mat_path, "r")

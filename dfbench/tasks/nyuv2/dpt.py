@@ -18,15 +18,18 @@ from dfbench.backbones.protocol import Backbone
 from dfbench.errors import DfbenchInputError
 from dfbench.images import load_image
 from dfbench.settings import ExtractSettings
-from dfbench.tasks.base import RunContext
+from dfbench.tasks.base import RunContext, seeded_subset
 from dfbench.tasks.nyuv2.augment import augment, centre_box, centre_crop
-from dfbench.tasks.nyuv2.dataset import DepthSample, ground_truth
+from dfbench.tasks.nyuv2.dataset import DepthSample, geonet_samples
 from dfbench.tasks.nyuv2.probes import DptDepthProbe, probe3d_depth_loss, warmup_cosine_factor
 from dfbench.tasks.nyuv2.scoring import DepthProtocol
 
 if TYPE_CHECKING:
     from dfbench.resolve import ResolvedRun
 
+#: the probe3d commit this protocol follows: after ac00369 (the gradient loss indexes the last two axes of a
+#: batch) and fbe0cd2 (the DPT head and the prediction upsample bilinearly with align_corners), November 2025
+PROBE3D_REFERENCE = "mbanani/probe3d@a1f1464"
 #: probe3d's DPT reads features at 1/16 of the input (``DIFT.forward``)
 DPT_STRIDE = 16
 
@@ -45,12 +48,18 @@ class Probe3dDpt(DepthProtocol):
 
     crops = True
 
-    def probe(self, context: RunContext, run: ResolvedRun, train: list[DepthSample], evaluated: list[DepthSample],
+    def training_samples(self, run: ResolvedRun) -> list[Any]:
+        """probe3d's GeoNet release with option ``train_data``, else the labelled set's training split."""
+        if run.options.train_data is None:
+            return super().training_samples(run)
+        return seeded_subset(geonet_samples(run.options.train_data), run.options.train_limit, run.seed)
+
+    def probe(self, context: RunContext, run: ResolvedRun, train: list[Any], evaluated: list[DepthSample],
               targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
         return run_dpt(context, run, train, evaluated, targets)
 
 
-def run_dpt(context: RunContext, run: ResolvedRun, train: list[DepthSample], evaluated: list[DepthSample],
+def run_dpt(context: RunContext, run: ResolvedRun, train: list[Any], evaluated: list[DepthSample],
             targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
     """Train probe3d's DPT probe on augmented crops (features extracted per step); predict the test crops."""
     backbone, selection, settings, options = run.backbone, run.selection, run.settings, run.options
@@ -70,9 +79,8 @@ def run_dpt(context: RunContext, run: ResolvedRun, train: list[DepthSample], eva
     rng = np.random.default_rng(run.seed)
     torch.manual_seed(run.seed)
 
-    def load_pair(sample: DepthSample, train_time: bool) -> tuple[Any, np.ndarray]:
-        image = load_image(sample.image)
-        depth = ground_truth(sample) if train_time else targets[sample.stem]
+    def load_pair(sample: Any, train_time: bool) -> tuple[Any, np.ndarray]:
+        image, depth = sample.load() if train_time else (load_image(sample.image), targets[sample.stem])
         image, depth = centre_crop(image, depth, options.crop)
         if train_time and options.augment:
             image, depth = augment(image, depth, rng)
@@ -137,7 +145,8 @@ def run_dpt(context: RunContext, run: ResolvedRun, train: list[DepthSample], eva
             full[top : top + side, left : left + side] = crop[0, 0].cpu().numpy()
             predictions[sample.stem] = full
     details = {"selection": names, "grid": grid, "final_train_loss": losses[-1] if losses else float("nan"),
-               "epochs": options.epochs, "steps": total_steps,
+               "epochs": options.epochs, "steps": total_steps, "reference": PROBE3D_REFERENCE,
+               "train_set": "GeoNet NYU release" if options.train_data else "NYUv2 labelled train",
                "head_parameters": int(sum(parameter.numel() for parameter in probe.parameters()))}
     timings = {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
     return predictions, details, timings

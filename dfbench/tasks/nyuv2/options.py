@@ -79,6 +79,10 @@ class DptOptions(DepthProbeOptions):
     kernel_size: int = 3
     crop: int | None = None
     augment: bool = True
+    #: probe3d's training set: a folder of the GeoNet NYU release (none: the labelled set's 795 training images)
+    train_data: str | None = None
+
+    ADDED_OPTIONS: ClassVar[tuple[str, ...]] = ("depth", "train_data")
 
     def validate(self, where: str) -> None:
         super().validate(where)
@@ -87,5 +91,8 @@ class DptOptions(DepthProbeOptions):
                                     "≥ 1 and an odd kernel_size")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise DfbenchInputError(f"{where} option warmup_epochs={self.warmup_epochs}: must be in [0, epochs)")
+        if self.train_data is not None and not Path(self.train_data).is_dir():
+            raise DfbenchInputError(f"{where} option train_data={self.train_data}: no such folder (the GeoNet NYU "
+                                    "release probe3d trains on: its .mat files in one folder)")
         if self.crop is not None and self.crop < 1:
             raise DfbenchInputError(f"{where} option crop={self.crop}: must be ≥ 1 (none: the shorter side)")

@@ -34,9 +34,13 @@ class DepthProtocol(Protocol):
         """Train the probe and predict ``evaluated`` at full size: (predictions, details, timings)."""
         raise NotImplementedError
 
+    def training_samples(self, run: ResolvedRun) -> list[Any]:
+        """What the probe trains on: the labelled set's training split (``train_limit``: a seeded subset)."""
+        return seeded_subset(load_samples(run.data_root, "train", run.options.depth), run.options.train_limit,
+                             run.seed)
+
     def run(self, task: Any, context: RunContext, run: ResolvedRun) -> TaskOutput:
-        train = seeded_subset(load_samples(run.data_root, "train", run.options.depth), run.options.train_limit,
-                              run.seed)
+        train = self.training_samples(run)
         evaluated = seeded_subset(load_samples(run.data_root, run.split, run.options.depth), run.limit, run.seed)
         targets = {sample.stem: ground_truth(sample) for sample in evaluated}
         if self.crops:

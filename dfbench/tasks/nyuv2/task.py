@@ -20,7 +20,9 @@ input / 16 (probe3d's ``DIFT.forward``), the DPT head (:class:`~dfbench.tasks.ny
 hidden 512, kernel 3, bins in [0.001, 10] m), its output resized bilinearly (``align_corners=True``)
 to the crop, loss 10·SigLoss + 0.5·gradient loss; AdamW lr 5e-4, 10 epochs, batch 8, the learning
 rate warmed up over 1.5 epochs then cosine-decayed per step; training images augmented (colour jitter,
-random resized crop; :mod:`dfbench.tasks.nyuv2.augment`). Features are extracted on the fly for
+random resized crop; :mod:`dfbench.tasks.nyuv2.augment`). It follows probe3d at commit a1f1464; option
+``train_data`` trains on probe3d's own training set, the GeoNet NYU release
+(:func:`~dfbench.tasks.nyuv2.dataset.geonet_samples`), instead of the labelled set's 795 images. Features are extracted on the fly for
 every training step (augmented crops differ each epoch), as probe3d runs its frozen backbone; the
 feature cache is not used. Scored on the centred crop of the test images.
 
