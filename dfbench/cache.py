@@ -54,9 +54,17 @@ def default_cache_root() -> Path:
     return home / "features"
 
 
-def weight_fingerprint(modules: Sequence[torch.nn.Module]) -> str:
+def weight_fingerprint(modules: Sequence[torch.nn.Module], options: dict[str, Any] | None = None) -> str:
     """A fingerprint of the weights actually loaded: every tensor's name, shape, dtype and 4,096
-    evenly spaced values (a fine-tune or another seed changes them). Meta tensors give ``meta``."""
+    evenly spaced values (a fine-tune or another seed changes them). Meta tensors give ``meta``. ``options``:
+    backbone options that change the activations, hashed after a ``+`` when there are any."""
+    fingerprint = _tensors_fingerprint(modules)
+    if not options or fingerprint == "meta":
+        return fingerprint
+    return f"{fingerprint}+{hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def _tensors_fingerprint(modules: Sequence[torch.nn.Module]) -> str:
     digest = hashlib.sha256()
     for index, module in enumerate(modules):
         for name, tensor in module.state_dict().items():

@@ -23,8 +23,6 @@ that extracted it; the same seed gives bit-identical features on CPU.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -142,19 +140,12 @@ class DiffusionBackbone:
         return cls.TEXT(encoders, tokenizers, cls.MAX_SEQUENCE_LENGTH or None)
 
     @classmethod
-    def skipped_encoders(cls, text_encoders: str) -> set[int]:
-        """The text encoders (by position) that ``--text-encoders`` leaves unloaded: every one for ``none``, those
-        that are not CLIP (a T5) for ``clip``; they are built on the meta device from their config (no weights)."""
-        return {index for index in range(len(cls.TEXT.COMPONENTS))
-                if text_encoders == "none" or text_encoders == "clip" and index not in cls.TEXT.clip_indices()}
-
-    @classmethod
     def from_pretrained(cls, name: str, model_id: str | Path, default_resolution: int, torch_dtype: str = "float32",
                         device: str | None = None, local_files_only: bool | None = None,
                         text_encoders: str = "all", load_only: Sequence[str] | None = None) -> Self:
         """Load every component with diffusers/transformers ``from_pretrained`` from a hub id or a
         local diffusers folder (the denoiser's folder, ``vae/ scheduler/`` and the text encoders' folders); the
-        encoders ``text_encoders`` leaves out are built from their config only (:meth:`skipped_encoders`).
+        encoders ``text_encoders`` leaves out are built from their config only (:meth:`TextConditioner.skipped`).
         ``load_only``: canonical activation names — the denoiser's blocks past the deepest of them are never loaded
         (:mod:`dfbench.backbones.truncation`; families with numbered block stacks)."""
         dtype = TORCH_DTYPES[torch_dtype]
@@ -168,7 +159,7 @@ class DiffusionBackbone:
                                                       local_files_only)
             vae = diffusers.AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **common)
             scheduler = getattr(diffusers, cls.SCHEDULER).from_pretrained(model_id, subfolder="scheduler", **common)
-            encoders, tokenizers = cls.TEXT.load(model_id, cls.skipped_encoders(text_encoders), dtype,
+            encoders, tokenizers = cls.TEXT.load(model_id, cls.TEXT.skipped(text_encoders), dtype,
                                                  local_files_only)
         except (OSError, ValueError) as error:
             folders = (folder, "vae", "scheduler", *(part for entry in cls.TEXT.COMPONENTS for part in entry[:2]))
@@ -193,7 +184,7 @@ class DiffusionBackbone:
             with torch.device("meta") if init == "meta" else nullcontext():
                 denoiser = getattr(diffusers, class_name).from_config(configs[folder])
                 vae = diffusers.AutoencoderKL.from_config(configs["vae"])
-                skipped = cls.skipped_encoders(text_encoders)
+                skipped = cls.TEXT.skipped(text_encoders)
                 encoders = []
                 for index, (model_folder, _, encoder_class) in enumerate(cls.TEXT.COMPONENTS):
                     with torch.device("meta") if index in skipped else nullcontext():
@@ -266,15 +257,10 @@ class DiffusionBackbone:
     def weight_fingerprint(self) -> str:
         """A fingerprint of the weights actually loaded (denoiser, VAE, text encoders; see the cache), and of the
         backbone options that change the activations (:meth:`activation_options`), when there are any."""
-        fingerprint = weight_fingerprint([self.denoiser, self.vae, *self.loaded_encoders])
-        changing = self.activation_options()
-        if not changing or fingerprint == "meta":
-            return fingerprint
-        return f"{fingerprint}+{hashlib.sha256(json.dumps(changing, sort_keys=True).encode()).hexdigest()[:8]}"
+        return weight_fingerprint([self.denoiser, self.vae, *self.loaded_encoders], self.activation_options())
 
     def activation_options(self) -> dict[str, Any]:
-        """The backbone options that change the activations themselves (a FLUX σ rule, a recipe), not only how
-        they are combined into a descriptor: part of the feature cache's key. None by default."""
+        """Backbone options that change the activations (a FLUX σ rule, a recipe): part of the cache key."""
         return {}
 
     def configure(self, options: dict[str, Any]) -> None:

@@ -56,6 +56,13 @@ class TextConditioner:
         return {index for index, (_, _, encoder_class) in enumerate(cls.COMPONENTS)
                 if encoder_class.startswith("CLIP")}
 
+    @classmethod
+    def skipped(cls, text_encoders: str) -> set[int]:
+        """The encoders (by position) that ``--text-encoders`` leaves unloaded: every one for ``none``, those that
+        are not CLIP (a T5) for ``clip``; they are built on the meta device from their config (no weights)."""
+        return {index for index in range(len(cls.COMPONENTS))
+                if text_encoders == "none" or text_encoders == "clip" and index not in cls.clip_indices()}
+
     def encode(self, prompt: str, device: torch.device) -> PromptEmbedding:
         """The conditioning of one prompt by every encoder."""
         raise NotImplementedError

@@ -22,9 +22,9 @@ to the crop, loss 10·SigLoss + 0.5·gradient loss; AdamW lr 5e-4, 10 epochs, ba
 rate warmed up over 1.5 epochs then cosine-decayed per step; training images augmented (colour jitter,
 random resized crop; :mod:`dfbench.tasks.nyuv2.augment`). It follows probe3d at commit a1f1464; option
 ``train_data`` trains on probe3d's own training set, the GeoNet NYU release
-(:func:`~dfbench.tasks.nyuv2.dataset.geonet_samples`), instead of the labelled set's 795 images. Features are extracted on the fly for
-every training step (augmented crops differ each epoch), as probe3d runs its frozen backbone; the
-feature cache is not used. Scored on the centred crop of the test images.
+(:func:`~dfbench.tasks.nyuv2.dataset.geonet_samples`), instead of the labelled set's 795 images. Features are
+extracted on the fly for every training step (augmented crops differ each epoch), as probe3d runs its frozen
+backbone; the feature cache is not used. Scored on the centred crop of the test images.
 
 Saved predictions (``run --save-predictions``, ``dfbench score``): ``<image stem>.npy``, float32
 metres at the ground truth's size; for ``probe3d-dpt`` the pixels outside the evaluated crop are NaN.
