@@ -323,7 +323,7 @@ def test_paper_suites_parse_and_name_their_sources():
     assert [spec.published.get("rmse") for spec in cleandift[2:5]] == [0.469, 0.444, 0.444]
     published_probe = cleandift[4]           # CleanDIFT's own probe and learned timestep, in bfloat16, no training
     assert (published_probe.options, published_probe.backbone_options, published_probe.settings) == (
-        {"probe": "hub"}, {"full": "hub"}, {"dtype": "bfloat16"})
+        {"probe": "hub"}, {"full": "hub"}, {"dtype": "bfloat16", "resample": "bilinear"})
     # the DINOv2 and fused rows, as CleanDIFT's table gives them
     assert [(spec.backbone, spec.task, spec.preset, spec.published) for spec in cleandift[5:]] == [
         ("dinov2-base", "spair/patch-nn", None, {"pck@0.1_bbox": 55.6}),

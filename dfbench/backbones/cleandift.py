@@ -38,8 +38,6 @@ CLEANDIFT_REPO = "CompVis/cleandift"
 CLEANDIFT_FILES = {"sd15": "cleandift_sd15_unet.safetensors", "sd21": "cleandift_sd21_unet.safetensors"}
 #: CleanDIFT's full checkpoints on the hub (their depth notebook loads the SD2.1 one)
 CLEANDIFT_FULL_FILES = {"sd21": "cleandift_sd21_full.safetensors"}
-#: the published NYUv2 depth probe (CleanDIFT's ``DepthPred.conv_depth``; ``notebooks/depth.ipynb``)
-CLEANDIFT_DEPTH_PROBE = "cleandift_sd21_depth_probe.safetensors"
 CLEANDIFT_SETTINGS = {"timestep": 261, "add_noise": False}
 #: the key prefix of the fine-tuned UNet in the full checkpoint (``self.unet_feature_extractor_cleandift``)
 FULL_UNET_PREFIX = "unet_feature_extractor_cleandift."

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dfbench.backbones.cleandift import CLEANDIFT_DEPTH_PROBE, CLEANDIFT_REPO
 from dfbench.backbones.parts import TORCH_DTYPES
 from dfbench.errors import DfbenchInputError
 from dfbench.features import combine_to_grid, image_features
@@ -30,6 +29,8 @@ from dfbench.tasks.nyuv2.scoring import DepthProtocol
 if TYPE_CHECKING:
     from dfbench.resolve import ResolvedRun
 
+#: CleanDIFT's published NYUv2 depth probe (``notebooks/depth.ipynb`` loads it into ``model.conv_depth``)
+PUBLISHED_PROBE_REPO, PUBLISHED_PROBE_FILE = "CompVis/cleandift", "cleandift_sd21_depth_probe.safetensors"
 #: test images whose features are held at once (they are predicted, then dropped)
 EVAL_CHUNK = 32
 
@@ -145,8 +146,8 @@ def trained_probe(options: LinearBinsOptions, channels: int, device: Any) -> tup
     assert options.probe is not None
     label = options.probe
     if options.probe == "hub":
-        path = hub_file(CLEANDIFT_REPO, CLEANDIFT_DEPTH_PROBE, None, "pass probe=FILE")
-        label = f"{CLEANDIFT_REPO}/{CLEANDIFT_DEPTH_PROBE}"
+        path = hub_file(PUBLISHED_PROBE_REPO, PUBLISHED_PROBE_FILE, None, "pass probe=FILE")
+        label = f"{PUBLISHED_PROBE_REPO}/{PUBLISHED_PROBE_FILE}"
     else:
         path = Path(options.probe)
     where = f"probe {label}"
