@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dfbench.backbones.protocol import Backbone
+from dfbench.data.manifest import dataset_for_path, load_manifest
 from dfbench.errors import DfbenchInputError
 from dfbench.options import parse_options
 from dfbench.registry import BACKBONES, TASKS, get_preset
@@ -178,6 +179,9 @@ def missing_data(spec: RunSpec) -> str | None:
         return None
     task = TASKS.get(split_task(spec.task)[0])()
     hint = f"; get it: {task.download_hint}" if task.download_hint else ""
+    dataset = dataset_for_path(load_manifest(), spec.data_root)
+    if dataset is not None:
+        hint = f"; get it: dfbench data get {dataset.name}"
     data = os.environ.get("DFBENCH_DATA", "data")
     return (f"data_root {spec.data_root}: not found{hint}; put it there, or set DFBENCH_DATA (now {data}) to the "
             "folder that holds the suite's ${DFBENCH_DATA}/… data")

@@ -14,7 +14,7 @@ import sys
 import typing
 from collections.abc import Sequence
 
-from dfbench.cli import activations, cache, compare, demo, extract, listing, perf, run, score, sweep
+from dfbench.cli import activations, cache, compare, data, demo, extract, listing, perf, run, score, sweep
 from dfbench.errors import DfbenchInputError
 
 DESCRIPTION = """\
@@ -80,6 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dfbench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
-    for module in (listing, activations, extract, perf, cache, run, compare, score, demo, sweep):
+    for module in (listing, activations, extract, perf, cache, data, run, compare, score, demo, sweep):
         module.add_parser(commands)
     return parser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dfbench.cli.common import (
@@ -74,6 +75,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     suite.add_argument("--tolerance", type=float, default=1.0,
                        help="--check-published: allowed |measured − published|, in the metric's units (default 1.0)")
     suite.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    suite.add_argument("--get-data", action="store_true",
+                       help="first fetch the datasets the suite needs (`dfbench data get --suite FILE`)")
     suite.set_defaults(handler=cmd_suite)
 
     leaderboard = commands.add_parser("leaderboard", help="render results/leaderboard.md and .csv from the runs")
@@ -113,6 +116,15 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
     if args.tolerance < 0:
         raise DfbenchInputError(f"--tolerance {args.tolerance}: must be ≥ 0")
+    if args.get_data:
+        from dfbench.cli.data import suite_datasets
+        from dfbench.data.install import get
+        from dfbench.data.manifest import find, load_manifest
+
+        manifest = load_manifest()
+        for dataset in find(manifest, suite_datasets(manifest, args.file)):
+            get(dataset, os.environ.get("DFBENCH_DATA_MIRROR") or None, progress=not args.no_progress,
+                log=lambda message: print(message, file=sys.stderr))
     outcome = run_suite(args.file, args.results, force=args.force, strict=args.strict,
                         progress=not args.no_progress, log=lambda message: print(message, file=sys.stderr))
     ran = any(record is not None for _, record in outcome.recorded)

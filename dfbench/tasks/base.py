@@ -155,6 +155,11 @@ class Task:
         """The distinct images of ``split`` with their categories, in a fixed order."""
         raise NotImplementedError
 
+    def check_layout(self, folder: Path, split: str) -> None:
+        """Check a freshly downloaded copy in ``folder`` (``dfbench data``): by default, the loader lists
+        ``split``'s images; one :class:`~dfbench.errors.DfbenchInputError` line on anything wrong."""
+        self.split_images(self.data_folder(str(folder)), split)
+
     def run(self, context: RunContext, run: ResolvedRun) -> TaskOutput:
         """Evaluate the resolved run (by default: its protocol's ``run``)."""
         return run.protocol.run(self, context, run)

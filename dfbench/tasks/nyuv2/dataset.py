@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -228,8 +229,8 @@ def read_official_split(splits_path: Path, count: int) -> dict[str, list[int]]:
     return split
 
 
-def write_layout_from_mat(mat_path: Path, target: Path) -> None:
-    """Write the folder layout of ``mat_path`` (+ ``splits.mat`` beside it) into ``target``."""
+def open_official_mat(mat_path: Path) -> Any:
+    """The official ``.mat`` opened with h5py, its ``images``, ``rawDepths`` and ``depths`` checked."""
     import h5py
 
     try:
@@ -237,16 +238,30 @@ def write_layout_from_mat(mat_path: Path, target: Path) -> None:
     except OSError:
         raise DfbenchInputError(f"nyuv2 {mat_path}: not an HDF5 file (the official {LABELED_MAT} is MATLAB v7.3 = "
                                 "HDF5)") from None
-    with handle:
-        for key in ("images", "rawDepths", "depths"):
-            if key not in handle:
-                raise DfbenchInputError(f"nyuv2 {mat_path}: no dataset {key!r} (expected the official {LABELED_MAT})")
+    for key in ("images", "rawDepths", "depths"):
+        if key not in handle:
+            handle.close()
+            raise DfbenchInputError(f"nyuv2 {mat_path}: no dataset {key!r} (expected the official {LABELED_MAT})")
+    images = handle["images"]
+    for depths in (handle["rawDepths"], handle["depths"]):
+        if images.ndim != 4 or images.shape[1] != 3 or depths.shape != (images.shape[0], *images.shape[2:]):
+            handle.close()
+            raise DfbenchInputError(f"nyuv2 {mat_path}: images {images.shape} and depths {depths.shape}; expected "
+                                    "N×3×W×H and N×W×H")
+    return handle
+
+
+def check_official_files(folder: Path) -> None:
+    """``nyu_depth_v2_labeled.mat`` and ``splits.mat`` in ``folder``: readable and consistent."""
+    with open_official_mat(folder / LABELED_MAT) as handle:
+        read_official_split(folder / SPLITS_MAT, handle["images"].shape[0])
+
+
+def write_layout_from_mat(mat_path: Path, target: Path) -> None:
+    """Write the folder layout of ``mat_path`` (+ ``splits.mat`` beside it) into ``target``."""
+    with open_official_mat(mat_path) as handle:
         images = handle["images"]
         sources = {"raw": handle["rawDepths"], "filled": handle["depths"]}
-        for depths in sources.values():
-            if images.ndim != 4 or images.shape[1] != 3 or depths.shape != (images.shape[0], *images.shape[2:]):
-                raise DfbenchInputError(f"nyuv2 {mat_path}: images {images.shape} and depths {depths.shape}; expected "
-                                        "N×3×W×H and N×W×H")
         split = read_official_split(mat_path.parent / SPLITS_MAT, images.shape[0])
         for name, indices in split.items():
             (target / name / "rgb").mkdir(parents=True)

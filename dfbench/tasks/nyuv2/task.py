@@ -36,7 +36,7 @@ from pathlib import Path
 
 from dfbench.atomic import atomic_write_npy
 from dfbench.tasks.base import MetricSpec, Task, TaskOutput
-from dfbench.tasks.nyuv2.dataset import DOWNLOAD_HINT, load_depth, load_samples, nyuv2_root
+from dfbench.tasks.nyuv2.dataset import DOWNLOAD_HINT, check_official_files, load_depth, load_samples, nyuv2_root
 from dfbench.tasks.nyuv2.dpt import Probe3dDpt
 from dfbench.tasks.nyuv2.linear import CleanDiftLinear
 from dfbench.tasks.nyuv2.metrics import METRIC_KEYS
@@ -80,6 +80,10 @@ class NyuV2Task(Task):
 
     def split_images(self, data_root: str | Path, split: str) -> list[tuple[Path, str]]:
         return [(sample.image, "") for sample in load_samples(data_root, split)]
+
+    def check_layout(self, folder: Path, split: str) -> None:
+        """The official files in ``folder``, checked without writing the layout (that happens at first use)."""
+        check_official_files(folder)
 
     # ------------------------------------------------------------------ figures, saved predictions, scoring
     def figures(self, output: TaskOutput, title: str, folder: Path) -> list[Path]:
