@@ -39,7 +39,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     data.add_argument("--suite", help="get: the datasets a suite's rows need")
     data.add_argument("--dry-run", action="store_true", help="get: print URLs, sizes and destinations only")
     data.add_argument("--mirror", help="get: fetch the same file names from this URL (default $DFBENCH_DATA_MIRROR)")
-    data.add_argument("--from", dest="source", help="get cityscapes: the folder holding its two zips")
+    data.add_argument("--from", dest="source", help="get: a folder of archives downloaded by hand (a dataset behind "
+                      "a login)")
     data.add_argument("--format", choices=["table", "json"], default="table", help="ls: output format")
     data.add_argument("--no-progress", action="store_true", help="no progress bars")
     data.set_defaults(handler=cmd_data)
