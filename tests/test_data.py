@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -31,6 +32,9 @@ class Server:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.ranges, self.drop_after, self.seen_ranges = True, {}, []
+        #: {name: bytes}: send that much of the file once, then hold the connection open until ``release`` is set
+        self.stall_after: dict[str, int] = {}
+        self.release = threading.Event()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -58,6 +62,13 @@ class Server:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
+                stall = server.stall_after.pop(name, None)
+                if stall is not None:
+                    self.wfile.write(body[start:stall])
+                    self.wfile.flush()
+                    server.release.wait(timeout=60)
+                    self.close_connection = True
+                    return
                 cut = server.drop_after.pop(name, None)
                 self.wfile.write(body[start:cut] if cut is not None else body[start:])
                 if cut is not None:
@@ -77,6 +88,7 @@ def server():
     running = Server()
     running.thread.start()
     yield running
+    running.release.set()
     running.httpd.shutdown()
     running.httpd.server_close()
     running.thread.join(timeout=10)
@@ -275,18 +287,48 @@ def test_bad_input_is_one_line(env, tmp_path, server, capsys):
     assert "http://mirror.example/data/SPair-71k.tar.gz" in capsys.readouterr().out
 
 
-def test_a_full_disk_leaves_nothing_in_place(env, tmp_path):
-    """The file-size limit (RLIMIT_FSIZE, its signal ignored) makes every write past 4 kB fail as a full disk
-    does: one line, exit 2, the dataset not in place."""
+def limited_get(limit: int) -> subprocess.CompletedProcess:
+    """``dfbench data get spair`` with every write past ``limit`` bytes of a file failing (RLIMIT_FSIZE, its
+    signal ignored): what a full disk does to a write."""
     script = ("import resource, signal, sys\n"
               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-              "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
               "from dfbench.cli import main\n"
               "sys.exit(main(['data', 'get', 'spair', '--no-progress']))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ))
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.count("\n") == 1 and "disk full while writing" in done.stderr
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ))
+
+
+def test_a_full_disk_leaves_nothing_in_place(env, server):
+    """While downloading and, with the archive already there, while unpacking (a 1 kB limit is below every
+    mini-set image): one line, exit 2, the dataset not in place, no staging left."""
+    done = limited_get(4096)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "disk full while writing" in done.stderr
     assert not (env / "SPair-71k").exists()
+    (env / ".downloads").mkdir(parents=True, exist_ok=True)
+    (env / ".downloads" / "SPair-71k.tar.gz").write_bytes(server.files["SPair-71k.tar.gz"])
+    done = limited_get(1024)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "disk full while writing" in done.stderr
+    assert not (env / "SPair-71k").exists() and not list(env.glob(".staging-*"))
+
+
+def test_kill_9_mid_download_then_the_same_command_resumes(env, server):
+    """The server sends half the archive and holds the connection; the download is killed (SIGKILL) once the part
+    file has bytes; the same command then asks for the rest and completes."""
+    half = len(server.files["SPair-71k.tar.gz"]) // 2
+    server.stall_after["SPair-71k.tar.gz"] = half
+    process = subprocess.Popen([sys.executable, "-m", "dfbench", "data", "get", "spair", "--no-progress"],
+                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    part = env / ".downloads" / "SPair-71k.tar.gz.part"
+    deadline = time.monotonic() + 60
+    while not (part.is_file() and part.stat().st_size >= half - (1 << 16)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.kill()
+    process.wait(timeout=30)
+    kept = part.stat().st_size
+    assert kept > 0 and not (env / "SPair-71k").exists()
+    server.release.set()
+    assert get("spair") == 0 and server.seen_ranges[-1] == f"bytes={kept}-"
+    assert (env / ".downloads" / "SPair-71k.tar.gz").read_bytes() == server.files["SPair-71k.tar.gz"]
 
 
 def test_a_suite_names_the_get_line_and_get_suite_fetches_it(env, tmp_path, capsys):
