@@ -331,15 +331,16 @@ def test_kill_9_mid_download_then_the_same_command_resumes(env, server):
     assert (env / ".downloads" / "SPair-71k.tar.gz").read_bytes() == server.files["SPair-71k.tar.gz"]
 
 
-def test_a_suite_names_the_get_line_and_get_suite_fetches_it(env, tmp_path, capsys):
+def test_a_suite_names_the_get_line_and_fetches_with_get_data(env, tmp_path, capsys):
     suite = tmp_path / "suite.yaml"
     suite.write_text("runs:\n  - {backbone: tiny-sd15, task: spair, selection: [up_blocks.1], "
                      "data_root: \"${DFBENCH_DATA}/SPair-71k\", settings: {resolution: 64}, limit: 2}\n")
     assert main(["suite", str(suite), "--results", str(tmp_path / "r"), "--no-progress"]) == 1
     assert "get it: dfbench data get spair" in capsys.readouterr().err
-    assert main(["data", "get", "--suite", str(suite), "--no-progress"]) == 0
+    assert main(["data", "get", "--suite", str(suite), "--dry-run"]) == 0
+    assert "SPair-71k.tar.gz" in capsys.readouterr().out and not (env / "SPair-71k").exists()
+    assert main(["suite", str(suite), "--results", str(tmp_path / "r"), "--no-progress", "--get-data"]) == 0
     assert (env / "SPair-71k" / "JPEGImages").is_dir()
-    assert main(["suite", str(suite), "--results", str(tmp_path / "r"), "--no-progress"]) == 0
 
 
 def test_the_packaged_manifest_names_the_reference_sources():
