@@ -192,6 +192,7 @@ class ConfigStore:
     # -------------------------------------------------------------- writing
     def write(self, features: dict[str, dict[str, torch.Tensor]]) -> str:
         """Store {image: {activation: C×h×w}} as one shard + one journal line; returns the shard name."""
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         self._sequence += 1
@@ -201,19 +202,25 @@ class ConfigStore:
                    for image, values in features.items() for name, value in values.items()}
         try:
             atomic_write(folder / shard, lambda temp: save_file(tensors, str(temp)))
-        except OSError as error:
+        except (OSError, SafetensorError) as error:   # safetensors reports a full disk as its own error
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
             raise DfbenchInputError(
-                f"feature cache {self.folder}: writing a shard failed ({error.strerror or error}); "
+                f"feature cache {self.folder}: writing a shard failed ({reason}); "
                 "nothing was recorded — free some space or use another --cache-dir"
             ) from None
         checksum = file_sha256(folder / shard)
         record = {"shard": shard, "sha256": checksum,
                   "entries": {image: sorted(values) for image, values in features.items()}}
         line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.folder / f"journal-{self.writer}.jsonl", "a") as journal:
-            journal.write(line)
-            journal.flush()
-            os.fsync(journal.fileno())
+        try:
+            with open(self.folder / f"journal-{self.writer}.jsonl", "a") as journal:
+                journal.write(line)
+                journal.flush()
+                os.fsync(journal.fileno())
+        except OSError as error:      # the shard stays unrecorded: never read, removed by `cache verify --repair`
+            raise DfbenchInputError(f"feature cache {self.folder}: recording shard {shard} failed "
+                                    f"({error.strerror or error}); free some space or use another --cache-dir"
+                                    ) from None
         self._shard_sums[shard] = checksum
         self._verified.add(shard)
         for image, values in features.items():
@@ -327,10 +334,13 @@ def cached_extract(backbone: Backbone, items: Sequence[CacheItem], selection: Se
 
     Batches are fixed slices of ``items`` (``settings.batch_size // ensemble_size`` images);
     batch i is this rank's when ``i % world_size == rank``. A batch with every entry stored is
-    skipped; otherwise it is extracted whole and its missing entries are written.
+    skipped; otherwise it is extracted whole and its missing entries are written. The stages overlap
+    (:mod:`dfbench.pipeline`): the next batches' images are decoded on worker threads while the model runs,
+    and shards are written by a background writer — the same shards, in the same order, as one thread would.
     """
     from tqdm.auto import tqdm
 
+    from dfbench.pipeline import BackgroundWriter, Prefetcher
 
     loader = load_image or default_loader
     names = backbone.canonical_selection(selection)
@@ -338,19 +348,32 @@ def cached_extract(backbone: Backbone, items: Sequence[CacheItem], selection: Se
     batches = [list(items[start : start + per_batch]) for start in range(0, len(items), per_batch)]
     counts = {"hit": 0, "computed": 0}
     mine = [batch for index, batch in enumerate(batches) if index % world_size == rank]
-    for batch in tqdm(mine, desc=f"extract {backbone.name} (rank {rank})", unit="batch", disable=not progress):
+    # the batches to compute (decided up front: the writer adds entries of earlier batches meanwhile)
+    todo = []
+    for batch in mine:
         missing = [item for item in batch if not store.has(item.key, names)]
-        if not missing:
-            counts["hit"] += len(batch)
-            continue
-        features = backbone.extract([loader(item.path) for item in batch], names, settings,
-                                    categories=[item.category for item in batch])
-        store.write({item.key: {name: features[name][index] for name in names}
-                     for index, item in enumerate(batch) if item in missing})
-        counts["computed"] += len(missing)
         counts["hit"] += len(batch) - len(missing)
-        if on_batch:
-            on_batch(len(missing))
+        if missing:
+            todo.append((batch, missing))
+    writer = BackgroundWriter(store.write)
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"extract {backbone.name} (rank {rank})",
+               unit="batch", disable=not progress)
+    try:
+        images = Prefetcher([[item.path for item in batch] for batch, _ in todo], loader)
+        for (batch, missing), decoded in zip(todo, images, strict=True):
+            features = backbone.extract(decoded, names, settings, categories=[item.category for item in batch])
+            writer.put({item.key: {name: features[name][index] for name in names}
+                        for index, item in enumerate(batch) if item in missing})
+            counts["computed"] += len(missing)
+            bar.update()
+            if on_batch:
+                on_batch(len(missing))
+        writer.close()
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        bar.close()
     return counts
 
 
