@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from dfbench.backbones.protocol import Backbone
 from dfbench.cache import CacheItem, image_key, load_features
 from dfbench.images import content_box, image_size, load_image
+from dfbench.pipeline import Prefetcher
 from dfbench.settings import ExtractSettings
 
 
@@ -108,9 +109,9 @@ def image_features(backbone: Backbone, images: dict[str, tuple[Path, str]], sele
         return result
     chunk = settings.images_per_batch
     bar = tqdm(total=len(keys), desc=f"extract {backbone.name}", unit="img", disable=not progress)
-    for start in range(0, len(keys), chunk):
-        batch = keys[start : start + chunk]
-        loaded_images = [load_image(images[key][0]) for key in batch]
+    batches = [keys[start : start + chunk] for start in range(0, len(keys), chunk)]
+    decoded = Prefetcher([[images[key][0] for key in batch] for batch in batches], load_image)  # ahead of the model
+    for batch, loaded_images in zip(batches, decoded, strict=True):
         extracted = backbone.extract(loaded_images, selection, settings, categories=[images[k][1] for k in batch])
         result.selection = list(extracted)
         for index, (key, image) in enumerate(zip(batch, loaded_images, strict=True)):

@@ -35,7 +35,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--peak-tflops", type=float, help="throughput: the device's dense peak, for the fraction")
     perf.add_argument("--pairs", type=int, default=12234, help="matching: pairs (default: SPair test, 12,234)")
     perf.add_argument("--images", type=int, default=1800, help="matching: distinct images (default 1,800)")
-    perf.add_argument("--quick", action="store_true", help="segmentation: tiny-sd15 only")
+    perf.add_argument("--quick", action="store_true", help="segmentation, pipeline: tiny-sd15 only")
     perf.add_argument("--select", nargs="+", metavar="NAME", help="backbone: activations extracted (default blocks.11)")
     perf.add_argument("--text-encoders", choices=["all", "clip", "none"],
                       help="backbone: text encoders built with weights (a DiT's T5 left out with clip / none)")

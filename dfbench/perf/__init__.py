@@ -48,6 +48,9 @@ SUITES = {suite.name: suite for suite in (
     Suite("truncation", "truncation", "a DiT loaded truncated (--truncate) from a full-size random-weight folder "
           "written shard by shard (default flux-dev to single_transformer_blocks.9, 512 px, bfloat16, no text "
           "encoders): load time, peak RSS, seconds per image"),
+    Suite("pipeline", "pipeline", "`extract --dataset` against the pure forward time of the same images: "
+          "sequential (decode, extract, write) and overlapped (decode ahead, write behind), tiny-sd15 at 64 and "
+          "SD1.5 at 512 with random weights (--quick: tiny only)"),
     Suite("fusion", "fusion", "a fusion preset (--preset, default tale-of-two) against its parts: each source "
           "alone, the fused extraction, the overhead, and the pair descriptor's cost"),
 )}
