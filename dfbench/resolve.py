@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dfbench.backbones.base import DiffusionBackbone
 from dfbench.backbones.protocol import Backbone, ConfiguredBackbone
 from dfbench.environment import environment
 from dfbench.errors import DfbenchInputError
@@ -32,7 +33,7 @@ from dfbench.options import parse_options
 from dfbench.presets import Preset
 from dfbench.registry import BACKBONES, TASKS, create_backbone, get_preset, weightless_backbone
 from dfbench.results import Result, now
-from dfbench.settings import ExtractSettings, resolve_settings
+from dfbench.settings import ExtractSettings, resolve_settings, without_auto_batch
 from dfbench.tasks.base import Protocol, Task, TaskOutput
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def resolve_features(backbone: str | Backbone, *, selection: list[str] | tuple[s
     a backbone already built for the same request (a suite shares one across its rows). The settings are the
     backbone's defaults < the preset's < ``settings``; their dtype is the loaded backbone's. ``truncate``: load the
     denoiser only as deep as the selection reaches (:mod:`dfbench.backbones.truncation`)."""
-    given = dict(settings or {})
+    given, auto_batch = without_auto_batch(settings or {})     # auto: probed once the backbone is built
     found = get_preset(preset) if preset else None
     dtype = requested_dtype(found, given)
     text_encoders = requested_text_encoders(found, given)
@@ -132,7 +133,12 @@ def resolve_features(backbone: str | Backbone, *, selection: list[str] | tuple[s
         if loaded and loaded != dtype:
             raise DfbenchInputError(f"backbone {backbone.name} holds {loaded} weights but the run asks for {dtype}")
     resolved = resolve_settings(backbone, found.settings if found else {}, {**given, "dtype": dtype})
-    return ResolvedFeatures(backbone, backbone.canonical_selection(chosen) if chosen else [], resolved, found)
+    canonical = backbone.canonical_selection(chosen) if chosen else []
+    if auto_batch and not weightless and canonical and isinstance(backbone, DiffusionBackbone):
+        from dfbench.batch_size import auto_batch_size
+
+        resolved = resolved.replace(batch_size=auto_batch_size(backbone, resolved, canonical))
+    return ResolvedFeatures(backbone, canonical, resolved, found)
 
 
 def resolve_data_root(task: Task, data_root: str | None) -> Path:

@@ -28,6 +28,14 @@ LATER_FIELDS = {"pad_color": "grey", "resample": "bicubic", "text_encoders": "al
 MAX_RESOLUTION = 8192
 
 
+def without_auto_batch(values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Settings values without ``batch_size: auto`` (probed once the backbone is built, :mod:`dfbench.batch_size`),
+    and whether it was asked for."""
+    if values.get("batch_size") != "auto":
+        return dict(values), False
+    return {key: value for key, value in values.items() if key != "batch_size"}, True
+
+
 def check_resolution_bounds(resolution: int, where: str) -> int:
     """The one bound every command applies to an input size: an integer in 1…MAX_RESOLUTION (each backbone
     adds its own rule on top, e.g. a multiple of 8 for Stable Diffusion); else one line naming ``where``."""

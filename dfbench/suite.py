@@ -19,7 +19,7 @@ from dfbench.registry import BACKBONES, TASKS, get_preset
 from dfbench.resolve import build_backbone, requested_dtype, requested_text_encoders, resolve_run, split_task
 from dfbench.results import Result, latest_records, load_results
 from dfbench.runner import RunSpec, run_one
-from dfbench.settings import ExtractSettings
+from dfbench.settings import ExtractSettings, without_auto_batch
 
 #: the keys a suite file may have at its top level
 SUITE_KEYS = ("defaults", "runs")
@@ -112,7 +112,8 @@ def spec_problems(spec: RunSpec, shapes_of: dict[str, Any] | None = None) -> lis
     if protocol:
         check(lambda: parse_options(protocol.options, spec.options, f"{task.name}/{protocol.name}"))
     preset = check(lambda: get_preset(spec.preset)) if spec.preset else None
-    check(lambda: ExtractSettings.from_dict({**(preset.settings if preset else {}), **spec.settings}))
+    check(lambda: ExtractSettings.from_dict({**(preset.settings if preset else {}),
+                                             **without_auto_batch(spec.settings)[0]}))
     if spec.limit is not None and spec.limit < 1:
         problems.append(f"limit {spec.limit}: must be ≥ 1")
     if check(lambda: BACKBONES.get(spec.backbone)) is not None:

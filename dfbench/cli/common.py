@@ -30,7 +30,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt", help="prompt template; {category} is replaced per image (default '')")
     group.add_argument("--latent-mode", choices=["mode", "sample"], help="posterior mean or a seeded sample")
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
-    group.add_argument("--batch-size", type=int, help="UNet rows per forward (default 8)")
+    group.add_argument("--batch-size", type=batch_size_flag,
+                       help="denoiser rows per forward (default 8), or auto: the largest that fits the device, from "
+                       "one probe cached in $DFBENCH_HOME/batch_sizes.json")
     group.add_argument("--pad-color", choices=["grey", "black"], help="the fill of --resize-mode pad (default grey)")
     group.add_argument("--text-encoders", choices=["all", "clip", "none"],
                        help="text encoders that condition the denoiser: all (default), clip (a T5 replaced by zeros: "
@@ -40,6 +42,21 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tile", type=int, help="ODISE's sliding window: run the model on TILE-px squares of the input "
                        "and stitch the maps, overlaps averaged (Tale of Two Features / GeoAware-SC: 512 of 960)")
     group.add_argument("--tile-stride", type=int, help="the tiles' step in px (default: the tile size, ODISE's)")
+
+
+def batch_size_flag(text: str) -> int | str:
+    """argparse type of ``--batch-size``: a positive integer, or ``auto``."""
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows or 'auto'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be ≥ 1 (or auto)")
+    return value
 
 
 TRUNCATE_HELP = ("load a DiT's denoiser only as deep as the selected activations reach: the later blocks are never "
