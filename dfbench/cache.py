@@ -40,7 +40,7 @@ from dfbench.backbones.protocol import Backbone
 from dfbench.errors import DfbenchInputError
 from dfbench.home import dfbench_home
 from dfbench.images import load_image as default_loader
-from dfbench.settings import ExtractSettings
+from dfbench.settings import SPEED_FIELDS, ExtractSettings
 
 CACHE_FORMAT = 1
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -278,7 +278,8 @@ class FeatureCache:
     def config_for(backbone: Backbone, settings: ExtractSettings, storage_dtype: str) -> dict[str, Any]:
         """What the stored values depend on."""
         values = settings.value_dict()
-        values.pop("batch_size")
+        for key in SPEED_FIELDS:
+            values.pop(key, None)
         values["resolution"] = settings.resolution or backbone.default_resolution
         return {"cache_format": CACHE_FORMAT, "backbone": backbone.name,
                 "weights": backbone.weight_fingerprint(), "recipe": backbone.recipe_version,

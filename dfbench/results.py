@@ -26,7 +26,7 @@ from typing import Any
 from dfbench.atomic import atomic_write_text
 from dfbench.errors import DfbenchInputError
 from dfbench.migrations import flat_record_files, metric_direction, record_limit, record_subset_fields
-from dfbench.settings import settings_label
+from dfbench.settings import SPEED_FIELDS, settings_label
 
 RECORD_VERSION = 2
 RECORD_FILE = "record.json"
@@ -92,7 +92,7 @@ class Result:
 
     def identity(self) -> dict[str, Any]:
         """Every value that changes this run's numbers (see the module docstring)."""
-        settings = {key: value for key, value in self.settings.items() if key != "batch_size"}
+        settings = {key: value for key, value in self.settings.items() if key not in SPEED_FIELDS}
         details = self.details
         return {"protocol": self.protocol, "protocol_version": self.protocol_version, "backbone": self.backbone,
                 "weights": self.weights, "selection": list(self.selection), "preset": self.preset,

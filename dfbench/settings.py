@@ -24,7 +24,10 @@ RESAMPLE_FILTERS = ("bicubic", "lanczos", "bilinear")
 TEXT_ENCODER_MODES = ("all", "clip", "none")
 #: fields added after records and caches were first written: a record and a cache key hold them only when
 #: they are off these defaults, so the identity of every earlier run and every cached feature stays the same
-LATER_FIELDS = {"pad_color": "grey", "resample": "bicubic", "text_encoders": "all", "tile": 0, "tile_stride": 0}
+LATER_FIELDS = {"pad_color": "grey", "resample": "bicubic", "text_encoders": "all", "tile": 0, "tile_stride": 0,
+                "compile": False}
+#: fields that change how fast features come, not what they are: outside cache keys and run identities
+SPEED_FIELDS = ("batch_size", "compile")
 MAX_RESOLUTION = 8192
 
 
@@ -64,7 +67,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "resolution": (int, type(None)), "resize_mode": (str,), "timestep": (int,), "add_noise": (bool,),
     "ensemble_size": (int,), "seed": (int,), "prompt": (str,), "latent_mode": (str,), "dtype": (str,),
     "batch_size": (int,), "pad_color": (str,), "resample": (str,), "text_encoders": (str,), "tile": (int,),
-    "tile_stride": (int,),
+    "tile_stride": (int,), "compile": (bool,),
 }
 
 
@@ -94,6 +97,8 @@ class ExtractSettings:
         tile: ODISE's sliding window (``tile`` px squares of the model input, each through the whole pipeline,
             the maps stitched and overlaps averaged; :mod:`dfbench.backbones.tiling`); 0: the whole input at once.
         tile_stride: the tiles' step in px (0: the tile size, ODISE's; the last tile of a row ends at the edge).
+        compile: ``torch.compile`` the blocks the pass runs through (:mod:`dfbench.backbones.compiled`); like
+            ``batch_size``, it does not change what the features are (equal within 1e-4), only how fast they come.
     """
 
     resolution: int | None = None
@@ -111,6 +116,7 @@ class ExtractSettings:
     text_encoders: str = "all"
     tile: int = 0
     tile_stride: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name, kinds in FIELD_TYPES.items():

@@ -23,6 +23,7 @@ that extracted it; the same seed gives bit-identical features on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from typing_extensions import Self
 
 from dfbench.activations import ActivationInfo, addressable_names, validate_selection
+from dfbench.backbones.compiled import compile_blocks
 from dfbench.backbones.image_encoders import VaeEncoder
 from dfbench.backbones.img2img import last_step_latents
 from dfbench.backbones.noise import DiscreteNoise, FlowMatchingNoise
@@ -76,11 +78,8 @@ class DiffusionBackbone:
     the UNet families read their names off the UNet (:meth:`activation_names`), the DiT families add a token grid.
     """
 
-    #: every ExtractSettings field changes a diffusion backbone's features (the diffusion-only ones:
-    #: timestep, add_noise, ensemble_size, prompt, latent_mode); other backbones declare fewer
-    setting_names: ClassVar[tuple[str, ...]] = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size",
-                                                "seed", "prompt", "latent_mode", "dtype", "batch_size",
-                                                "pad_color", "resample", "text_encoders", "tile", "tile_stride")
+    #: a diffusion backbone uses every ExtractSettings field; other backbones declare fewer (a ViT: no timestep)
+    setting_names: ClassVar[tuple[str, ...]] = tuple(field.name for field in dataclasses.fields(ExtractSettings))
     #: the denoiser's folder in a diffusers model folder and its diffusers class
     DENOISER: ClassVar[tuple[str, str]] = ("unet", "UNet2DConditionModel")
     #: how a prompt becomes conditioning (its COMPONENTS: the encoders' folders and transformers classes)
@@ -320,14 +319,9 @@ class DiffusionBackbone:
         # capture.features is filled in execution order
         return [ActivationInfo(name, *value.shape[1:4]) for name, value in capture.features.items()]
 
-    def extract(
-        self,
-        images: Sequence[Image.Image] | torch.Tensor,
-        selection: Sequence[str],
-        settings: ExtractSettings | None = None,
-        categories: Sequence[str] | None = None,
-        progress: bool = False,
-    ) -> Features:
+    def extract(self, images: Sequence[Image.Image] | torch.Tensor, selection: Sequence[str],
+                settings: ExtractSettings | None = None, categories: Sequence[str] | None = None,
+                progress: bool = False) -> Features:
         """Features of ``images`` for the activations in ``selection``: name → float32 N×C×h×w.
 
         ``images`` are PIL images (any size; resized per ``settings``) or a float tensor N×3×R×R
@@ -345,6 +339,8 @@ class DiffusionBackbone:
             pixels = to_model_input(images, resolution, settings.resize_mode, settings.pad_color, settings.resample)
         if settings.tile:               # ODISE's sliding window: each square through this method, then stitched
             return extract_tiled(self, pixels, names, settings, categories, progress)
+        if settings.compile:
+            compile_blocks(self, names)
         prompts = fill_prompts(settings.prompt, categories, len(pixels))
         self.noise.check(settings.timestep)
         if self.dtype != TORCH_DTYPES[settings.dtype]:

@@ -42,6 +42,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tile", type=int, help="ODISE's sliding window: run the model on TILE-px squares of the input "
                        "and stitch the maps, overlaps averaged (Tale of Two Features / GeoAware-SC: 512 of 960)")
     group.add_argument("--tile-stride", type=int, help="the tiles' step in px (default: the tile size, ODISE's)")
+    group.add_argument("--compile", action="store_const", const=True,
+                       help="torch.compile the denoiser blocks the pass runs through and the VAE encoder (same "
+                       "features within 1e-4, not part of the cache key; the first batch pays the compilation)")
 
 
 def batch_size_flag(text: str) -> int | str:
@@ -66,7 +69,7 @@ TRUNCATE_HELP = ("load a DiT's denoiser only as deep as the selected activations
 
 SETTINGS_FLAGS = ("resolution", "resize_mode", "timestep", "add_noise", "ensemble_size", "seed", "prompt",
                   "latent_mode", "dtype", "batch_size", "pad_color", "resample", "text_encoders", "tile",
-                  "tile_stride")
+                  "tile_stride", "compile")
 
 
 def given_settings(args: argparse.Namespace) -> dict:
