@@ -33,6 +33,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--batch-size", type=int, default=8, help="throughput: images per batch")
     perf.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     perf.add_argument("--peak-tflops", type=float, help="throughput: the device's dense peak, for the fraction")
+    perf.add_argument("--compile", action="store_true", help="throughput: also time each backbone compiled "
+                      "(torch.compile of the blocks the pass runs through), side by side with eager")
     perf.add_argument("--pairs", type=int, default=12234, help="matching: pairs (default: SPair test, 12,234)")
     perf.add_argument("--images", type=int, default=1800, help="matching: distinct images (default 1,800)")
     perf.add_argument("--quick", action="store_true", help="segmentation, pipeline: tiny-sd15 only")

@@ -5,6 +5,8 @@ process (SD1.5 at 512 px by default):
 * the ``dift`` recipe (one VAE encode, 8 posterior samples, ensemble 8) vs a DIFT-style
   implementation (the image repeated 8 times through the VAE, the same truncated UNet);
 * one clean pass (CleanDIFT style) vs the DIFT-style ensemble of 8;
+* the recipe against its parts timed alone: one VAE encode plus the ensemble's rows through the truncated UNet
+  (``recipe_vs_parts``: what the recipe's own bookkeeping — draws, noising, prompts, capture — costs);
 * the peak resident memory of the recipe's extraction, in a fresh child process.
 """
 
@@ -87,6 +89,20 @@ def run_recipes(backbone_name: str = "sd15", resolution: int | None = None, dtyp
                 lambda: backbone.unet(latent, t, text, added_cond_kwargs=added)
             )
 
+    rows = latent.repeat(ensemble, 1, 1, 1)
+    rows_text = text.repeat(ensemble, 1, 1)
+    rows_added = backbone.added_cond_kwargs(backbone.prompt_embedding(""), ensemble, resolution)
+    rows_t = t.repeat(ensemble)
+
+    def vae_encode() -> None:
+        with torch.inference_mode():
+            backbone.vae.encode(pixels.to(dev, next(backbone.vae.parameters()).dtype))
+
+    def truncated_rows() -> None:
+        with torch.inference_mode():
+            ActivationCapture(backbone.unet, ["up_blocks.1"]).run(
+                lambda: backbone.unet(rows, rows_t, rows_text, added_cond_kwargs=rows_added))
+
     recipe = ExtractSettings(resolution=resolution, ensemble_size=ensemble, batch_size=ensemble,
                              latent_mode="sample", dtype=dtype)
     clean = recipe.replace(ensemble_size=1, batch_size=1, add_noise=False, latent_mode="mode")
@@ -95,6 +111,8 @@ def run_recipes(backbone_name: str = "sd15", resolution: int | None = None, dtyp
     steps = {
         "unet_full_s": full_unet,
         "unet_to_up_blocks_1_s": truncated_unet,
+        "vae_encode_s": vae_encode,
+        "unet_rows_to_up_blocks_1_s": truncated_rows,
         "recipe_ensemble_s": lambda: backbone.extract(pixels, ["up_blocks.1"], recipe),
         "dift_style_ensemble_s": lambda: dift_style_features(backbone, pixels, recipe),
         "clean_pass_s": lambda: backbone.extract(pixels, ["up_blocks.1"], clean),
@@ -102,12 +120,15 @@ def run_recipes(backbone_name: str = "sd15", resolution: int | None = None, dtyp
     # One untimed warm-up run per single-pass step: the first forward of a shape pays one-time
     # costs (allocations, oneDNN/cuDNN kernel selection) that would bias whichever step runs first.
     # The ensemble steps reuse the shapes warmed up before them and are too slow to run twice on CPU.
-    warmups = {"unet_full_s": 1, "unet_to_up_blocks_1_s": 1, "clean_pass_s": 1}
+    warmups = {"unet_full_s": 1, "unet_to_up_blocks_1_s": 1, "clean_pass_s": 1, "vae_encode_s": 1}
     for key, step in steps.items():
         log(f"timing {key} …")
         results[key] = timed(step, repeats, dev, warmup=warmups.get(key, 1 if dev.type == "cuda" else 0))
     results["truncation_speedup"] = results["unet_full_s"] / results["unet_to_up_blocks_1_s"]
     results["recipe_vs_dift_style_speedup"] = results["dift_style_ensemble_s"] / results["recipe_ensemble_s"]
+    # the recipe against its parts timed alone: one VAE encode and the ensemble's rows through the truncated UNet
+    results["parts_s"] = results["vae_encode_s"] + results["unet_rows_to_up_blocks_1_s"]
+    results["recipe_vs_parts"] = results["recipe_ensemble_s"] / results["parts_s"]
     results["clean_vs_dift_style_speedup"] = results["dift_style_ensemble_s"] / results["clean_pass_s"]
     results["this_process_peak_rss_gib"] = peak_rss_gib()
     if measure_rss and dev.type == "cpu":
