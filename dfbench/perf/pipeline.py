@@ -22,8 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dfbench.perf.common import machine_description
 
 MODELS = {"tiny-sd15": 64, "sd15": 512}
@@ -77,7 +75,7 @@ def run_pipeline(models: dict[str, int], images: int, batch_size: int, init: str
                      "forward_s": forward, "decode_s": decode, "sequential_s": sequential,
                      "overlapped_s": overlapped, "sequential/forward": sequential / forward,
                      "overlapped/forward": overlapped / forward,
-                     "machine": machine_description(torch.device("cpu"))})
+                     "machine": machine_description(backbone.device)})
     return rows
 
 
