@@ -28,6 +28,7 @@ MODELS = {"tiny-sd15": 64, "sd15": 512}
 
 
 def run_pipeline(models: dict[str, int], images: int, batch_size: int, init: str = "random",
+                 dtype: str = "float32", device: str | None = None,
                  log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Rows of seconds and ratios per model (see the module docstring)."""
     from dfbench.cache import CacheItem, FeatureCache, cached_extract, image_key
@@ -42,8 +43,9 @@ def run_pipeline(models: dict[str, int], images: int, batch_size: int, init: str
     rows = []
     for name, resolution in models.items():
         log(f"{name} at {resolution} px, {images} images, batch {batch_size} …")
-        backbone = build_backbone(name, init=None if name.startswith("tiny-") else init)
-        settings = ExtractSettings(resolution=resolution, batch_size=batch_size, timestep=261)
+        backbone = build_backbone(name, init=None if name.startswith("tiny-") else init, dtype=dtype, device=device)
+        settings = ExtractSettings.from_dict({"resolution": resolution, "batch_size": batch_size, "timestep": 261,
+                                              "dtype": dtype})
         selection = ["up_blocks.1"]
         batches = [photos[start : start + batch_size] for start in range(0, len(photos), batch_size)]
         backbone.extract([load_image(photos[0][0])], selection, settings)            # warm-up
@@ -81,7 +83,7 @@ def run_pipeline(models: dict[str, int], images: int, batch_size: int, init: str
 
 def from_args(args: Any, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """``dfbench perf pipeline`` (``--backbone``: models to time, each at its default size, or tiny-sd15 at 64
-    and SD1.5 at 512; ``--quick``: tiny only)."""
+    and SD1.5 at 512; ``--quick``: tiny only; ``--dtype``, ``--device``, ``--batch-size``)."""
     models = dict(MODELS)
     if getattr(args, "backbone", None):
         from dfbench.resolve import build_backbone
@@ -90,4 +92,7 @@ def from_args(args: Any, log: Callable[[str], None]) -> list[dict[str, Any]]:
     if getattr(args, "quick", False):
         models = {"tiny-sd15": 64}
     images = 64 if all(name.startswith("tiny-") for name in models) else 16
-    return run_pipeline(models, images, batch_size=8, log=log)
+    on_gpu = str(getattr(args, "device", None) or "").startswith("cuda")
+    return run_pipeline(models, images * (8 if on_gpu else 1), batch_size=getattr(args, "batch_size", 8) or 8,
+                        dtype=getattr(args, "dtype", None) or "float32", device=getattr(args, "device", None),
+                        log=log)
