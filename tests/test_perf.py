@@ -135,7 +135,7 @@ def test_perf_suites_come_from_one_registry(capsys):
 
     assert main(["perf", "list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert listed == list(SUITES) and len(listed) == 11
+    assert listed == list(SUITES) and len(listed) == 12
     for suite in SUITES.values():
         assert callable(importlib.import_module(f"dfbench.perf.{suite.module}").from_args)
 
@@ -149,3 +149,14 @@ def test_perf_backbone_times_a_dit_without_its_t5():
                            settings={"dtype": "bfloat16", "text_encoders": "none"})
     assert (row["dtype"], row["text_encoders"], row["selection"]) == ("bfloat16", "none", ["transformer_blocks.13"])
     assert row["s_per_image"] > 0 and row["parameters_millions"] > 0
+
+
+def test_perf_pipeline_times_the_three_paths_side_by_side():
+    """tiny-sd15, 8 photos in batches of 4: the three timings are there and each ratio is its two timings'."""
+    from dfbench.perf.pipeline import run_pipeline
+
+    (row,) = run_pipeline({"tiny-sd15": 64}, images=8, batch_size=4, log=lambda message: None)
+    assert (row["images"], row["batch"]) == (8, 4)
+    assert all(row[key] > 0 for key in ("forward_s", "sequential_s", "overlapped_s", "decode_s"))
+    assert row["overlapped/forward"] == row["overlapped_s"] / row["forward_s"]
+    assert row["sequential/forward"] == row["sequential_s"] / row["forward_s"]
