@@ -266,7 +266,7 @@ def test_paper_suite_skips_what_is_missing_and_checks_published_values(tmp_path,
     captured = capsys.readouterr()
     skipped = [line for line in captured.err.splitlines() if "skipped —" in line]
     assert len(skipped) == 2
-    assert f"data_root {tmp_path / 'data' / 'SPair-71k'}: not found; get it: get SPair-71k.tar.gz from" in skipped[0]
+    assert f"data_root {tmp_path / 'data' / 'SPair-71k'}: not found; get it: dfbench data get spair" in skipped[0]
     assert f"set DFBENCH_DATA (now {tmp_path / 'data'}) to the folder that holds" in skipped[0]
     assert f"--weights {tmp_path / 'none'}: no such file or folder (backbone tiny-sd21)" in skipped[1]
     (record_path,) = (results / "runs").glob("*/record.json")
