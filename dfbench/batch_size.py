@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from dfbench.atomic import atomic_write_text
+from dfbench.environment import proc_kib
 from dfbench.home import dfbench_home
 
 #: the share of the free memory a batch may take
@@ -39,11 +40,7 @@ def fit_rows(free: float, one_row: float, two_rows: float, cap: int) -> int:
 
 
 def _cpu_peak_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return proc_kib("/proc/self/status", "VmHWM") * 1024
 
 
 def _cpu_reset_peak() -> bool:
@@ -57,11 +54,7 @@ def _cpu_reset_peak() -> bool:
 
 
 def _cpu_free_bytes() -> int:
-    with open("/proc/meminfo") as info:
-        for line in info:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return proc_kib("/proc/meminfo", "MemAvailable") * 1024
 
 
 def probe_peak(backbone: Any, rows: int, selection: list[str], settings: Any) -> float:

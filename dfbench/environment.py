@@ -59,6 +59,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def proc_kib(path: str, key: str) -> int:
+    """A ``key: N kB`` field of a Linux ``/proc`` file (``VmHWM`` of ``/proc/self/status``, ``MemAvailable`` of
+    ``/proc/meminfo``), in KiB; 0 where the file has no such field."""
+    with open(path) as lines:
+        for line in lines:
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    return 0
+
+
 def environment_differences(reference: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between two :func:`environment` dicts, as ``name: old → new`` (versions of every
     stack package, Python, CPU, thread setup); keys absent from either side are left out."""

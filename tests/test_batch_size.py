@@ -46,3 +46,12 @@ def test_auto_on_the_cpu_picks_records_and_caches_a_size(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main([*command, "--results", str(tmp_path / "bad"), "--batch-size", "many"])
     assert exited.value.code == 2 and "'many' is not a number of rows or 'auto'" in capsys.readouterr().err
+
+
+def test_proc_fields_are_read_in_kib(tmp_path):
+    """The /proc reader the probe and the perf suites share, on a file in /proc/self/status's format."""
+    from dfbench.environment import proc_kib
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t  900 kB\nVmHWM:\t  1234 kB\nVmRSS:\t  1000 kB\n")
+    assert proc_kib(str(status), "VmHWM") == 1234 and proc_kib(str(status), "MemAvailable") == 0

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from dfbench.environment import proc_kib
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -39,11 +41,7 @@ def peak_rss_gib() -> float:
 
 def vm_hwm_gib() -> float:
     """This process's own peak RSS since exec (``VmHWM`` of /proc/self/status), GiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return 0.0
+    return proc_kib("/proc/self/status", "VmHWM") / 2**20
 
 
 def perf_image() -> Any:
