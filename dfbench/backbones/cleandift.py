@@ -222,12 +222,12 @@ class CleanDiftBackbone(StableDiffusionBackbone):
 
 
 def _create(family: str, base: CleanDiftBackbone, unet_weights: str | None, init: str,
-            local_files_only: bool | None, options: dict[str, Any] | None) -> CleanDiftBackbone:
+            local_files_only: bool | None, options: CleanDiftOptions) -> CleanDiftBackbone:
     """CleanDIFT's UNet into the base model: from the full checkpoint when it holds one (option ``full``), else
     ``unet_weights`` or the hub file. The source names the UNet file and the full checkpoint alike, whichever the
     UNet came from, so a weightless backbone (which reads neither) has the same identity."""
-    base.cleandift_options = parse_options(CleanDiftOptions, options, f"backbone cleandift-{family}")
-    full = base.cleandift_options.full
+    base.cleandift_options = options
+    full = options.full
     if full == "hub" and family not in CLEANDIFT_FULL_FILES:
         raise DfbenchInputError(f"backbone cleandift-{family} option full=hub: {CLEANDIFT_REPO} publishes a full "
                                 "checkpoint for SD2.1 only; pass full=FILE")
@@ -260,10 +260,10 @@ def cleandift_factory(family: str) -> Callable[..., CleanDiftBackbone]:
                 options: dict[str, Any] | None = None, torch_dtype: str = "float32", device: str | None = None,
                 local_files_only: bool | None = None, seed: int = 0) -> CleanDiftBackbone:
         check_unet_file(unet_weights)  # before the (long) base model load
-        parse_options(CleanDiftOptions, options, f"backbone cleandift-{family}")   # checked before it, too
+        parsed = parse_options(CleanDiftOptions, options, f"backbone cleandift-{family}")   # checked before it, too
         base = base_factory(weights, init=init, torch_dtype=torch_dtype, device=device,
                             local_files_only=local_files_only, seed=seed)
-        return _create(family, base, unet_weights, init, local_files_only, options)
+        return _create(family, base, unet_weights, init, local_files_only, parsed)
 
     factory.__doc__ = f"CleanDIFT {family}: {family} + {CLEANDIFT_REPO} {CLEANDIFT_FILES[family]}; clean pass, t=261."
     return factory
