@@ -285,6 +285,12 @@ def test_bad_input_is_one_line(env, tmp_path, server, capsys):
     assert "could not be reached" in capsys.readouterr().err
     assert get("spair", extra=["--dry-run", "--mirror", "http://mirror.example/data"]) == 0
     assert "http://mirror.example/data/SPair-71k.tar.gz" in capsys.readouterr().out
+    os.environ["DFBENCH_DATA_MIRROR"] = "http://mirror.example/env/"      # the default of --mirror
+    try:
+        assert get("spair", extra=["--dry-run"]) == 0
+        assert "http://mirror.example/env/SPair-71k.tar.gz" in capsys.readouterr().out
+    finally:
+        del os.environ["DFBENCH_DATA_MIRROR"]
 
 
 def limited_get(limit: int) -> subprocess.CompletedProcess:

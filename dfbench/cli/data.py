@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -60,9 +59,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.action == "verify":
         return verify_all(manifest, names)
     datasets = find(manifest, names)
-    mirror = args.mirror or os.environ.get("DFBENCH_DATA_MIRROR") or None
     if args.dry_run:
-        return dry_run(datasets, mirror)
+        return dry_run(datasets, args.mirror)
     from dfbench.data.install import get
 
     source = Path(args.source) if args.source else None
@@ -70,7 +68,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         raise DfbenchInputError(f"--from {source}: no such folder")
     try:
         for dataset in datasets:
-            get(dataset, mirror, source, progress=not args.no_progress)
+            get(dataset, args.mirror, source, progress=not args.no_progress)
     except KeyboardInterrupt:
         print("dfbench: interrupted; run the same command again to resume the download", file=sys.stderr)
         return 130
@@ -96,11 +94,11 @@ def show_listing(manifest: dict, output_format: str) -> int:
 
 
 def dry_run(datasets: list, mirror: str | None) -> int:
-    from dfbench.data.manifest import data_root
+    from dfbench.data.manifest import data_mirror, data_root
 
     for dataset in datasets:
         for item in dataset.files:
-            url = f"{mirror.rstrip('/')}/{item.name}" if mirror else item.url
+            url = item.source_url(data_mirror(mirror))
             size = f"{item.size:,} bytes" if item.size else "size not published"
             print(f"{dataset.name}: {url} ({size}) → {dataset.location(data_root())}")
     return 0

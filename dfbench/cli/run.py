@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from dfbench.cli.common import (
@@ -123,8 +122,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
         manifest = load_manifest()
         for dataset in find(manifest, suite_datasets(manifest, args.file)):
-            get(dataset, os.environ.get("DFBENCH_DATA_MIRROR") or None, progress=not args.no_progress,
-                log=lambda message: print(message, file=sys.stderr))
+            get(dataset, progress=not args.no_progress, log=lambda message: print(message, file=sys.stderr))
     outcome = run_suite(args.file, args.results, force=args.force, strict=args.strict,
                         progress=not args.no_progress, log=lambda message: print(message, file=sys.stderr))
     ran = any(record is not None for _, record in outcome.recorded)

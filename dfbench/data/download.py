@@ -183,7 +183,7 @@ def fetch(item: DataFile, folder: Path, mirror: str | None = None, progress: boo
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DfbenchInputError(f"download folder {folder}: cannot create it ({error.strerror})") from None
-    url = f"{mirror.rstrip('/')}/{item.name}" if mirror else item.url
+    url = item.source_url(mirror)
     pooch.get_logger().setLevel("WARNING")          # the progress bar says what is downloading
     downloader = ResumableDownloader(folder / f"{item.name}.part", item.size, progress, log)
     try:

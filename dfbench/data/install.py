@@ -18,7 +18,7 @@ from typing import Any
 
 from dfbench.atomic import atomic_write_text
 from dfbench.data.download import check_file, expected_hash, fetch, lock_path
-from dfbench.data.manifest import CITYSCAPES_SCHEME, Dataset, data_root
+from dfbench.data.manifest import CITYSCAPES_SCHEME, Dataset, data_mirror, data_root
 from dfbench.data.unpack import find_folder, move_into_place, staging, unpack
 from dfbench.errors import DfbenchInputError
 
@@ -155,8 +155,10 @@ def cityscapes_files(dataset: Dataset, folder: Path, source: Path | None, log: C
 
 def get(dataset: Dataset, mirror: str | None = None, source: Path | None = None, progress: bool = True,
         log: Callable[[str], None] = print, home: str | Path | None = None) -> Path:
-    """Install ``dataset`` under ``$DFBENCH_DATA`` (see the module docstring); returns its location."""
+    """Install ``dataset`` under ``$DFBENCH_DATA`` (see the module docstring), from ``mirror`` (default
+    ``$DFBENCH_DATA_MIRROR``) or the official URLs; returns its location."""
     root = data_root()
+    mirror = data_mirror(mirror)
     location = dataset.location(root)
     if installed(dataset, root):
         log(f"{dataset.name}: already in {location} (`dfbench data verify {dataset.name}` checks it)")

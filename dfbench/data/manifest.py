@@ -27,6 +27,10 @@ class DataFile:
     sha256: str | None = None
     sha1: str | None = None
 
+    def source_url(self, mirror: str | None = None) -> str:
+        """Where the file is fetched from: its URL, or the same file name under ``mirror``."""
+        return f"{mirror.rstrip('/')}/{self.name}" if mirror else self.url
+
     @property
     def published_hash(self) -> tuple[str, str] | None:
         """(algorithm, hex digest) of the published checksum, if there is one."""
@@ -63,6 +67,11 @@ class Dataset:
 def data_root() -> Path:
     """``$DFBENCH_DATA`` (default ``./data``): the folder the paper suites' ``${DFBENCH_DATA}/…`` paths name."""
     return Path(os.environ.get("DFBENCH_DATA", "data"))
+
+
+def data_mirror(given: str | None = None) -> str | None:
+    """The mirror to fetch from: ``--mirror``, else ``$DFBENCH_DATA_MIRROR``, else none (the official URLs)."""
+    return given or os.environ.get("DFBENCH_DATA_MIRROR") or None
 
 
 def load_manifest(path: str | Path | None = None) -> dict[str, Dataset]:
